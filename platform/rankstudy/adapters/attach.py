@@ -1,0 +1,135 @@
+"""Put NestedLoRA layers into any transformers model, switch its rank, find its adapters."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from rankstudy.adapters.layer import A_INITS, ADAPTABLE, NestedLoRA
+from rankstudy.adapters.schedules import INFERENCE_RULES, RankSchedule, check_choice
+
+Targets = str | Sequence[str]
+
+
+def powers_of_two(max_rank: int) -> tuple[int, ...]:
+    """1, 2, 4, ... up to max_rank: the usual rank set S."""
+    return tuple(2**i for i in range(max_rank.bit_length()) if 2**i <= max_rank)
+
+
+def _target_matcher(target_modules: Targets):
+    """PEFT's matching: a string is a regex matched against the full module name; a list holds
+    names that match a module name exactly or as its dotted suffix."""
+    if isinstance(target_modules, str):
+        try:
+            pattern = re.compile(target_modules)
+        except re.error as e:
+            raise ValueError(f"target_modules: invalid regex {target_modules!r}: {e}") from e
+        return lambda name: pattern.fullmatch(name) is not None
+    names = list(target_modules)
+    if not names:
+        raise ValueError("target_modules: empty; name at least one linear module")
+    return lambda name: any(name == t or name.endswith("." + t) for t in names)
+
+
+def _check_every_target_matched(
+    target_modules: Targets, matched: list[str], linear_names: list[str]
+) -> None:
+    leaves = sorted({n.rsplit(".", 1)[-1] for n in linear_names})
+    hint = f"the model's linear modules are named: {', '.join(leaves)}"
+    if isinstance(target_modules, str):
+        if not matched:
+            raise ValueError(
+                f"target_modules: regex {target_modules!r} matches no linear module; {hint}"
+            )
+        return
+    for t in target_modules:
+        if not any(n == t or n.endswith("." + t) for n in matched):
+            raise ValueError(f"target_modules: {t!r} matches no linear module; {hint}")
+
+
+def adapter_layers(model: nn.Module) -> dict[str, NestedLoRA]:
+    """Every NestedLoRA in the model, by the name of the module it replaced."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, NestedLoRA)}
+
+
+def get_schedule(model: nn.Module) -> RankSchedule:
+    """The schedule shared by the model's adapters."""
+    for m in model.modules():
+        if isinstance(m, NestedLoRA):
+            return m.schedule
+    raise ValueError("model: has no rankstudy adapters; call attach_adapters first")
+
+
+def _resample_dylora(module: nn.Module, args: tuple) -> None:
+    """Forward pre-hook on the model: a training forward draws DyLoRA's b once, for all layers."""
+    schedule = get_schedule(module)
+    if module.training and schedule.rank is None:
+        schedule.resample()
+
+
+def attach_adapters(
+    model: nn.Module,
+    method: str,
+    max_rank: int,
+    train_ranks: Iterable[int] | None = None,
+    target_modules: Targets = ("q_proj", "v_proj"),
+    scaling: str = "sqrt",
+    alpha: float = 1.0,
+    dropout: float = 0.0,
+    inference_rule: str = "scaled",
+    a_init: str = "peft",
+    seed: int = 0,
+) -> nn.Module:
+    """Freeze the model and wrap every matched linear layer in a NestedLoRA, in place.
+
+    method: lora (rank max_rank), dylora, matryoshka or matryoshka_binary; train_ranks is the
+    rank set S (default: powers of two up to max_rank; ignored by lora). seed fixes A's
+    initialisation and DyLoRA's draws of b. Returns the model.
+    """
+    if isinstance(max_rank, bool) or not isinstance(max_rank, int) or max_rank <= 0:
+        raise ValueError(f"max_rank: must be a positive integer, got {max_rank!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout: must be in [0, 1), got {dropout}")
+    check_choice("a_init", a_init, A_INITS)
+    if adapter_layers(model):
+        raise ValueError("model: already has rankstudy adapters")
+    schedule = RankSchedule(
+        method=method,
+        max_rank=max_rank,
+        train_ranks=tuple(powers_of_two(max_rank) if train_ranks is None else train_ranks),
+        scaling=scaling,
+        alpha=alpha,
+        inference_rule=inference_rule,
+        seed=seed,
+    )
+    matches = _target_matcher(target_modules)
+    linear_names = [n for n, m in model.named_modules() if isinstance(m, ADAPTABLE)]
+    matched = [n for n in linear_names if matches(n)]
+    _check_every_target_matched(target_modules, matched, linear_names)
+
+    for p in model.parameters():
+        p.requires_grad_(False)
+    generator = torch.Generator().manual_seed(seed)
+    for name in matched:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        base = getattr(parent, child)
+        layer = NestedLoRA(base, schedule, dropout=dropout, a_init=a_init, generator=generator)
+        setattr(parent, child, layer)
+    if method == "dylora":
+        model.register_forward_pre_hook(_resample_dylora)
+    return model
+
+
+def set_rank(model: nn.Module, k: int | None, rule: str | None = None) -> None:
+    """k: evaluate (or train, as nested_multiloss does) every adapter at rank k; None: the
+    method's own training behaviour. rule overrides the schedule's inference rule."""
+    schedule = get_schedule(model)
+    if k is not None:
+        schedule.check_rank(k)
+    if rule is not None:
+        schedule.inference_rule = check_choice("rule", rule, INFERENCE_RULES)
+    schedule.rank = k

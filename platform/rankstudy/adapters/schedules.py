@@ -1,0 +1,132 @@
+"""The diagonal P between the LoRA factors, per method.
+
+LoRA, DyLoRA and MatryoshkaLoRA are one layer, delta = x A diag(p) B, with a different p
+(DESIGN.md section 1). This module owns everything about p: the rank scale s_r, the fixed
+Matryoshka vector, DyLoRA's per-step draw of b, and the inference rules at a rank k.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+
+METHODS = ("lora", "dylora", "matryoshka", "matryoshka_binary")
+SCALINGS = ("none", "rank", "sqrt")
+# "scaled": the paper's rule, s_k * x A[:, :k] B[:k] (P dropped at inference).
+# "truncated_p": keep the trained P, cut to its first k entries: x A[:, :k] diag(p[:k]) B[:k].
+INFERENCE_RULES = ("scaled", "truncated_p")
+
+
+def check_choice(argument: str, value: str, choices: tuple[str, ...]) -> str:
+    """A ValueError naming the argument when value is not one of choices."""
+    if value not in choices:
+        raise ValueError(f"{argument}: unknown value {value!r}; expected one of {choices}")
+    return value
+
+
+def rank_scale(r: int, scaling: str, alpha: float = 1.0) -> float:
+    """s_r: alpha * 1, alpha / r or alpha / sqrt(r)."""
+    check_choice("scaling", scaling, SCALINGS)
+    if r <= 0:
+        raise ValueError(f"rank: must be positive, got {r}")
+    return alpha * {"none": 1.0, "rank": 1.0 / r, "sqrt": 1.0 / math.sqrt(r)}[scaling]
+
+
+def check_train_ranks(train_ranks: Iterable[int], max_rank: int) -> tuple[int, ...]:
+    """Sorted distinct training ranks <= max_rank; ranks above max_rank are dropped, as the
+    reference code does, but a set with nothing left is an error."""
+    ranks = list(train_ranks)
+    if not ranks:
+        raise ValueError("train_ranks: empty; give at least one rank in 1..max_rank")
+    for r in ranks:
+        if isinstance(r, bool) or not isinstance(r, int):
+            raise ValueError(f"train_ranks: {r!r} is not an integer")
+        if r <= 0:
+            raise ValueError(f"train_ranks: {r} is not a positive rank")
+    kept = tuple(sorted({r for r in ranks if r <= max_rank}))
+    if not kept:
+        raise ValueError(f"train_ranks: every rank in {sorted(ranks)} is above max_rank={max_rank}")
+    return kept
+
+
+def matryoshka_p(
+    max_rank: int, train_ranks: Iterable[int], scaling: str = "sqrt", alpha: float = 1.0
+) -> torch.Tensor:
+    """p_i = sum of s_r over r in S with r > i (i = 0..max_rank-1), in float64.
+
+    One forward with diag(p) equals the sum over r in S of s_r * x A[:, :r] B[:r]; components
+    past max(S) get p_i = 0.
+    """
+    if isinstance(max_rank, bool) or not isinstance(max_rank, int) or max_rank <= 0:
+        raise ValueError(f"max_rank: must be a positive integer, got {max_rank!r}")
+    ranks = check_train_ranks(train_ranks, max_rank)
+    p = torch.zeros(max_rank, dtype=torch.float64)
+    for r in ranks:
+        p[:r] += rank_scale(r, scaling, alpha)
+    return p
+
+
+@dataclass
+class RankSchedule:
+    """Which p a model's adapters use now. One instance is shared by every adapted layer of a
+    model, so DyLoRA's draw of b and an inference rank apply to all layers at once."""
+
+    method: str
+    max_rank: int
+    train_ranks: tuple[int, ...]
+    scaling: str = "sqrt"
+    alpha: float = 1.0
+    inference_rule: str = "scaled"
+    seed: int = 0
+    # Set by set_rank (inference at rank k) or by resample (DyLoRA's b for this step).
+    rank: int | None = None
+    sampled_rank: int | None = None
+    _rng: random.Random = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        check_choice("method", self.method, METHODS)
+        check_choice("inference_rule", self.inference_rule, INFERENCE_RULES)
+        check_choice("scaling", self.scaling, SCALINGS)
+        if self.method == "lora":
+            self.train_ranks = (self.max_rank,)
+        self.train_ranks = check_train_ranks(self.train_ranks, self.max_rank)
+        self._rng = random.Random(self.seed)
+
+    # -- training-time p -------------------------------------------------------------------
+    def resample(self) -> int:
+        """DyLoRA: draw this step's b from S (uniformly, from the seeded generator)."""
+        self.sampled_rank = self._rng.choice(self.train_ranks)
+        return self.sampled_rank
+
+    def rng_state(self) -> object:
+        return self._rng.getstate()
+
+    def set_rng_state(self, state: object) -> None:
+        self._rng.setstate(state)
+
+    def trained_p(self) -> torch.Tensor:
+        """The fixed p the method trains with (DyLoRA: p at b = max_rank)."""
+        if self.method == "matryoshka":
+            return matryoshka_p(self.max_rank, self.train_ranks, self.scaling, self.alpha)
+        if self.method == "matryoshka_binary":
+            p = matryoshka_p(self.max_rank, self.train_ranks, self.scaling, self.alpha)
+            return p / len(self.train_ranks)
+        return torch.full(
+            (self.max_rank,),
+            rank_scale(self.max_rank, self.scaling, self.alpha),
+            dtype=torch.float64,
+        )
+
+    def check_rank(self, k: int) -> int:
+        if isinstance(k, bool) or not isinstance(k, int):
+            raise ValueError(f"k: inference rank must be an integer, got {k!r}")
+        if not 1 <= k <= self.max_rank:
+            raise ValueError(f"k: inference rank {k} is outside 1..max_rank={self.max_rank}")
+        return k
+
+    def scale(self, r: int) -> float:
+        return rank_scale(r, self.scaling, self.alpha)

@@ -1,0 +1,89 @@
+"""Analytical compute cost of training and evaluating adapters on a frozen base (DESIGN.md §2).
+
+Per token, a forward through a frozen base with N matmul weights costs 2N FLOPs; training adds
+the activation gradients (another 2N) but no weight gradients. The adapters, which do get weight
+gradients, cost 6 N_adapter. Attention adds 4 * layers * attn_dim * context per token forward
+(QK^T and AV), twice that again in backward. Embedding lookups and elementwise work are ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from torch import nn
+
+from rankstudy.adapters.layer import ADAPTABLE, NestedLoRA, linear_shape
+from rankstudy.adapters.schedules import check_choice, check_train_ranks
+
+# Training methods whose cost is known: the adapter methods plus the nested objective taken
+# literally (one full forward and backward per rank in S).
+COST_METHODS = ("lora", "dylora", "matryoshka", "matryoshka_binary", "nested_multiloss")
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the FLOP count needs to know about a model."""
+
+    matmul_params: int  # weights of the base's linear layers, lm_head included, no embeddings
+    layers: int
+    attn_dim: int  # heads * head_dim: the width of QK^T and AV
+    adapter_width: int  # sum of (in + out) over adapted modules: adapter params per unit rank
+
+
+def model_shape(model: nn.Module) -> ModelShape:
+    """Read the shape off a (possibly adapted) transformers model; adapters are not counted in
+    matmul_params."""
+    config = model.config
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    matmul = sum(m.weight.numel() for m in model.modules() if isinstance(m, ADAPTABLE))
+    width = sum(sum(linear_shape(m.base)) for m in model.modules() if isinstance(m, NestedLoRA))
+    return ModelShape(matmul, config.num_hidden_layers, heads * head_dim, width)
+
+
+def _forward_flops_per_token(shape: ModelShape, seq_len: int, rank: float) -> tuple[float, ...]:
+    """(base matmuls, adapter matmuls, attention) FLOPs of one token's forward."""
+    return (
+        2.0 * shape.matmul_params,
+        2.0 * rank * shape.adapter_width,
+        4.0 * shape.layers * shape.attn_dim * seq_len,
+    )
+
+
+def _train_flops_at_rank(shape: ModelShape, tokens: int, seq_len: int, rank: float) -> float:
+    base, adapter, attn = _forward_flops_per_token(shape, seq_len, rank)
+    # frozen base: forward + activation grads; adapters: forward + both grads; attention: 1 + 2.
+    return tokens * (2 * base + 3 * adapter + 3 * attn)
+
+
+def train_flops(
+    shape: ModelShape,
+    tokens: int,
+    seq_len: int,
+    method: str,
+    max_rank: int,
+    train_ranks: Sequence[int] = (),
+) -> float:
+    """FLOPs to train one run of `method` on `tokens` tokens of sequences of seq_len.
+
+    The rank that does work differs by method: lora its rank, dylora the expected draw from S,
+    matryoshka max(S) (components past it have p = 0), matryoshka_binary the |S| sub-adapters
+    it sums, nested_multiloss |S| whole forwards and backwards.
+    """
+    check_choice("method", method, COST_METHODS)
+    if method == "lora":
+        return _train_flops_at_rank(shape, tokens, seq_len, max_rank)
+    ranks = check_train_ranks(train_ranks, max_rank)
+    if method == "dylora":
+        return _train_flops_at_rank(shape, tokens, seq_len, sum(ranks) / len(ranks))
+    if method == "matryoshka":
+        return _train_flops_at_rank(shape, tokens, seq_len, max(ranks))
+    if method == "matryoshka_binary":
+        return _train_flops_at_rank(shape, tokens, seq_len, sum(ranks))
+    return sum(_train_flops_at_rank(shape, tokens, seq_len, r) for r in ranks)
+
+
+def eval_flops(shape: ModelShape, tokens: int, seq_len: int, ranks: Sequence[int]) -> float:
+    """FLOPs of forwards over `tokens` tokens at each rank evaluated."""
+    return sum(tokens * sum(_forward_flops_per_token(shape, seq_len, r)) for r in ranks)
