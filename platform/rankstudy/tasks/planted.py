@@ -1,0 +1,117 @@
+"""The planted task: a teacher made of the frozen base plus planted low-rank deltas.
+
+Students (the base with adapters) learn to match the teacher's next-token distribution on
+random token sequences; the score is top-1 agreement with the teacher on held-out sequences.
+Rank matters by construction: the planted deltas have rank `planted_rank` and a decaying
+singular spectrum, and their top-k truncations give a reference curve (not an upper bound).
+The shift, the share of the base's top-1 predictions the teacher changes, sets the regime.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rankstudy.adapters.layer import ADAPTABLE, Conv1D
+
+
+@dataclass
+class PlantedDelta:
+    """delta = scale * U diag(sigma) V^T for one module (U: out x r, V: in x r, orthonormal)."""
+
+    module: str
+    U: torch.Tensor
+    sigma: torch.Tensor
+    V: torch.Tensor
+
+    def dense(self, scale: float, k: int | None = None) -> torch.Tensor:
+        """The [out, in] delta at `scale`, truncated to its top-k singular directions."""
+        k = len(self.sigma) if k is None else k
+        return scale * (self.U[:, :k] * self.sigma[:k]) @ self.V[:, :k].T
+
+
+def plant_deltas(
+    model: nn.Module, targets: list[str], rank: int, decay: float = 1.0, seed: int = 0
+) -> list[PlantedDelta]:
+    """A random rank-`rank` delta per target module with sigma_i = ||W||_2 / i^decay."""
+    gen = torch.Generator().manual_seed(seed)
+    deltas = []
+    for name, module in model.named_modules():
+        if not isinstance(module, ADAPTABLE) or not any(
+            name == t or name.endswith("." + t) for t in targets
+        ):
+            continue
+        W = _weight_out_in(module).float()
+        out_f, in_f = W.shape
+        r = min(rank, out_f, in_f)
+        U, _ = torch.linalg.qr(torch.randn(out_f, r, generator=gen))
+        V, _ = torch.linalg.qr(torch.randn(in_f, r, generator=gen))
+        top = torch.linalg.matrix_norm(W, ord=2)
+        sigma = top / torch.arange(1, r + 1, dtype=torch.float32) ** decay
+        deltas.append(PlantedDelta(name, U, sigma, V))
+    if not deltas:
+        raise ValueError(f"targets: {targets} match no linear module of the base model")
+    return deltas
+
+
+def _weight_out_in(module: nn.Module) -> torch.Tensor:
+    return module.weight.T if isinstance(module, Conv1D) else module.weight
+
+
+def teacher_model(
+    base: nn.Module, deltas: list[PlantedDelta], scale: float, k: int | None = None
+) -> nn.Module:
+    """A copy of the base with every planted delta (truncated to rank k) added to its weight."""
+    teacher = copy.deepcopy(base).eval()
+    with torch.no_grad():
+        for d in deltas:
+            module = teacher.get_submodule(d.module)
+            delta = d.dense(scale, k).to(module.weight.dtype)
+            module.weight.add_(delta.T if isinstance(module, Conv1D) else delta)
+    return teacher
+
+
+@torch.no_grad()
+def logits_of(model: nn.Module, inputs: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(inputs[i : i + batch_size]).logits.float()
+                      for i in range(0, len(inputs), batch_size)])
+
+
+def shift_of(base_logits: torch.Tensor, teacher_logits: torch.Tensor) -> float:
+    """Share of positions where the teacher's top-1 differs from the base's."""
+    return (base_logits.argmax(-1) != teacher_logits.argmax(-1)).float().mean().item()
+
+
+def find_scale(
+    base: nn.Module, deltas: list[PlantedDelta], inputs: torch.Tensor, shift: float,
+    iterations: int = 18,
+) -> tuple[float, float]:
+    """Bisect (on a log scale) the delta scale whose teacher shifts `shift` of the base's top-1
+    predictions on `inputs`. Returns (scale, achieved shift)."""
+    if not 0.0 < shift < 1.0:
+        raise ValueError(f"shift: must be in (0, 1), got {shift}")
+    base_logits = logits_of(base, inputs)
+    lo, hi = math.log(1e-3), math.log(1e2)
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        got = shift_of(base_logits, logits_of(teacher_model(base, deltas, math.exp(mid)), inputs))
+        lo, hi = (mid, hi) if got < shift else (lo, mid)
+    scale = math.exp((lo + hi) / 2)
+    return scale, shift_of(base_logits, logits_of(teacher_model(base, deltas, scale), inputs))
+
+
+def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the student against the teacher's full next-token distribution."""
+    target = F.softmax(teacher_logits.float(), dim=-1)
+    return -(target * F.log_softmax(student_logits.float(), dim=-1)).sum(-1).mean()
+
+
+def agreement(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> float:
+    """Top-1 agreement with the teacher: the planted task's score."""
+    return (student_logits.argmax(-1) == teacher_logits.argmax(-1)).float().mean().item()
