@@ -68,15 +68,17 @@ def main() -> None:
     }
     steps = {name: step_fn(model, batch) for name, model in variants.items()}
     times: dict[str, list[float]] = {name: [] for name in steps}
-    for name, step in steps.items():  # warm-up
+    for step in steps.values():  # warm-up
         for _ in range(3):
             step()
     for _ in range(args.rounds):
         for name, step in steps.items():
             times[name].append(step())
     med = {name: statistics.median(t) for name, t in times.items()}
-    print(f"tiny Llama {SIZES}, R={R}, S={S}, all 7 projections, batch {args.batch}x{args.seq}, "
-          f"{args.threads} thread(s), median of {args.rounds} interleaved rounds")
+    print(
+        f"tiny Llama {SIZES}, R={R}, S={S}, all 7 projections, batch {args.batch}x{args.seq}, "
+        f"{args.threads} thread(s), median of {args.rounds} interleaved rounds"
+    )
     for name, t in med.items():
         print(f"  {name:<11} {1000 * t:8.2f} ms/step")
     print(f"  matryoshka / lora   = {med['matryoshka'] / med['lora']:.3f}  (target <= 1.03)")

@@ -32,8 +32,9 @@ def test_deltas_have_the_planted_rank_and_decaying_spectrum(planted):
         torch.testing.assert_close(sv[:8], d.sigma, rtol=1e-4, atol=1e-5)
         assert torch.all(d.sigma[1:] < d.sigma[:-1])
         # the rank-k truncation keeps exactly the top-k singular values
-        torch.testing.assert_close(torch.linalg.svdvals(d.dense(1.0, 3))[:3], d.sigma[:3],
-                                   rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            torch.linalg.svdvals(d.dense(1.0, 3))[:3], d.sigma[:3], rtol=1e-4, atol=1e-5
+        )
 
 
 @pytest.mark.parametrize("shift", [0.1, 0.5])

@@ -42,13 +42,21 @@ def train(model, inputs, teacher_logits, steps, lr, batch, seed, label):
         opt.zero_grad(set_to_none=True)
         if step % max(1, steps // 3) == 0 or step == steps:
             rate = step / (time.perf_counter() - start)
-            print(f"  {label:<12} step {step:>4}/{steps}  loss {loss.item():.4f}  "
-                  f"{rate:6.1f} steps/s  eta {(steps - step) / rate:5.1f}s", flush=True)
+            print(
+                f"  {label:<12} step {step:>4}/{steps}  loss {loss.item():.4f}  "
+                f"{rate:6.1f} steps/s  eta {(steps - step) / rate:5.1f}s",
+                flush=True,
+            )
     model.eval()
 
 
-def run_demo(max_rank: int = 16, steps: int = 150, shift: float = 0.5, seed: int = 0,
-             out_dir: str = "runs/demo") -> dict:
+def run_demo(
+    max_rank: int = 16,
+    steps: int = 150,
+    shift: float = 0.5,
+    seed: int = 0,
+    out_dir: str = "runs/demo",
+) -> dict:
     torch.manual_seed(seed)
     ranks = powers_of_two(max_rank)
     base = tiny_model("llama", seed=seed)
@@ -59,8 +67,10 @@ def run_demo(max_rank: int = 16, steps: int = 150, shift: float = 0.5, seed: int
     scale, got = find_scale(base, deltas, test_x, shift)
     teacher = teacher_model(base, deltas, scale)
     train_t, test_t = logits_of(teacher, train_x), logits_of(teacher, test_x)
-    print(f"planted task: shift {got:.2f} (asked {shift}), base agreement "
-          f"{agreement(logits_of(base, test_x), test_t):.3f}")
+    print(
+        f"planted task: shift {got:.2f} (asked {shift}), base agreement "
+        f"{agreement(logits_of(base, test_x), test_t):.3f}"
+    )
 
     def student(method, rank):
         model = tiny_model("llama", seed=seed)
@@ -73,19 +83,26 @@ def run_demo(max_rank: int = 16, steps: int = 150, shift: float = 0.5, seed: int
         return agreement(logits_of(model, test_x), test_t)
 
     curves = {"lora_grid": [score(student("lora", r), r) for r in ranks]}
-    reference = [agreement(logits_of(teacher_model(base, deltas, scale, k), test_x), test_t)
-                 for k in ranks]
+    reference = [
+        agreement(logits_of(teacher_model(base, deltas, scale, k), test_x), test_t) for k in ranks
+    ]
     for method in ("dylora", "matryoshka"):
         model = student(method, max_rank)
         curves[method] = [score(model, k) for k in ranks]
         if method == "matryoshka":
             matryoshka = model
 
-    print(f"\n{'method':<12}" + "".join(f"{'r=' + str(r):>7}" for r in ranks)
-          + f"{'AURAC log2':>12}{'linear':>8}")
+    print(
+        f"\n{'method':<12}"
+        + "".join(f"{'r=' + str(r):>7}" for r in ranks)
+        + f"{'AURAC log2':>12}{'linear':>8}"
+    )
     for name, scores in {**curves, "reference": reference}.items():
-        print(f"{name:<12}" + "".join(f"{s:7.3f}" for s in scores)
-              + f"{aurac(ranks, scores):12.3f}{aurac(ranks, scores, 'linear'):8.3f}")
+        print(
+            f"{name:<12}"
+            + "".join(f"{s:7.3f}" for s in scores)
+            + f"{aurac(ranks, scores):12.3f}{aurac(ranks, scores, 'linear'):8.3f}"
+        )
 
     k = ranks[len(ranks) // 2]
     path = export_peft(matryoshka, k, Path(out_dir) / f"matryoshka-rank{k}")
@@ -93,6 +110,8 @@ def run_demo(max_rank: int = 16, steps: int = 150, shift: float = 0.5, seed: int
 
     reloaded = PeftModel.from_pretrained(tiny_model("llama", seed=seed), path)
     peft_score = agreement(logits_of(reloaded, test_x), test_t)
-    print(f"\nmatryoshka at rank {k} exported to {path} (PEFT format); "
-          f"PEFT-loaded score {peft_score:.3f} == ours {score(matryoshka, k):.3f}")
+    print(
+        f"\nmatryoshka at rank {k} exported to {path} (PEFT format); "
+        f"PEFT-loaded score {peft_score:.3f} == ours {score(matryoshka, k):.3f}"
+    )
     return {"ranks": list(ranks), "curves": curves, "reference": reference}

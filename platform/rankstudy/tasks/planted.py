@@ -79,8 +79,12 @@ def teacher_model(
 @torch.no_grad()
 def logits_of(model: nn.Module, inputs: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     model.eval()
-    return torch.cat([model(inputs[i : i + batch_size]).logits.float()
-                      for i in range(0, len(inputs), batch_size)])
+    return torch.cat(
+        [
+            model(inputs[i : i + batch_size]).logits.float()
+            for i in range(0, len(inputs), batch_size)
+        ]
+    )
 
 
 def shift_of(base_logits: torch.Tensor, teacher_logits: torch.Tensor) -> float:
@@ -89,7 +93,10 @@ def shift_of(base_logits: torch.Tensor, teacher_logits: torch.Tensor) -> float:
 
 
 def find_scale(
-    base: nn.Module, deltas: list[PlantedDelta], inputs: torch.Tensor, shift: float,
+    base: nn.Module,
+    deltas: list[PlantedDelta],
+    inputs: torch.Tensor,
+    shift: float,
     iterations: int = 18,
 ) -> tuple[float, float]:
     """Bisect (on a log scale) the delta scale whose teacher shifts `shift` of the base's top-1
