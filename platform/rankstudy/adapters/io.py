@@ -12,6 +12,7 @@ from torch import nn
 
 from rankstudy.adapters.attach import adapter_layers, attach_adapters, get_schedule
 from rankstudy.adapters.layer import Conv1D
+from rankstudy.adapters.schedules import PER_RANK_SCALE
 
 ADAPTER_FILE = "adapters.safetensors"
 FORMAT_VERSION = "1"
@@ -129,7 +130,7 @@ def export_peft(model: nn.Module, rank: int, out_dir: str | Path, rule: str | No
     for name, layer in layers.items():
         A = layer.lora_A.detach()[:k].float()
         B = layer.lora_B.detach()[:k].float()
-        if rule == "truncated_p" and schedule.method != "dylora":
+        if rule == "truncated_p" and schedule.method not in PER_RANK_SCALE:
             scale = layer.trained_p[:k].float().unsqueeze(1)
         else:
             scale = schedule.scale(k)

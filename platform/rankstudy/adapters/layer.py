@@ -92,11 +92,11 @@ class NestedLoRA(nn.Module):
         s = self.schedule
         k = s.rank
         if k is not None:  # inference (or nested_multiloss training) at rank k
-            if s.inference_rule == "truncated_p" and s.method != "dylora":
+            if s.uses_trained_p():
                 h = self._down(x, k) * self.trained_p[:k].to(x.dtype)
                 return self._addmm(out, h, k, 1.0)
             return self._addmm(out, self._down(x, k), k, s.scale(k))
-        if s.method == "lora":
+        if s.method in ("lora", "nested_multiloss"):  # nested_multiloss trains via set_rank
             R = s.max_rank
             return self._addmm(out, self._down(x, R), R, s.scale(R))
         if s.method == "dylora":

@@ -14,7 +14,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-METHODS = ("lora", "dylora", "matryoshka", "matryoshka_binary")
+METHODS = ("lora", "dylora", "matryoshka", "matryoshka_binary", "nested_multiloss")
+# Methods that train each rank k with s_k itself (DyLoRA per drawn b, nested_multiloss per
+# forward): for them the truncated_p inference rule is the scaled rule.
+PER_RANK_SCALE = ("dylora", "nested_multiloss")
 SCALINGS = ("none", "rank", "sqrt")
 # "scaled": the paper's rule, s_k * x A[:, :k] B[:k] (P dropped at inference).
 # "truncated_p": keep the trained P, cut to its first k entries: x A[:, :k] diag(p[:k]) B[:k].
@@ -109,7 +112,7 @@ class RankSchedule:
         self._rng.setstate(state)
 
     def trained_p(self) -> torch.Tensor:
-        """The fixed p the method trains with (DyLoRA: p at b = max_rank)."""
+        """The fixed p the method trains with (DyLoRA, nested_multiloss: p at rank max_rank)."""
         if self.method == "matryoshka":
             return matryoshka_p(self.max_rank, self.train_ranks, self.scaling, self.alpha)
         if self.method == "matryoshka_binary":
@@ -127,6 +130,10 @@ class RankSchedule:
         if not 1 <= k <= self.max_rank:
             raise ValueError(f"k: inference rank {k} is outside 1..max_rank={self.max_rank}")
         return k
+
+    def uses_trained_p(self) -> bool:
+        """Whether inference at a rank keeps the trained p (the truncated_p rule applies)."""
+        return self.inference_rule == "truncated_p" and self.method not in PER_RANK_SCALE
 
     def scale(self, r: int) -> float:
         return rank_scale(r, self.scaling, self.alpha)

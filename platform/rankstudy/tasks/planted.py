@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from rankstudy.adapters.layer import ADAPTABLE, Conv1D
+from rankstudy.spec import PlantedTaskSpec
+from rankstudy.tasks.base import Task
 
 
 @dataclass
@@ -122,3 +125,69 @@ def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tenso
 def agreement(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> float:
     """Top-1 agreement with the teacher: the planted task's score."""
     return (student_logits.argmax(-1) == teacher_logits.argmax(-1)).float().mean().item()
+
+
+class PlantedTask(Task):
+    """The planted task bound to a base model (before adapters are attached to it).
+
+    Inputs are random token sequences; the teacher's logits on them are computed once. The
+    delta scale is searched on the validation inputs, never on test.
+    """
+
+    def __init__(
+        self,
+        base: nn.Module,
+        spec: PlantedTaskSpec,
+        targets: list[str],
+        reference_ranks: Sequence[int] = (),
+        seed: int = 0,
+    ) -> None:
+        vocab = base.config.vocab_size
+        gen = torch.Generator().manual_seed(seed)
+        sizes = {
+            "train": spec.train_size,
+            "validation": spec.validation_size,
+            "test": spec.test_size,
+        }
+        self.inputs = {
+            s: torch.randint(0, vocab, (n, spec.seq_len), generator=gen) for s, n in sizes.items()
+        }
+        deltas = plant_deltas(base, targets, spec.planted_rank, spec.decay, seed=seed)
+        self.scale, self.shift = find_scale(base, deltas, self.inputs["validation"], spec.shift)
+        teacher = teacher_model(base, deltas, self.scale)
+        self.teacher = {s: logits_of(teacher, x) for s, x in self.inputs.items()}
+        self.base_score = agreement(logits_of(base, self.inputs["test"]), self.teacher["test"])
+        self.reference = {
+            k: agreement(
+                logits_of(teacher_model(base, deltas, self.scale, k), self.inputs["test"]),
+                self.teacher["test"],
+            )
+            for k in reference_ranks
+        }
+
+    def size(self, split: str) -> int:
+        return len(self.inputs[split])
+
+    def collate(self, split: str, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        return {"input_ids": self.inputs[split][idx], "teacher_logits": self.teacher[split][idx]}
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return soft_cross_entropy(model(batch["input_ids"]).logits, batch["teacher_logits"])
+
+    @torch.no_grad()
+    def score_sum(
+        self, model: nn.Module, split: str, indices: Sequence[int], batch_size: int
+    ) -> float:
+        device = next(model.parameters()).device
+        total = 0.0
+        indices = list(indices)
+        for i in range(0, len(indices), batch_size):
+            batch = self.collate(split, indices[i : i + batch_size])
+            logits = model(batch["input_ids"].to(device)).logits
+            same = logits.argmax(-1).cpu() == batch["teacher_logits"].argmax(-1)
+            total += same.float().mean(-1).sum().item()  # per sequence, then summed
+        return total
+
+    def reference_curve(self, ranks: Sequence[int]) -> dict[int, float] | None:
+        return {k: self.reference[k] for k in ranks if k in self.reference} or None

@@ -1,0 +1,56 @@
+"""Build what a trial trains: the base model, its tokenizer and the task, from the spec."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from rankstudy.arms import Arm
+from rankstudy.models import tiny_model
+from rankstudy.spec import ModelSpec, StudySpec
+from rankstudy.tasks.base import Task
+
+
+def load_model(spec: ModelSpec, dtype: torch.dtype) -> tuple[nn.Module, object | None]:
+    """(model, tokenizer). A hub id or local path goes through AutoModelForCausalLM; a tiny
+    config is built from its seed, with the local byte-level tokenizer."""
+    if spec.tiny is not None:
+        t = spec.tiny
+        model = tiny_model(
+            t.family,
+            seed=t.seed,
+            hidden=t.hidden,
+            layers=t.layers,
+            heads=t.heads,
+            intermediate=t.intermediate,
+            vocab=t.vocab,
+            initializer_range=t.initializer_range,
+        )
+        model.config._attn_implementation = spec.attn_implementation
+        tokenizer = None
+    else:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(
+            spec.name,
+            dtype=dtype,
+            trust_remote_code=spec.trust_remote_code,
+            attn_implementation=spec.attn_implementation,
+        )
+        tokenizer = None
+    if spec.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model.to(dtype), tokenizer
+
+
+def build_task(spec: StudySpec, model: nn.Module, tokenizer, arm: Arm, seed: int) -> Task:
+    """The task bound to the base model; call before adapters are attached."""
+    task = spec.task
+    if task.kind == "planted":
+        from rankstudy.tasks.planted import PlantedTask
+
+        targets = spec.adapters.target_modules
+        if isinstance(targets, str):
+            raise ValueError("adapters.target_modules: the planted task needs a list of names")
+        return PlantedTask(model, task, targets, reference_ranks=arm.eval_ranks, seed=seed)
+    raise ValueError(f"task.kind: {task.kind!r} is not available yet")

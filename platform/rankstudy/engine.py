@@ -1,0 +1,97 @@
+"""DeepSpeed for a trial: the config from the spec, the process group, the engine.
+
+One code path for laptops and clusters: on CPUs the engine runs fp32 over gloo; on GPUs bf16
+over nccl, with the ZeRO stage from the spec. Under Ray Train the process group already
+exists and DeepSpeed wraps it; alone, the trial starts a one-process group itself.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import torch
+from torch import nn
+
+from rankstudy.spec import StudySpec
+
+
+def use_gpu(spec: StudySpec) -> bool:
+    return spec.resources.use_gpu and torch.cuda.is_available()
+
+
+def precision(spec: StudySpec, gpu: bool) -> str:
+    """bf16 on GPUs, fp32 on CPUs unless the spec insists."""
+    if spec.deepspeed.precision == "auto":
+        return "bf16" if gpu else "fp32"
+    return spec.deepspeed.precision
+
+
+def deepspeed_config(spec: StudySpec, world_size: int, gpu: bool) -> dict:
+    """The DeepSpeed config dict. AdamW is torch's (no compiled ops needed on any machine)."""
+    t, ds = spec.training, spec.deepspeed
+    zero: dict = {"stage": ds.zero_stage}
+    if ds.zero_stage >= 2:
+        zero |= {"overlap_comm": gpu, "contiguous_gradients": True}
+    if ds.offload_optimizer and ds.zero_stage >= 1:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": gpu}
+    config = {
+        "train_micro_batch_size_per_gpu": t.micro_batch_size,
+        "gradient_accumulation_steps": t.grad_accum,
+        "train_batch_size": t.micro_batch_size * t.grad_accum * world_size,
+        "optimizer": {
+            "type": "AdamW",
+            "params": {
+                "lr": t.lr,
+                "weight_decay": t.weight_decay,
+                "betas": [0.9, 0.999],
+                "eps": 1e-8,
+                "torch_adam": True,
+            },
+        },
+        "zero_optimization": zero,
+        "bf16": {"enabled": precision(spec, gpu) == "bf16"},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if t.max_grad_norm > 0:
+        config["gradient_clipping"] = t.max_grad_norm
+    return config
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed(gpu: bool) -> tuple[int, int]:
+    """Join the existing process group (Ray Train) or start a one-process one. (rank, world)."""
+    import deepspeed
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        for key, value in (
+            ("RANK", "0"),
+            ("LOCAL_RANK", "0"),
+            ("WORLD_SIZE", "1"),
+            ("MASTER_ADDR", "127.0.0.1"),
+        ):
+            os.environ.setdefault(key, value)
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    deepspeed.init_distributed(dist_backend="nccl" if gpu else "gloo", verbose=False)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def build_engine(model: nn.Module, spec: StudySpec, world_size: int, gpu: bool, lr_lambda):
+    """Wrap the adapted model in a DeepSpeed engine; lr_lambda(step) -> multiplier of lr."""
+    import deepspeed
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    engine, optimizer, _, scheduler = deepspeed.initialize(
+        model=model,
+        model_parameters=params,
+        config=deepspeed_config(spec, world_size, gpu),
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda),
+    )
+    return engine, optimizer, scheduler

@@ -1,0 +1,227 @@
+"""The study spec: one YAML file, validated completely before any compute starts.
+
+Every field a trial reads lives here; unknown keys are errors, and every error names the field
+(pydantic's location, e.g. `training.lr`) and what was wrong.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from rankstudy.adapters.attach import powers_of_two
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TinyModelSpec(Strict):
+    """A randomly initialised model built from a config: CPU studies, nothing downloaded."""
+
+    family: Literal["llama", "qwen2", "gpt2"] = "llama"
+    hidden: int = Field(64, gt=0)
+    layers: int = Field(2, gt=0)
+    heads: int = Field(4, gt=0)
+    intermediate: int = Field(128, gt=0)
+    vocab: int = Field(256, gt=1)
+    initializer_range: float = Field(0.1, gt=0)
+    seed: int = 0
+
+
+class ModelSpec(Strict):
+    """Exactly one of `name` (a Hugging Face id or local path) and `tiny`."""
+
+    name: str | None = None
+    tiny: TinyModelSpec | None = None
+    trust_remote_code: bool = False
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    gradient_checkpointing: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        if (self.name is None) == (self.tiny is None):
+            raise ValueError("give exactly one of `name` (hub id or local path) and `tiny`")
+        return self
+
+
+class PlantedTaskSpec(Strict):
+    kind: Literal["planted"] = "planted"
+    shift: float = Field(0.5, gt=0, lt=1, description="share of base top-1 predictions moved")
+    planted_rank: int = Field(32, gt=0)
+    decay: float = Field(1.0, ge=0, description="singular values ~ 1 / i**decay")
+    seq_len: int = Field(32, gt=1)
+    train_size: int = Field(4096, gt=0)
+    validation_size: int = Field(512, gt=0)
+    test_size: int = Field(512, gt=0)
+
+
+class GSM8KTaskSpec(Strict):
+    kind: Literal["gsm8k"]
+    path: str = Field("openai/gsm8k", description="hub id, or a local dir/jsonl")
+    shots: int = Field(0, ge=0)
+    max_new_tokens: int = Field(256, gt=0)
+    max_length: int = Field(1024, gt=8)
+    validation_size: int = Field(200, gt=0)
+    max_train: int | None = Field(None, gt=0)
+    max_eval: int | None = Field(None, gt=0)
+
+
+class JsonlTaskSpec(Strict):
+    kind: Literal["jsonl"]
+    train: str
+    validation: str | None = None
+    test: str | None = None
+    prompt_field: str = "prompt"
+    response_field: str = "response"
+    metric: Literal["exact_match", "token_accuracy"] = "exact_match"
+    max_new_tokens: int = Field(128, gt=0)
+    max_length: int = Field(1024, gt=8)
+    validation_size: int = Field(200, gt=0)
+    max_train: int | None = Field(None, gt=0)
+    max_eval: int | None = Field(None, gt=0)
+
+
+TaskSpec = Annotated[PlantedTaskSpec | GSM8KTaskSpec | JsonlTaskSpec, Field(discriminator="kind")]
+
+
+class AdapterSpec(Strict):
+    max_rank: int = Field(32, gt=0)
+    train_ranks: list[int] | None = Field(None, description="S; default powers of two <= R")
+    eval_ranks: list[int] | None = Field(None, description="default: train_ranks")
+    target_modules: list[str] | str = ["q_proj", "v_proj"]
+    scaling: Literal["none", "rank", "sqrt"] = "sqrt"
+    alpha: float = Field(1.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    inference_rules: list[Literal["scaled", "truncated_p"]] = ["scaled"]
+    a_init: Literal["peft", "reference"] = "peft"
+    lora_truncations: bool = Field(False, description="also score LoRA arms below their rank")
+
+    @model_validator(mode="after")
+    def _ranks(self) -> AdapterSpec:
+        for name in ("train_ranks", "eval_ranks"):
+            ranks = getattr(self, name)
+            if ranks is None:
+                continue
+            if not ranks:
+                raise ValueError(f"{name}: empty")
+            if ranks != sorted(set(ranks)):
+                raise ValueError(f"{name}: must be strictly increasing, got {ranks}")
+            if ranks[0] <= 0 or ranks[-1] > self.max_rank:
+                raise ValueError(
+                    f"{name}: ranks must lie in 1..max_rank={self.max_rank}, got {ranks}"
+                )
+        if not self.inference_rules or len(set(self.inference_rules)) != len(self.inference_rules):
+            raise ValueError("inference_rules: give each rule once, at least one")
+        if isinstance(self.target_modules, list) and not self.target_modules:
+            raise ValueError("target_modules: empty")
+        return self
+
+    @property
+    def rank_set(self) -> list[int]:
+        return self.train_ranks or list(powers_of_two(self.max_rank))
+
+    @property
+    def evaluation_ranks(self) -> list[int]:
+        return self.eval_ranks or self.rank_set
+
+
+class TrainingSpec(Strict):
+    """The budget, identical for every arm: steps or epochs, never both."""
+
+    steps: int | None = Field(None, gt=0)
+    epochs: float | None = Field(None, gt=0)
+    micro_batch_size: int = Field(32, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    max_grad_norm: float = Field(1.0, ge=0, description="0 turns clipping off")
+    eval_every: int = Field(0, ge=0, description="validation every N steps; 0: only at the end")
+    eval_batch_size: int = Field(64, gt=0)
+    checkpoint_every: int = Field(0, ge=0, description="0: only at the end")
+    log_every: int = Field(25, gt=0)
+
+    @model_validator(mode="after")
+    def _budget(self) -> TrainingSpec:
+        if (self.steps is None) == (self.epochs is None):
+            raise ValueError("give exactly one of `steps` and `epochs`")
+        return self
+
+
+class DeepSpeedSpec(Strict):
+    zero_stage: int = Field(2, ge=0, le=3)
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 on GPU")
+    offload_optimizer: bool = False
+
+
+class ResourcesSpec(Strict):
+    workers: int = Field(1, gt=0, description="Ray Train workers (processes) per trial")
+    use_gpu: bool = False
+    cpus_per_worker: int = Field(1, gt=0)
+
+
+class StudySpec(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    model: ModelSpec
+    task: TaskSpec = PlantedTaskSpec()
+    adapters: AdapterSpec = AdapterSpec()
+    training: TrainingSpec
+    deepspeed: DeepSpeedSpec = DeepSpeedSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+    seed: int = 0
+
+
+class SpecError(ValueError):
+    """A spec that failed validation; the message lists every field and problem."""
+
+
+def _format(error: ValidationError) -> str:
+    lines = []
+    for e in error.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"{loc}: {msg}")
+    return "\n".join(lines)
+
+
+def set_key(data: dict, dotted: str, value: object) -> None:
+    """Apply one `--set a.b.c=value` override to the raw spec dict."""
+    *parents, leaf = dotted.split(".")
+    node = data
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise SpecError(f"{dotted}: {p} is not a mapping")
+    node[leaf] = value
+
+
+def parse_spec(data: dict, overrides: list[str] = ()) -> StudySpec:
+    """Validate a raw spec dict, after `key=value` overrides (values parsed as YAML)."""
+    data = dict(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise SpecError(f"--set {item!r}: expected key=value")
+        set_key(data, key.strip(), yaml.safe_load(raw))
+    try:
+        return StudySpec.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(_format(e)) from None
+
+
+def load_spec(path: str | Path, overrides: list[str] = ()) -> StudySpec:
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"spec: no such file {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise SpecError(f"spec: {path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"spec: {path} must hold a mapping at the top level")
+    return parse_spec(data, overrides)

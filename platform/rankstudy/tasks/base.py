@@ -1,0 +1,50 @@
+"""What a trial needs from a task: batches and a loss for training, a score for evaluation.
+
+Splits are "train", "validation" and "test". Scores are per example in [0, 1]; a trial sums
+them over the examples it was given (each worker a shard) and divides by the total, so the
+score is the same for one worker or many.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+SPLITS = ("train", "validation", "test")
+
+
+class Task(ABC):
+    """A task bound to one model and tokenizer, with its data loaded."""
+
+    # Set by the trial: ZeRO-3 over several workers needs every rank in every generate step.
+    synced_gpus: bool = False
+
+    @abstractmethod
+    def size(self, split: str) -> int:
+        """Number of examples in the split."""
+
+    @abstractmethod
+    def collate(self, split: str, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        """A training batch of these examples (tensors on the CPU)."""
+
+    @abstractmethod
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The scalar training loss of the model on a batch (already on the model's device)."""
+
+    @abstractmethod
+    def score_sum(
+        self, model: nn.Module, split: str, indices: Sequence[int], batch_size: int
+    ) -> float:
+        """Sum over these examples of their scores in [0, 1], at the model's current rank."""
+
+    def tokens_per_example(self, split: str) -> float:
+        """Mean tokens a training example feeds the model (for cost accounting)."""
+        batch = self.collate(split, range(min(self.size(split), 64)))
+        return batch["input_ids"].numel() / len(batch["input_ids"])
+
+    def reference_curve(self, ranks: Sequence[int]) -> dict[int, float] | None:
+        """A reference score per rank, where the task has one (the planted task does)."""
+        return None

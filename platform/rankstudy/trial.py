@@ -1,0 +1,309 @@
+"""One trial: one arm with one set of hyperparameters, trained in a DeepSpeed engine and
+scored at every evaluation rank.
+
+`run_trial(config)` is the whole trial on one worker. It runs as one process (the
+`rankstudy trial` command) or as a Ray Train `train_loop_per_worker` on several; workers
+split each global batch and each evaluation set, so the results do not depend on how many
+there are. Rank 0 writes result.json.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from rankstudy.adapters import attach_adapters, set_rank
+from rankstudy.arms import Arm, parse_arm
+from rankstudy.build import build_task, load_model
+from rankstudy.checkpoint import load_checkpoint, save_checkpoint
+from rankstudy.cost import eval_flops, model_shape, train_flops
+from rankstudy.engine import build_engine, init_distributed, precision, use_gpu
+from rankstudy.metrics import aurac
+from rankstudy.spec import StudySpec, parse_spec
+from rankstudy.tasks.base import Task
+
+
+class TrialFailed(RuntimeError):
+    """The trial cannot go on (a non-finite loss, say); the message says why."""
+
+
+def total_steps(spec: StudySpec, task: Task, world: int) -> int:
+    t = spec.training
+    if t.steps is not None:
+        return t.steps
+    global_batch = t.micro_batch_size * t.grad_accum * world
+    return max(1, math.ceil(t.epochs * task.size("train") / global_batch))
+
+
+def example_order(n: int, seed: int, start: int, count: int) -> list[int]:
+    """Positions start..start+count of an endless stream of seeded per-epoch permutations."""
+    out = []
+    for pos in range(start, start + count):
+        epoch, i = divmod(pos, n)
+        if not out or i == 0 or pos == start:
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+        out.append(perm[i].item())
+    return out
+
+
+def lr_lambda(spec: StudySpec, steps: int):
+    from transformers import get_scheduler
+
+    t = spec.training
+    name = "constant_with_warmup" if t.lr_schedule == "constant" else t.lr_schedule
+    warmup = int(t.warmup_ratio * steps)
+    dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    schedule = get_scheduler(name, dummy, num_warmup_steps=warmup, num_training_steps=steps)
+    return schedule.lr_lambdas[0]
+
+
+def reduce(value: float, op=dist.ReduceOp.SUM) -> float:
+    """All-reduce one number across the trial's workers (on the GPU under nccl)."""
+    device = torch.cuda.current_device() if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=op)
+    return t.item()
+
+
+def evaluate(
+    model,
+    task: Task,
+    split: str,
+    arm: Arm,
+    rules: list[str],
+    batch_size: int,
+    limit: int | None = None,
+) -> dict[str, dict[int, float]]:
+    """{rule: {rank: score}} on the split; every worker scores its shard, then all reduce."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    n = task.size(split) if limit is None else min(limit, task.size(split))
+    mine = list(range(rank, n, world))
+    was_training = model.training
+    model.eval()
+    scores: dict[str, dict[int, float]] = {}
+    # Only the methods with a trained p have a second rule; LoRA at its own rank has one.
+    for rule in rules if arm.method in ("matryoshka", "matryoshka_binary") else rules[:1]:
+        scores[rule] = {}
+        for k in arm.eval_ranks:
+            set_rank(model, k, rule)
+            scores[rule][k] = reduce(task.score_sum(model, split, mine, batch_size)) / n
+    set_rank(model, None)
+    model.train(was_training)
+    return scores
+
+
+def selection_metric(arm: Arm, curve: dict[int, float]) -> float:
+    """Validation AURAC (log2) for nested arms; the score at its own rank for LoRA."""
+    if arm.nested:
+        return aurac(list(curve), list(curve.values()))
+    return curve[arm.max_rank]
+
+
+def peak_memory(gpu: bool) -> int:
+    if gpu:
+        return int(torch.cuda.max_memory_allocated())
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def run_trial(config: dict) -> dict:
+    """config: {"spec": dict, "arm": str, "out_dir": str, "overrides": [key=value, ...]}."""
+    spec = parse_spec(config["spec"], config.get("overrides", ()))
+    arm = parse_arm(config["arm"], spec)
+    out_dir = Path(config["out_dir"])
+    gpu = use_gpu(spec)
+    rank, world = init_distributed(gpu)
+    torch.set_num_threads(spec.resources.cpus_per_worker)
+    dtype = torch.bfloat16 if precision(spec, gpu) == "bf16" else torch.float32
+    torch.manual_seed(spec.seed)
+
+    model, tokenizer = load_model(spec.model, torch.float32)
+    task = build_task(spec, model, tokenizer, arm, spec.seed)
+    task.synced_gpus = gpu and world > 1 and spec.deepspeed.zero_stage == 3
+    a, t = spec.adapters, spec.training
+    attach_adapters(
+        model,
+        arm.method,
+        arm.max_rank,
+        arm.train_ranks,
+        target_modules=a.target_modules,
+        scaling=a.scaling,
+        alpha=a.alpha,
+        dropout=a.dropout,
+        inference_rule=a.inference_rules[0],
+        a_init=a.a_init,
+        seed=spec.seed,
+    )
+    shape = model_shape(model)
+    steps = total_steps(spec, task, world)
+    engine, _, _ = build_engine(model.to(dtype), spec, world, gpu, lr_lambda(spec, steps))
+    device = engine.device
+
+    ckpt_dir = out_dir / "checkpoints"
+    state = load_checkpoint(engine, ckpt_dir) or {
+        "step": 0,
+        "losses": [],
+        "validation": [],
+        "train_seconds": 0.0,
+        "eval_seconds": 0.0,
+        "train_tokens": 0,
+        "eval_tokens": 0,
+    }
+    if state["step"] and rank == 0:
+        print(f"[{arm.name}] resumed from step {state['step']}", flush=True)
+
+    micro, accum = t.micro_batch_size, t.grad_accum
+    global_batch = micro * accum * world
+    n_train = task.size("train")
+    rules = list(a.inference_rules)
+
+    def validate(limit=None):
+        start = time.perf_counter()
+        scores = evaluate(engine.module, task, "validation", arm, rules, t.eval_batch_size, limit)
+        state["eval_seconds"] += time.perf_counter() - start
+        n = task.size("validation") if limit is None else min(limit, task.size("validation"))
+        state["eval_tokens"] += (
+            n * len(arm.eval_ranks) * len(scores) * task.tokens_per_example("validation")
+        )
+        return scores
+
+    engine.train()
+    run_start = time.perf_counter()
+    step_start = state["step"]
+    while state["step"] < steps:
+        step = state["step"]
+        tic = time.perf_counter()
+        order = example_order(n_train, spec.seed, step * global_batch, global_batch)
+        step_loss, step_tokens = 0.0, 0
+        for m in range(accum):
+            lo = (m * world + rank) * micro
+            batch = {
+                k: v.to(device) for k, v in task.collate("train", order[lo : lo + micro]).items()
+            }
+            if "teacher_logits" in batch:
+                batch["teacher_logits"] = batch["teacher_logits"].float()
+            loss = (
+                nested_loss(engine, task, batch, arm)
+                if arm.method == "nested_multiloss"
+                else task.loss(engine, batch)
+            )
+            engine.backward(loss)
+            engine.step()
+            step_loss += loss.item() / accum
+            step_tokens += int(batch["input_ids"].numel())
+        step_loss = reduce(step_loss) / world
+        if not math.isfinite(step_loss):
+            raise TrialFailed(
+                f"loss is {step_loss} at step {step + 1}: the trial diverged "
+                f"(lr {t.lr}); stopping it"
+            )
+        state["train_tokens"] += int(reduce(step_tokens))
+        state["losses"].append(step_loss)
+        state["train_seconds"] += time.perf_counter() - tic
+        state["step"] = step + 1
+        if rank == 0 and (state["step"] % t.log_every == 0 or state["step"] == steps):
+            done = state["step"] - step_start
+            rate = done / (time.perf_counter() - run_start)
+            tok_s = state["train_tokens"] / max(state["train_seconds"], 1e-9)
+            print(
+                f"[{arm.name}] step {state['step']}/{steps} loss {step_loss:.4f} "
+                f"lr {engine.get_lr()[0]:.2e} {tok_s:,.0f} tok/s "
+                f"eta {(steps - state['step']) / rate:.0f}s",
+                flush=True,
+            )
+        if t.eval_every and state["step"] % t.eval_every == 0 and state["step"] < steps:
+            curve = validate()[rules[0]]
+            state["validation"].append({"step": state["step"], "scores": curve})
+        if t.checkpoint_every and state["step"] % t.checkpoint_every == 0:
+            save_checkpoint(engine, ckpt_dir, state["step"], state)
+
+    if latest_step(ckpt_dir) != state["step"]:
+        save_checkpoint(engine, ckpt_dir, state["step"], state)
+
+    validation = validate()
+    start = time.perf_counter()
+    test = evaluate(engine.module, task, "test", arm, rules, t.eval_batch_size)
+    state["eval_seconds"] += time.perf_counter() - start
+    state["eval_tokens"] += (
+        task.size("test") * len(arm.eval_ranks) * len(test) * task.tokens_per_example("test")
+    )
+    seq_len = task.collate("train", [0])["input_ids"].shape[1]
+    flops = train_flops(
+        shape, state["train_tokens"], seq_len, arm.method, arm.max_rank, arm.train_ranks
+    )
+    flops += eval_flops(shape, state["eval_tokens"], seq_len, [statistics.mean(arm.eval_ranks)])
+    result = trial_result(spec, arm, config, task, validation, test, state, world, gpu, flops)
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "result.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def latest_step(ckpt_dir: Path) -> int | None:
+    from rankstudy.checkpoint import latest_tag
+
+    tag = latest_tag(ckpt_dir)
+    return int(tag.removeprefix("step")) if tag else None
+
+
+def nested_loss(engine, task: Task, batch, arm: Arm) -> torch.Tensor:
+    """The nested objective taken literally: the sum over r in S of the loss at rank r."""
+    total = 0.0
+    for r in arm.train_ranks:
+        set_rank(engine.module, r)
+        total = total + task.loss(engine, batch)
+    set_rank(engine.module, None)
+    return total
+
+
+def _keyed(curve: dict[int, float]) -> dict[str, float]:
+    return {str(k): v for k, v in curve.items()}
+
+
+def trial_result(spec, arm, config, task, validation, test, state, world, gpu, flops) -> dict:
+    rules = list(validation)
+    primary = rules[0]
+    ranks, scores = list(test[primary]), list(test[primary].values())
+    reference = task.reference_curve(arm.eval_ranks)
+    wall = state["train_seconds"] + state["eval_seconds"]
+    result = {
+        "status": "ok",
+        "arm": arm.name,
+        "method": arm.method,
+        "max_rank": arm.max_rank,
+        "train_ranks": list(arm.train_ranks),
+        "hparams": {
+            "lr": spec.training.lr,
+            "weight_decay": spec.training.weight_decay,
+            "overrides": list(config.get("overrides", ())),
+        },
+        "inference_rule": primary,
+        "scores": _keyed(test[primary]),
+        "validation_scores": _keyed(validation[primary]),
+        "scores_by_rule": {r: _keyed(c) for r, c in test.items()},
+        "validation_scores_by_rule": {r: _keyed(c) for r, c in validation.items()},
+        "selection_metric": selection_metric(arm, validation[primary]),
+        "aurac": {"log2": aurac(ranks, scores), "linear": aurac(ranks, scores, "linear")},
+        "loss_curve": state["losses"],
+        "validation_curve": state["validation"],
+        "steps": state["step"],
+        "cost": {
+            "train_seconds": state["train_seconds"],
+            "eval_seconds": state["eval_seconds"],
+            "device_seconds": wall * world,
+            "devices": world,
+            "device_type": "gpu" if gpu else "cpu",
+            "train_tokens": state["train_tokens"],
+            "flops": flops,
+            "peak_memory_bytes": int(reduce(peak_memory(gpu), dist.ReduceOp.MAX)),
+        },
+    }
+    if reference is not None:
+        result["reference"] = _keyed(reference)
+    return result
