@@ -9,6 +9,7 @@ from rankstudy.arms import Arm
 from rankstudy.models import tiny_model
 from rankstudy.spec import ModelSpec, StudySpec
 from rankstudy.tasks.base import Task
+from rankstudy.tokenizer import byte_tokenizer, load_tokenizer
 
 
 def load_model(spec: ModelSpec, dtype: torch.dtype) -> tuple[nn.Module, object | None]:
@@ -27,7 +28,7 @@ def load_model(spec: ModelSpec, dtype: torch.dtype) -> tuple[nn.Module, object |
             initializer_range=t.initializer_range,
         )
         model.config._attn_implementation = spec.attn_implementation
-        tokenizer = None
+        tokenizer = byte_tokenizer()
     else:
         from transformers import AutoModelForCausalLM
 
@@ -37,7 +38,7 @@ def load_model(spec: ModelSpec, dtype: torch.dtype) -> tuple[nn.Module, object |
             trust_remote_code=spec.trust_remote_code,
             attn_implementation=spec.attn_implementation,
         )
-        tokenizer = None
+        tokenizer = load_tokenizer(spec.name, spec.trust_remote_code)
     if spec.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model.to(dtype), tokenizer
@@ -53,4 +54,10 @@ def build_task(spec: StudySpec, model: nn.Module, tokenizer, arm: Arm, seed: int
         if isinstance(targets, str):
             raise ValueError("adapters.target_modules: the planted task needs a list of names")
         return PlantedTask(model, task, targets, reference_ranks=arm.eval_ranks, seed=seed)
-    raise ValueError(f"task.kind: {task.kind!r} is not available yet")
+    if task.kind == "gsm8k":
+        from rankstudy.tasks.gsm8k import GSM8KTask
+
+        return GSM8KTask.from_spec(task, tokenizer, seed=seed)
+    from rankstudy.tasks.jsonl import JsonlTask
+
+    return JsonlTask.from_spec(task, tokenizer, seed=seed)

@@ -70,16 +70,16 @@ def init_distributed(gpu: bool) -> tuple[int, int]:
     import deepspeed
     import torch.distributed as dist
 
+    backend = "nccl" if gpu else "gloo"
     if not dist.is_initialized():
-        for key, value in (
-            ("RANK", "0"),
-            ("LOCAL_RANK", "0"),
-            ("WORLD_SIZE", "1"),
-            ("MASTER_ADDR", "127.0.0.1"),
-        ):
-            os.environ.setdefault(key, value)
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    deepspeed.init_distributed(dist_backend="nccl" if gpu else "gloo", verbose=False)
+        # A private one-process group on a free port; no MASTER_PORT goes into os.environ, so child
+        # processes (and a second trial in this process) never inherit a taken port.
+        os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed's engine insists on it
+        port = _free_port()
+        dist.init_process_group(
+            backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1
+        )
+    deepspeed.init_distributed(dist_backend=backend, verbose=False)
     return dist.get_rank(), dist.get_world_size()
 
 

@@ -6,13 +6,22 @@ Every field a trial reads lives here; unknown keys are errors, and every error n
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from rankstudy.adapters.attach import powers_of_two
+from rankstudy.tokenizer import BYTE_VOCAB_SIZE
 
 
 class Strict(BaseModel):
@@ -29,6 +38,7 @@ class TinyModelSpec(Strict):
     intermediate: int = Field(128, gt=0)
     vocab: int = Field(256, gt=1)
     initializer_range: float = Field(0.1, gt=0)
+    max_positions: int = Field(512, gt=1)
     seed: int = 0
 
 
@@ -59,9 +69,25 @@ class PlantedTaskSpec(Strict):
     test_size: int = Field(512, gt=0)
 
 
+def _is_local(path: str) -> bool:
+    return path.startswith(("/", ".", "~")) or path.endswith(".jsonl") or Path(path).exists()
+
+
+def _check_file(path: str | None) -> str | None:
+    if path is not None and not Path(path).expanduser().exists():
+        raise ValueError(f"no such file or directory: {path}")
+    return path
+
+
 class GSM8KTaskSpec(Strict):
     kind: Literal["gsm8k"]
     path: str = Field("openai/gsm8k", description="hub id, or a local dir/jsonl")
+
+    @field_validator("path")
+    @classmethod
+    def _local_path_exists(cls, path: str) -> str:
+        return _check_file(path) if _is_local(path) else path
+
     shots: int = Field(0, ge=0)
     max_new_tokens: int = Field(256, gt=0)
     max_length: int = Field(1024, gt=8)
@@ -75,6 +101,7 @@ class JsonlTaskSpec(Strict):
     train: str
     validation: str | None = None
     test: str | None = None
+    _files_exist = field_validator("train", "validation", "test")(lambda cls, v: _check_file(v))
     prompt_field: str = "prompt"
     response_field: str = "response"
     metric: Literal["exact_match", "token_accuracy"] = "exact_match"
@@ -175,6 +202,16 @@ class StudySpec(Strict):
     resources: ResourcesSpec = ResourcesSpec()
     seed: int = 0
 
+    @model_validator(mode="after")
+    def _text_tasks_need_bytes(self) -> StudySpec:
+        tiny = self.model.tiny
+        if self.task.kind != "planted" and tiny is not None and tiny.vocab < BYTE_VOCAB_SIZE:
+            raise ValueError(
+                f"model.tiny.vocab: a text task on a tiny model uses the byte "
+                f"tokenizer and needs vocab >= {BYTE_VOCAB_SIZE}, got {tiny.vocab}"
+            )
+        return self
+
 
 class SpecError(ValueError):
     """A spec that failed validation; the message lists every field and problem."""
@@ -183,9 +220,9 @@ class SpecError(ValueError):
 def _format(error: ValidationError) -> str:
     lines = []
     for e in error.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        loc = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
-        lines.append(f"{loc}: {msg}")
+        lines.append(f"{loc}: {msg}" if loc else msg)
     return "\n".join(lines)
 
 
@@ -202,7 +239,7 @@ def set_key(data: dict, dotted: str, value: object) -> None:
 
 def parse_spec(data: dict, overrides: list[str] = ()) -> StudySpec:
     """Validate a raw spec dict, after `key=value` overrides (values parsed as YAML)."""
-    data = dict(data)
+    data = copy.deepcopy(data)  # overrides never touch the caller's dict
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from rankstudy.adapters import attach_adapters, set_rank
+from rankstudy.adapters import attach_adapters, get_schedule, set_rank
 from rankstudy.arms import Arm, parse_arm
 from rankstudy.build import build_task, load_model
 from rankstudy.checkpoint import load_checkpoint, save_checkpoint
@@ -140,6 +140,8 @@ def run_trial(config: dict) -> dict:
         a_init=a.a_init,
         seed=spec.seed,
     )
+    schedule = get_schedule(model)
+    schedule.per_step_draws = True  # one DyLoRA b per optimizer step, for every worker
     shape = model_shape(model)
     steps = total_steps(spec, task, world)
     engine, _, _ = build_engine(model.to(dtype), spec, world, gpu, lr_lambda(spec, steps))
@@ -181,6 +183,8 @@ def run_trial(config: dict) -> dict:
         tic = time.perf_counter()
         order = example_order(n_train, spec.seed, step * global_batch, global_batch)
         step_loss, step_tokens = 0.0, 0
+        if arm.method == "dylora":
+            schedule.resample()
         for m in range(accum):
             lo = (m * world + rank) * micro
             batch = {
@@ -202,6 +206,13 @@ def run_trial(config: dict) -> dict:
             raise TrialFailed(
                 f"loss is {step_loss} at step {step + 1}: the trial diverged "
                 f"(lr {t.lr}); stopping it"
+            )
+        # Without fp16 loss scaling, a step DeepSpeed skipped for overflow had non-finite
+        # gradients: it will not recover, and silently skipped steps would fake the budget.
+        if engine.skipped_steps:
+            raise TrialFailed(
+                f"gradients are non-finite at step {step + 1} (DeepSpeed skipped the update; "
+                f"lr {t.lr}); stopping it"
             )
         state["train_tokens"] += int(reduce(step_tokens))
         state["losses"].append(step_loss)

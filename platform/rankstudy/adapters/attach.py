@@ -66,7 +66,7 @@ def get_schedule(model: nn.Module) -> RankSchedule:
 def _resample_dylora(module: nn.Module, args: tuple) -> None:
     """Forward pre-hook on the model: a training forward draws DyLoRA's b once, for all layers."""
     schedule = get_schedule(module)
-    if module.training and schedule.rank is None:
+    if module.training and schedule.rank is None and not schedule.per_step_draws:
         schedule.resample()
 
 

@@ -1,0 +1,40 @@
+"""Run a trial on Ray Train workers: a TorchTrainer whose workers each run `run_trial`.
+
+Ray Train starts the workers and their gloo/nccl process group; DeepSpeed wraps that group.
+The study's Tune function calls this for each trial (the Train V2 pattern: a trainer is
+started from a Tune function, never handed to a Tuner).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rankstudy.spec import parse_spec
+from rankstudy.trial import run_trial
+
+
+def fit_trial(config: dict, storage_path: str, name: str) -> dict:
+    """Train and score one trial on `resources.workers` Ray Train workers; returns result.json.
+
+    config is run_trial's; the driver must already be connected to Ray (ray.init).
+    """
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    spec = parse_spec(config["spec"], config.get("overrides", ()))
+    r = spec.resources
+    trainer = TorchTrainer(
+        run_trial,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(
+            num_workers=r.workers,
+            use_gpu=r.use_gpu,
+            resources_per_worker={"CPU": r.cpus_per_worker, **({"GPU": 1} if r.use_gpu else {})},
+        ),
+        run_config=RunConfig(storage_path=storage_path, name=name),
+    )
+    outcome = trainer.fit()
+    if outcome.error is not None:
+        raise outcome.error
+    return json.loads((Path(config["out_dir"]) / "result.json").read_text())
