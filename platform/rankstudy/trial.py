@@ -192,11 +192,7 @@ def run_trial(config: dict) -> dict:
             }
             if "teacher_logits" in batch:
                 batch["teacher_logits"] = batch["teacher_logits"].float()
-            loss = (
-                nested_loss(engine, task, batch, arm)
-                if arm.method == "nested_multiloss"
-                else task.loss(engine, batch)
-            )
+            loss = arm_loss(engine, task, batch, arm)
             engine.backward(loss)
             engine.step()
             step_loss += loss.item() / accum
@@ -263,13 +259,16 @@ def latest_step(ckpt_dir: Path) -> int | None:
     return int(tag.removeprefix("step")) if tag else None
 
 
-def nested_loss(engine, task: Task, batch, arm: Arm) -> torch.Tensor:
-    """The nested objective taken literally: the sum over r in S of the loss at rank r."""
+def arm_loss(model, task: Task, batch, arm: Arm) -> torch.Tensor:
+    """One micro-batch's loss: the task's, or for nested_multiloss the nested objective taken
+    literally, the sum over r in S of the loss at rank r. model: an engine or a plain module."""
+    if arm.method != "nested_multiloss":
+        return task.loss(model, batch)
     total = 0.0
     for r in arm.train_ranks:
-        set_rank(engine.module, r)
-        total = total + task.loss(engine, batch)
-    set_rank(engine.module, None)
+        set_rank(model, r)
+        total = total + task.loss(model, batch)
+    set_rank(model, None)
     return total
 
 
