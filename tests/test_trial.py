@@ -207,3 +207,13 @@ def test_gsm8k_trial_on_a_tiny_local_model_runs_end_to_end(tmp_path):
     assert list(result["scores"]) == ["1", "4"] and "reference" not in result
     assert all(0.0 <= s <= 1.0 for s in result["scores"].values())
     assert result["cost"]["train_tokens"] > 2 * 2 * 100  # real problems, hundreds of bytes
+
+
+@pytest.mark.parametrize("stage", [0, 1, 3])
+def test_every_zero_stage_trains(tmp_path, stage):
+    result = trial(
+        "matryoshka",
+        tmp_path,
+        [f"deepspeed.zero_stage={stage}", "training.steps=3", "training.eval_every=0"],
+    )
+    assert result["steps"] == 3 and result["loss_curve"][-1] < result["loss_curve"][0]

@@ -125,7 +125,7 @@ def run_trial(config: dict) -> dict:
 
     model, tokenizer = load_model(spec.model, torch.float32)
     task = build_task(spec, model, tokenizer, arm, spec.seed)
-    task.synced_gpus = gpu and world > 1 and spec.deepspeed.zero_stage == 3
+    task.synced_gpus = world > 1 and spec.deepspeed.zero_stage == 3
     a, t = spec.adapters, spec.training
     attach_adapters(
         model,
