@@ -76,7 +76,8 @@ def test_each_method_completes_and_writes_every_field(tmp_path, arm, ranks):
     ):
         assert key in on_disk, key
     assert on_disk["arm"] == arm and list(on_disk["scores"]) == ranks
-    assert list(on_disk["validation_scores"]) == ranks and list(on_disk["reference"]) == ranks
+    assert list(on_disk["validation_scores"]) == ranks
+    assert list(on_disk["reference"]) == ["1", "2", "4", "8"]  # the spec's evaluation ranks
     assert all(0.0 <= s <= 1.0 for s in on_disk["scores"].values())
     assert set(on_disk["aurac"]) == {"log2", "linear"}
     cost = on_disk["cost"]
@@ -217,3 +218,19 @@ def test_every_zero_stage_trains(tmp_path, stage):
         [f"deepspeed.zero_stage={stage}", "training.steps=3", "training.eval_every=0"],
     )
     assert result["steps"] == 3 and result["loss_curve"][-1] < result["loss_curve"][0]
+
+
+def test_validation_only_run_then_test_pass_matches_one_full_run(tmp_path):
+    """The study's protocol: search trials stop at validation; the chosen one is scored on test
+    by running it again, which resumes at its final checkpoint and trains nothing."""
+    full = trial("matryoshka", tmp_path / "full")
+    config = {"spec": SMALL, "arm": "matryoshka", "out_dir": str(tmp_path / "split")}
+    searched = run_trial(config | {"splits": ["validation"]})
+    assert searched["scores"] == {} and searched["aurac"] == {}
+    assert searched["validation_scores"] == full["validation_scores"]
+    tested = run_trial(config | {"splits": ["test"]})
+    assert tested["scores"] == full["scores"] and tested["aurac"] == full["aurac"]
+    assert tested["validation_scores"] == full["validation_scores"]
+    assert tested["loss_curve"] == full["loss_curve"]
+    assert tested["cost"]["train_tokens"] == full["cost"]["train_tokens"]
+    assert tested["cost"]["eval_seconds"] > searched["cost"]["eval_seconds"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import torch
 from torch import nn
 
@@ -44,6 +46,9 @@ def load_model(spec: ModelSpec, dtype: torch.dtype) -> tuple[nn.Module, object |
     return model.to(dtype), tokenizer
 
 
+_PLANTED: dict[str, Task] = {}
+
+
 def build_task(spec: StudySpec, model: nn.Module, tokenizer, arm: Arm, seed: int) -> Task:
     """The task bound to the base model; call before adapters are attached."""
     task = spec.task
@@ -53,7 +58,13 @@ def build_task(spec: StudySpec, model: nn.Module, tokenizer, arm: Arm, seed: int
         targets = spec.adapters.target_modules
         if isinstance(targets, str):
             raise ValueError("adapters.target_modules: the planted task needs a list of names")
-        return PlantedTask(model, task, targets, reference_ranks=arm.eval_ranks, seed=seed)
+        ranks = sorted({*arm.eval_ranks, *spec.adapters.evaluation_ranks})
+        # A reused trial process (Tune reuses actors) builds the same teacher only once.
+        key = json.dumps([spec.model.model_dump(), task.model_dump(), targets, ranks, seed])
+        if key not in _PLANTED:
+            _PLANTED.clear()
+            _PLANTED[key] = PlantedTask(model, task, targets, reference_ranks=ranks, seed=seed)
+        return _PLANTED[key]
     if task.kind == "gsm8k":
         from rankstudy.tasks.gsm8k import GSM8KTask
 

@@ -46,6 +46,62 @@ def _trial(args: argparse.Namespace) -> int:
     return 0
 
 
+def connect_ray(address: str | None) -> None:
+    """Join the cluster of `ray job submit` ($RAY_ADDRESS) or --address, else a running local
+    head, else start a local Ray for this process alone."""
+    import os
+
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+        return
+    try:
+        ray.init(address="auto")
+    except ConnectionError:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
+
+
+def sweep_variants(spec) -> list[tuple[str, list[str]]]:
+    """(label, overrides) per point of the spec's sweep (the product of its fields' values)."""
+    import itertools
+    import json
+
+    if not spec.sweep:
+        return [("", [])]
+    keys = list(spec.sweep)
+    out = []
+    for values in itertools.product(*(spec.sweep[k] for k in keys)):
+        label = "-".join(f"{k.rsplit('.', 1)[-1]}{v}" for k, v in zip(keys, values, strict=True))
+        sets = [f"{k}={json.dumps(v)}" for k, v in zip(keys, values, strict=True)]
+        out.append((label, [*sets, f"name={spec.name}-{label}"]))
+    return out
+
+
+def _study(args: argparse.Namespace) -> int:
+    from rankstudy.spec import SpecError, load_spec
+    from rankstudy.study import Study, StudyError, summary_table
+
+    try:  # every spec and output directory is checked before anything starts
+        spec = load_spec(args.spec, args.set)
+        base = args.out or f"runs/{spec.name}"
+        studies = [Study(args.spec, [*args.set, *sets], f"{base}/{label}" if label else base,
+                         args.resume) for label, sets in sweep_variants(spec)]
+    except (SpecError, StudyError, ValueError) as e:
+        print(f"rankstudy study: invalid input\n{e}", file=sys.stderr)
+        return 2
+    connect_ray(args.address)
+    for study in studies:
+        summary = study.run()
+        print(f"\n{study.spec.name}\n" + summary_table(summary))
+        uri = summary["mlflow"]["tracking_uri"]
+        experiment = study.tracker.client.get_experiment(summary["mlflow"]["experiment_id"]).name
+        print(f"wrote {study.out_dir / 'study_summary.json'}\n"
+              f"MLflow: mlflow ui --backend-store-uri {uri}  (experiment {experiment})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="rankstudy", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -70,7 +126,17 @@ def main(argv: list[str] | None = None) -> None:
         metavar="KEY=VALUE",
         help="override a spec field, e.g. training.lr=1e-3 (repeatable)",
     )
+    study = sub.add_parser("study", help="run a whole study: Ray Tune + Optuna + MLflow")
+    study.add_argument("--spec", required=True, help="study spec YAML")
+    study.add_argument("--out", help="output dir (default runs/<study name>)")
+    study.add_argument("--resume", action="store_true", help="continue an interrupted study")
+    study.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    study.add_argument(
+        "--address", help="Ray address (default: $RAY_ADDRESS, a local head, or a new local Ray)"
+    )
     args = parser.parse_args(argv)
+    if args.command == "study":
+        sys.exit(_study(args))
     if args.command == "demo":
         import torch
 

@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from rankstudy.spec import StudySpec
+
+# DeepSpeed JIT-builds a CPU comm op on first use; a cache per environment keeps two
+# checkouts (two venvs) from rebuilding it for each other on every start.
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
 
 
 def use_gpu(spec: StudySpec) -> bool:

@@ -192,6 +192,75 @@ class ResourcesSpec(Strict):
     cpus_per_worker: int = Field(1, gt=0)
 
 
+METHODS = (
+    "lora_grid",  # one LoRA arm per rank in S; the curve is each arm at its own rank
+    "dylora",
+    "matryoshka",  # served with the paper's rule, s_k x A_k B_k
+    "matryoshka_truncated_p",  # the same training run, served with x A_k diag(p[:k]) B_k
+    "matryoshka_binary",
+    "matryoshka_binary_truncated_p",
+    "nested_multiloss",
+)
+
+
+class ParamRange(Strict):
+    """A hyperparameter's search range: a float interval (log or linear) or choices."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list[float | int | str | bool] | None = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> ParamRange:
+        if self.choices is not None:
+            if self.low is not None or self.high is not None or not self.choices:
+                raise ValueError("give either non-empty `choices` or `low` and `high`")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("give `low` and `high` (or `choices`)")
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, got {self.low}")
+        return self
+
+
+class SearchSpec(Strict):
+    """The same Optuna search for every arm: trials_per_arm trials over `space`, whose keys
+    are spec fields in dotted form (training.lr, training.weight_decay, adapters.dropout)."""
+
+    trials_per_arm: int = Field(2, gt=0)
+    space: dict[str, ParamRange] = {"training.lr": ParamRange(low=1e-3, high=1e-2, log=True)}
+    seed: int = 0
+
+
+class TrackingSpec(Strict):
+    """MLflow. uri: None means $MLFLOW_TRACKING_URI, else a sqlite file in the study's
+    output directory; experiment: None means the study's name."""
+
+    uri: str | None = None
+    experiment: str | None = None
+
+    @field_validator("uri")
+    @classmethod
+    def _known_scheme(cls, uri: str | None) -> str | None:
+        schemes = (
+            "sqlite:///",
+            "http://",
+            "https://",
+            "file:",
+            "postgresql",
+            "mysql",
+            "databricks",
+        )
+        if uri is not None and not uri.startswith(schemes):
+            raise ValueError(
+                f"{uri!r} is not an MLflow tracking URI (expected one of {', '.join(schemes)}...)"
+            )
+        return uri
+
+
 class StudySpec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     model: ModelSpec
@@ -201,6 +270,36 @@ class StudySpec(Strict):
     deepspeed: DeepSpeedSpec = DeepSpeedSpec()
     resources: ResourcesSpec = ResourcesSpec()
     seed: int = 0
+    methods: list[Literal[METHODS]] = list(METHODS)  # type: ignore[valid-type]
+    seeds: list[int] | None = Field(None, description="repeat every arm; default [seed]")
+    search: SearchSpec = SearchSpec()
+    tracking: TrackingSpec = TrackingSpec()
+    price_per_device_hour: float | None = Field(None, ge=0)
+    sweep: dict[str, list[float | int | str | bool]] | None = Field(
+        None, description="run the whole study once per value of a spec field")
+
+    @model_validator(mode="after")
+    def _study(self) -> StudySpec:
+        if not self.methods or len(set(self.methods)) != len(self.methods):
+            raise ValueError("methods: give each method once, at least one")
+        if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
+            raise ValueError("seeds: give each seed once, at least one")
+        probes = [(f"search.space.{k}", k, r.choices[0] if r.choices is not None else r.low)
+                  for k, r in self.search.space.items()]
+        for key, values in (self.sweep or {}).items():
+            if not values:
+                raise ValueError(f"sweep.{key}: give at least one value")
+            probes += [(f"sweep.{key}", key, v) for v in values]
+        for where, key, probe in probes:
+            data = self.model_dump(exclude={"search", "sweep"}) | {"search": {"space": {}}}
+            try:
+                set_key(data, key, probe)
+                StudySpec.model_validate(data)
+            except ValidationError as e:
+                raise ValueError(f"{where}: {_format(e)}") from None
+            except SpecError as e:
+                raise ValueError(f"{where}: {e}") from None
+        return self
 
     @model_validator(mode="after")
     def _text_tasks_need_bytes(self) -> StudySpec:

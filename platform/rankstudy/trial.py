@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import resource
 import statistics
 import time
@@ -114,6 +115,7 @@ def peak_memory(gpu: bool) -> int:
 
 def run_trial(config: dict) -> dict:
     """config: {"spec": dict, "arm": str, "out_dir": str, "overrides": [key=value, ...]}."""
+    invoked = time.perf_counter()  # the devices are held from here: set-up counts as cost
     spec = parse_spec(config["spec"], config.get("overrides", ()))
     arm = parse_arm(config["arm"], spec)
     out_dir = Path(config["out_dir"])
@@ -157,8 +159,17 @@ def run_trial(config: dict) -> dict:
         "train_tokens": 0,
         "eval_tokens": 0,
     }
+    if rank == 0:  # which process trains this trial now (fault tests and operators kill it)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "trial.pid").write_text(str(os.getpid()))
     if state["step"] and rank == 0:
         print(f"[{arm.name}] resumed from step {state['step']}", flush=True)
+    if 0 < state["step"] < steps:
+        state.setdefault("resumed_from", []).append(state["step"])
+    prior_wall = state.get("wall_seconds", 0.0)
+
+    def wall() -> float:
+        return prior_wall + time.perf_counter() - invoked
 
     micro, accum = t.micro_batch_size, t.grad_accum
     global_batch = micro * accum * world
@@ -228,28 +239,54 @@ def run_trial(config: dict) -> dict:
             curve = validate()[rules[0]]
             state["validation"].append({"step": state["step"], "scores": curve})
         if t.checkpoint_every and state["step"] % t.checkpoint_every == 0:
+            state["wall_seconds"] = wall()
             save_checkpoint(engine, ckpt_dir, state["step"], state)
 
     if latest_step(ckpt_dir) != state["step"]:
+        state["wall_seconds"] = wall()
         save_checkpoint(engine, ckpt_dir, state["step"], state)
 
-    validation = validate()
-    start = time.perf_counter()
-    test = evaluate(engine.module, task, "test", arm, rules, t.eval_batch_size)
-    state["eval_seconds"] += time.perf_counter() - start
-    state["eval_tokens"] += (
-        task.size("test") * len(arm.eval_ranks) * len(test) * task.tokens_per_example("test")
-    )
+    splits = config.get("splits", SPLITS)
+    previous = _previous_result(out_dir) if "validation" not in splits else None
+    if previous is not None:  # a test pass after a validation-only run: keep what it measured
+        validation = {r: _unkeyed(c) for r, c in previous["validation_scores_by_rule"].items()}
+        state["eval_seconds"] = previous["cost"]["eval_seconds"]
+        state["eval_tokens"] = previous["cost"]["eval_tokens"]
+        prior_wall = previous["cost"]["wall_seconds"]
+    else:
+        validation = validate()
+    test = None
+    if "test" in splits:
+        start = time.perf_counter()
+        test = evaluate(engine.module, task, "test", arm, rules, t.eval_batch_size)
+        state["eval_seconds"] += time.perf_counter() - start
+        n_test = task.size("test") * len(arm.eval_ranks) * len(test)
+        state["eval_tokens"] += n_test * task.tokens_per_example("test")
     seq_len = task.collate("train", [0])["input_ids"].shape[1]
     flops = train_flops(
         shape, state["train_tokens"], seq_len, arm.method, arm.max_rank, arm.train_ranks
     )
     flops += eval_flops(shape, state["eval_tokens"], seq_len, [statistics.mean(arm.eval_ranks)])
+    state["wall_seconds"] = wall()
     result = trial_result(spec, arm, config, task, validation, test, state, world, gpu, flops)
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "result.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+# What a trial evaluates at its end: the study's search trials stop at validation, and only
+# each arm's chosen trial is scored on test, by running the trial again with splits=("test",).
+SPLITS = ("validation", "test")
+
+
+def _previous_result(out_dir: Path) -> dict | None:
+    path = out_dir / "result.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _unkeyed(curve: dict[str, float]) -> dict[int, float]:
+    return {int(k): v for k, v in curve.items()}
 
 
 def latest_step(ckpt_dir: Path) -> int | None:
@@ -277,39 +314,49 @@ def _keyed(curve: dict[int, float]) -> dict[str, float]:
 
 
 def trial_result(spec, arm, config, task, validation, test, state, world, gpu, flops) -> dict:
-    rules = list(validation)
-    primary = rules[0]
-    ranks, scores = list(test[primary]), list(test[primary].values())
-    reference = task.reference_curve(arm.eval_ranks)
-    wall = state["train_seconds"] + state["eval_seconds"]
+    """result.json. test is None for a validation-only run: scores and aurac stay empty."""
+    primary = next(iter(validation))
+    test = test or {}
+    curve = test.get(primary, {})
+    reference = task.reference_curve(spec.adapters.evaluation_ranks)
     result = {
         "status": "ok",
         "arm": arm.name,
         "method": arm.method,
         "max_rank": arm.max_rank,
         "train_ranks": list(arm.train_ranks),
+        "seed": spec.seed,
         "hparams": {
             "lr": spec.training.lr,
             "weight_decay": spec.training.weight_decay,
             "overrides": list(config.get("overrides", ())),
         },
         "inference_rule": primary,
-        "scores": _keyed(test[primary]),
+        "scores": _keyed(curve),
         "validation_scores": _keyed(validation[primary]),
         "scores_by_rule": {r: _keyed(c) for r, c in test.items()},
         "validation_scores_by_rule": {r: _keyed(c) for r, c in validation.items()},
         "selection_metric": selection_metric(arm, validation[primary]),
-        "aurac": {"log2": aurac(ranks, scores), "linear": aurac(ranks, scores, "linear")},
+        "selection_metric_by_rule": {r: selection_metric(arm, c) for r, c in validation.items()},
+        "aurac": {
+            "log2": aurac(list(curve), list(curve.values())),
+            "linear": aurac(list(curve), list(curve.values()), "linear"),
+        }
+        if curve
+        else {},
         "loss_curve": state["losses"],
         "validation_curve": state["validation"],
         "steps": state["step"],
+        "resumed_from": state.get("resumed_from", []),
         "cost": {
             "train_seconds": state["train_seconds"],
             "eval_seconds": state["eval_seconds"],
-            "device_seconds": wall * world,
+            "wall_seconds": state["wall_seconds"],
+            "device_seconds": state["wall_seconds"] * world,
             "devices": world,
             "device_type": "gpu" if gpu else "cpu",
             "train_tokens": state["train_tokens"],
+            "eval_tokens": state["eval_tokens"],
             "flops": flops,
             "peak_memory_bytes": int(reduce(peak_memory(gpu), dist.ReduceOp.MAX)),
         },

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The main job: set up .venv, start a local Ray head if none is running, submit a study with
+# `ray job submit`, follow its output, and leave the summary and MLflow store under runs/.
+#   bash jobs/submit.sh [SPEC] [extra jobs/study.py arguments]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash jobs/setup.sh
+root=$PWD
+spec=${1:-jobs/specs/planted-cpu.yaml}
+shift || true
+name=$(.venv/bin/python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['name'])" "$spec")
+export PATH="$root/.venv/bin:$PATH" RAY_USAGE_STATS_ENABLED=0
+
+if [ -z "${RAY_ADDRESS:-}" ] && ! ray status >/dev/null 2>&1; then
+    # A local head for this machine's default study: auth off (it listens on this machine
+    # only), one logical CPU per core. `ray stop` ends it when you are done.
+    echo "submit: starting a local Ray head (stop it later with: ray stop)"
+    RAY_AUTH_MODE=disabled ray start --head --node-ip-address=127.0.0.1 \
+        --num-cpus="$(nproc)" --dashboard-host=127.0.0.1 --disable-usage-stats >/dev/null
+fi
+export RAY_ADDRESS=${RAY_ADDRESS:-http://127.0.0.1:8265}
+
+# Output goes to absolute paths: the job runs in a copy of this folder.
+ray job submit --working-dir . \
+    --runtime-env-json '{"excludes": [".venv", "runs", ".git", "*.db", "mlruns"]}' \
+    -- "$root/.venv/bin/python" jobs/study.py --spec "$spec" --out "$root/runs/$name" "$@"
+echo "submit: summary $root/runs/$name/study_summary.json"
+echo "submit: MLflow UI: $root/.venv/bin/mlflow ui --backend-store-uri sqlite:///$root/runs/$name/mlflow.db"

@@ -1,0 +1,97 @@
+"""From chosen trials to a method's score: its test curve, AURAC (mean and spread over seeds)
+and everything it cost. Selection happened on validation; this module only reads test scores
+of trials already chosen."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable
+
+from rankstudy.metrics import aurac
+from rankstudy.spec import StudySpec
+
+# method -> (arm name, or None for the LoRA grid, and the inference rule it is served with)
+METHOD_ARMS = {
+    "lora_grid": (None, "scaled"),
+    "dylora": ("dylora", "scaled"),
+    "matryoshka": ("matryoshka", "scaled"),
+    "matryoshka_truncated_p": ("matryoshka", "truncated_p"),
+    "matryoshka_binary": ("matryoshka_binary", "scaled"),
+    "matryoshka_binary_truncated_p": ("matryoshka_binary", "truncated_p"),
+    "nested_multiloss": ("nested_multiloss", "scaled"),
+}
+
+
+def method_arms(method: str, spec: StudySpec) -> list[str]:
+    arm, _ = METHOD_ARMS[method]
+    return [f"lora_r{r}" for r in spec.adapters.rank_set] if arm is None else [arm]
+
+
+def method_rule(method: str) -> str:
+    return METHOD_ARMS[method][1]
+
+
+def study_arms(spec: StudySpec) -> list[str]:
+    """Every arm the spec's methods need, each once, in a stable order."""
+    return list(dict.fromkeys(a for m in spec.methods for a in method_arms(m, spec)))
+
+
+def study_rules(spec: StudySpec) -> list[str]:
+    """The inference rules trials must evaluate: the paper's first, then any other asked for."""
+    return list(dict.fromkeys(["scaled", *(method_rule(m) for m in spec.methods)]))
+
+
+def test_curve(method: str, spec: StudySpec, chosen: dict, seed: int) -> dict[int, float]:
+    """The method's test curve for one seed. chosen[(arm, rule)][seed] is a result.json."""
+    rule = method_rule(method)
+    if METHOD_ARMS[method][0] is None:
+        return {
+            r: chosen[(f"lora_r{r}", rule)][seed]["scores_by_rule"][rule][str(r)]
+            for r in spec.adapters.rank_set
+        }
+    result = chosen[(method_arms(method, spec)[0], rule)][seed]
+    return {int(k): v for k, v in result["scores_by_rule"][rule].items()}
+
+
+def total_cost(results: Iterable[dict], price_per_device_hour: float | None) -> dict:
+    """Everything spent: every search trial, seed repeat and test pass of the method's arms."""
+    results = list(results)
+    cost = {
+        "trials": len(results),
+        "device_seconds": sum(r["cost"]["device_seconds"] for r in results),
+        "train_seconds": sum(r["cost"]["train_seconds"] for r in results),
+        "eval_seconds": sum(r["cost"]["eval_seconds"] for r in results),
+        "flops": sum(r["cost"]["flops"] for r in results),
+        "train_tokens": sum(r["cost"]["train_tokens"] for r in results),
+    }
+    cost["device_hours"] = cost["device_seconds"] / 3600
+    cost["money"] = (
+        cost["device_hours"] * price_per_device_hour if price_per_device_hour is not None else None
+    )
+    return cost
+
+
+def score_method(
+    method: str, spec: StudySpec, chosen: dict, spent: list[dict], seeds: list[int]
+) -> dict:
+    """ranks, mean scores, AURAC on both axes (mean and population std over seeds), cost."""
+    curves = [test_curve(method, spec, chosen, s) for s in seeds]
+    ranks = sorted(curves[0])
+    per_seed = {
+        axis: [aurac(ranks, [c[r] for r in ranks], axis) for c in curves]
+        for axis in ("log2", "linear")
+    }
+    return {
+        "ranks": ranks,
+        "scores": [statistics.fmean(c[r] for c in curves) for r in ranks],
+        "scores_by_seed": {
+            str(s): [c[r] for r in ranks] for s, c in zip(seeds, curves, strict=True)
+        },
+        "aurac_log2": statistics.fmean(per_seed["log2"]),
+        "aurac_linear": statistics.fmean(per_seed["linear"]),
+        "aurac_log2_std": statistics.pstdev(per_seed["log2"]),
+        "aurac_linear_std": statistics.pstdev(per_seed["linear"]),
+        "inference_rule": method_rule(method),
+        "cost": total_cost(spent, spec.price_per_device_hour),
+        "trials": len(spent),
+    }

@@ -1,0 +1,166 @@
+"""MLflow records of a study, written by the study's driver alone.
+
+One experiment per study; a parent run for the study; one child run per trial, created whole
+when the trial has ended (so a killed study leaves no RUNNING child behind, and a resumed one
+finds what it logged by its `rankstudy.trial_key` tag instead of logging it twice); one summary
+run per method. Per-rank scores are one metric logged with step = rank, so the MLflow UI draws
+the rank-accuracy curve. Only the driver writes: a fresh sqlite store written by several
+processes at once fails in schema migration.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
+
+
+def tracking_uri(spec_uri: str | None, out_dir: Path) -> str:
+    """The spec's URI, else $MLFLOW_TRACKING_URI, else a sqlite file in the study's directory."""
+    return (
+        spec_uri
+        or os.environ.get("MLFLOW_TRACKING_URI")
+        or f"sqlite:///{(out_dir / 'mlflow.db').resolve()}"
+    )
+
+
+class StudyTracker:
+    def __init__(self, uri: str, experiment: str) -> None:
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        found = self.client.get_experiment_by_name(experiment)
+        self.experiment_id = (
+            found.experiment_id if found else self.client.create_experiment(experiment)
+        )
+        self.parent_id: str | None = None
+
+    def start_study(self, name: str, spec: dict, parent_id: str | None = None) -> str:
+        """Create the parent run, or reopen it (resume) when parent_id is given."""
+        if parent_id is not None:
+            self.client.update_run(parent_id, status="RUNNING")
+            self.parent_id = parent_id
+            return parent_id
+        run = self.client.create_run(
+            self.experiment_id, run_name=name, tags={"rankstudy.kind": "study"}
+        )
+        self.parent_id = run.info.run_id
+        self.client.log_dict(self.parent_id, spec, "spec.json")
+        return self.parent_id
+
+    def finish_study(self, summary: dict, status: str = "FINISHED") -> None:
+        self.client.log_dict(self.parent_id, summary, "study_summary.json")
+        self.client.set_terminated(self.parent_id, status)
+
+    def _child(self, key: str) -> str | None:
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`rankstudy.trial_key` = '{key}' "
+            f"and tags.`mlflow.parentRunId` = '{self.parent_id}'",
+        )
+        return runs[0].info.run_id if runs else None
+
+    def log_trial(
+        self,
+        key: str,
+        arm: str,
+        method: str,
+        params: dict,
+        result: dict | None,
+        error: str | None = None,
+    ) -> str:
+        """A child run for an ended trial (once per key); status FAILED with the reason when it
+        failed. A test pass logged later adds its test curve to the same run."""
+        run_id = self._child(key)
+        if run_id is None:
+            tags = {
+                "mlflow.parentRunId": self.parent_id,
+                "rankstudy.trial_key": key,
+                "rankstudy.kind": "trial",
+                "arm": arm,
+                "method": method,
+            }
+            if result is not None:
+                tags["rank"] = str(result["max_rank"]) if method == "lora" else "nested"
+            run = self.client.create_run(
+                self.experiment_id, run_name=key.replace("/", "-"), tags=tags
+            )
+            run_id = run.info.run_id
+            self._log(run_id, params={k: str(v) for k, v in params.items()})
+        if result is not None:
+            self._log(run_id, metrics=trial_metrics(result))
+        if error is not None:
+            self.client.set_tag(run_id, "failure", error[:4000])
+        self.client.set_terminated(run_id, "FAILED" if error else "FINISHED")
+        return run_id
+
+    def log_method(self, method: str, summary: dict, figure_path: Path | None) -> None:
+        """A summary run for a method: AURAC, cost, the curve as a table and a figure."""
+        tags = {
+            "mlflow.parentRunId": self.parent_id,
+            "rankstudy.kind": "method",
+            "method": method,
+            "rankstudy.trial_key": f"method/{method}",
+        }
+        existing = self._child(f"method/{method}")
+        run_id = (
+            existing
+            or self.client.create_run(self.experiment_id, run_name=method, tags=tags).info.run_id
+        )
+        metrics = {
+            k: v
+            for k, v in summary.items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        }
+        metrics |= {
+            f"cost_{k}": v for k, v in summary["cost"].items() if isinstance(v, int | float)
+        }
+        now = int(time.time() * 1000)
+        rows = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None]
+        rows += [
+            Metric("test_score", float(s), now, int(r))
+            for r, s in zip(summary["ranks"], summary["scores"], strict=True)
+        ]
+        self._log(run_id, metrics=rows)
+        self.client.log_table(
+            run_id, {"rank": summary["ranks"], "score": summary["scores"]}, "curve.json"
+        )
+        if figure_path is not None:
+            self.client.log_artifact(run_id, str(figure_path))
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def _log(self, run_id: str, metrics: list[Metric] = (), params: dict | None = None):
+        params = [Param(k, v[:6000]) for k, v in (params or {}).items()]
+        for i in range(0, max(len(metrics), 1), BATCH):
+            self.client.log_batch(
+                run_id,
+                metrics=list(metrics[i : i + BATCH]),
+                params=params if i == 0 else [],
+                tags=[],
+            )
+
+
+def trial_metrics(result: dict) -> list[Metric]:
+    """Loss curve (step = optimizer step), validation and test scores (step = rank), cost."""
+    now = int(time.time() * 1000)
+    out = [Metric("train_loss", float(v), now, i + 1) for i, v in enumerate(result["loss_curve"])]
+    for rule, curve in result["validation_scores_by_rule"].items():
+        name = "val_score" if rule == result["inference_rule"] else f"val_score_{rule}"
+        out += [Metric(name, float(v), now, int(k)) for k, v in curve.items()]
+    for rule, curve in result.get("scores_by_rule", {}).items():
+        name = "test_score" if rule == result["inference_rule"] else f"test_score_{rule}"
+        out += [Metric(name, float(v), now, int(k)) for k, v in curve.items()]
+    for point in result["validation_curve"]:
+        for k, v in point["scores"].items():
+            out.append(Metric(f"val_score_r{k}", float(v), now, int(point["step"])))
+    out.append(Metric("selection_metric", float(result["selection_metric"]), now, 0))
+    for k, v in result.get("aurac", {}).items():
+        out.append(Metric(f"aurac_{k}", float(v), now, 0))
+    for k, v in result["cost"].items():
+        if isinstance(v, int | float):
+            out.append(Metric(f"cost_{k}", float(v), now, 0))
+    return out

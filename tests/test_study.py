@@ -1,0 +1,255 @@
+"""Whole studies on a tiny planted task: through `ray job submit` on a Ray head this test
+starts (and ends, by its process group), and through faults: a trial's process killed
+mid-training, the driver killed mid-study and resumed."""
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+TINY = {
+    "name": "tiny-study",
+    "model": {"tiny": {"hidden": 64, "layers": 2, "vocab": 256}},
+    "task": {
+        "kind": "planted",
+        "shift": 0.5,
+        "planted_rank": 8,
+        "seq_len": 16,
+        "train_size": 512,
+        "validation_size": 32,
+        "test_size": 32,
+    },
+    "adapters": {"max_rank": 8, "train_ranks": [1, 2, 4, 8]},
+    "training": {"steps": 60, "micro_batch_size": 16, "log_every": 30, "checkpoint_every": 20},
+    "methods": ["lora_grid", "dylora", "matryoshka", "matryoshka_truncated_p"],
+    "search": {"trials_per_arm": 2},
+}
+ARMS = 6  # lora_r1, r2, r4, r8, dylora, matryoshka
+
+
+def write_spec(tmp_path, spec=TINY, name="spec.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """A Ray head in its own process group (auth off, this machine only), ended by group id."""
+    temp = tempfile.mkdtemp(prefix="rs-", dir="/tmp")  # short: Ray's socket paths are bounded
+    port, dashboard = free_port(), free_port()
+    env = os.environ | {
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
+    }
+    head = subprocess.Popen(
+        [
+            str(VENV_BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            f"--dashboard-port={dashboard}",
+            "--dashboard-host=127.0.0.1",
+            "--node-ip-address=127.0.0.1",
+            "--num-cpus=2",
+            f"--temp-dir={temp}",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    address = f"http://127.0.0.1:{dashboard}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"{address}/api/version", timeout=2)
+            break
+        except OSError:
+            time.sleep(1)
+    else:
+        os.killpg(head.pid, signal.SIGKILL)
+        pytest.fail("the Ray head did not come up")
+    yield address
+    os.killpg(head.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        head.wait(timeout=20)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(head.pid, signal.SIGKILL)
+
+
+def mlflow_runs(summary):
+    client = MlflowClient(summary["mlflow"]["tracking_uri"])
+    runs = client.search_runs([summary["mlflow"]["experiment_id"]], max_results=1000)
+    return client, runs
+
+
+@pytest.mark.slow
+def test_study_through_ray_job_submit(tmp_path, ray_head):
+    spec = write_spec(tmp_path)
+    out = tmp_path / "out"
+    env = os.environ | {"RAY_ADDRESS": ray_head, "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.run(
+        ["bash", "jobs/submit.sh", str(spec), "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "succeeded" in proc.stdout + proc.stderr
+    summary = json.loads((out / "study_summary.json").read_text())
+    assert set(summary["methods"]) == set(TINY["methods"])
+    for m in summary["methods"].values():
+        assert m["ranks"] == [1, 2, 4, 8] and len(m["scores"]) == 4
+        assert 0 <= m["aurac_log2"] <= 1 and 0 <= m["aurac_linear"] <= 1
+    assert summary["methods"]["lora_grid"]["trials"] == 4 * 2
+    assert summary["methods"]["matryoshka"]["trials"] == 2
+    assert set(summary["reference"]) == {"1", "2", "4", "8"}
+    grid, mat = summary["methods"]["lora_grid"], summary["methods"]["matryoshka"]
+    assert mat["cost"]["flops"] < grid["cost"]["flops"] / 3
+    assert mat["cost"]["device_seconds"] < grid["cost"]["device_seconds"]
+
+    client, runs = mlflow_runs(summary)
+    kinds = [r.data.tags.get("rankstudy.kind") for r in runs]
+    assert kinds.count("study") == 1 and kinds.count("trial") == ARMS * 2
+    assert kinds.count("method") == len(TINY["methods"])
+    assert all(r.info.status == "FINISHED" for r in runs)
+    keys = [
+        r.data.tags["rankstudy.trial_key"] for r in runs if "rankstudy.trial_key" in r.data.tags
+    ]
+    assert len(keys) == len(set(keys))
+    parent = summary["mlflow"]["parent_run_id"]
+    assert all(
+        r.data.tags.get("mlflow.parentRunId") == parent for r in runs if r.info.run_id != parent
+    )
+    # the chosen matryoshka trial carries its test curve with step = rank
+    method_run = next(
+        r
+        for r in runs
+        if r.data.tags.get("method") == "matryoshka"
+        and r.data.tags.get("rankstudy.kind") == "method"
+    )
+    history = client.get_metric_history(method_run.info.run_id, "test_score")
+    assert sorted(m.step for m in history) == [1, 2, 4, 8]
+    tested = [
+        r for r in runs if r.data.tags.get("arm") == "matryoshka" and "test_score" in r.data.metrics
+    ]
+    assert len(tested) == 1
+    steps = sorted(m.step for m in client.get_metric_history(tested[0].info.run_id, "test_score"))
+    assert steps == [1, 2, 4, 8]
+    assert len(client.get_metric_history(tested[0].info.run_id, "train_loss")) == 60
+
+
+def run_study(spec, out, *args, wait=True):
+    cmd = [
+        sys.executable,
+        "jobs/study.py",
+        "--spec",
+        str(spec),
+        "--out",
+        str(out),
+        "--address",
+        "local",
+        *args,
+    ]
+    with open(out.parent / f"{out.name}.log", "a") as log:  # the child keeps its own copy
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    if wait:
+        assert proc.wait(timeout=1200) == 0, (out.parent / f"{out.name}.log").read_text()[-4000:]
+    return proc
+
+
+def scores(summary):
+    return {m: (v["scores"], v["aurac_log2"]) for m, v in summary["methods"].items()}
+
+
+@pytest.mark.slow
+def test_killed_trial_process_is_retried_from_its_checkpoint(tmp_path):
+    spec = write_spec(
+        tmp_path, TINY | {"methods": ["matryoshka"], "training": TINY["training"] | {"steps": 400}}
+    )
+    out = tmp_path / "out"
+    proc = run_study(spec, out, wait=False)
+    deadline, victim = time.time() + 600, None
+    while victim is None and time.time() < deadline and proc.poll() is None:
+        for latest in out.glob("trials/*/*/checkpoints/latest"):
+            victim = latest.parent.parent
+        time.sleep(0.05)
+    assert victim is not None, "no trial reached its first checkpoint"
+    os.kill(int((victim / "trial.pid").read_text()), signal.SIGKILL)
+    assert proc.wait(timeout=1200) == 0, (tmp_path / "out.log").read_text()[-4000:]
+    result = json.loads((victim / "result.json").read_text())
+    assert result["resumed_from"] and result["steps"] == 400
+    summary = json.loads((out / "study_summary.json").read_text())
+    _, runs = mlflow_runs(summary)
+    assert all(r.info.status == "FINISHED" for r in runs)
+
+
+@pytest.mark.slow
+def test_killed_driver_resumes_to_the_uninterrupted_summary(tmp_path):
+    spec = write_spec(tmp_path)
+    run_study(spec, tmp_path / "whole")
+    whole = json.loads((tmp_path / "whole" / "study_summary.json").read_text())
+
+    cut = tmp_path / "cut"
+    proc = run_study(spec, cut, wait=False)
+    state = cut / "study_state.json"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if state.exists() and len(json.loads(state.read_text()).get("trials", {})) >= 3:
+            break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
+    proc.wait(timeout=60)
+    assert not (cut / "study_summary.json").exists()
+
+    proc = run_study(spec, cut, "--resume")
+    resumed = json.loads((cut / "study_summary.json").read_text())
+    assert scores(resumed) == scores(whole)
+    _, runs = mlflow_runs(resumed)
+    kinds = [r.data.tags.get("rankstudy.kind") for r in runs]
+    assert kinds.count("study") == 1 and kinds.count("trial") == ARMS * 2
+    assert all(r.info.status == "FINISHED" for r in runs)
+    keys = [
+        r.data.tags["rankstudy.trial_key"] for r in runs if "rankstudy.trial_key" in r.data.tags
+    ]
+    assert len(keys) == len(set(keys))
+
+
+def test_resume_and_fresh_start_protect_what_is_recorded(tmp_path):
+    spec = write_spec(tmp_path)
+    cmd = [sys.executable, "jobs/study.py", "--spec", str(spec), "--out", str(tmp_path / "o")]
+    proc = subprocess.run([*cmd, "--resume"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and "--resume: " in proc.stderr
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "study_state.json").write_text("{}")
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and "already holds a study" in proc.stderr
+    assert (tmp_path / "o" / "study_state.json").read_text() == "{}"
