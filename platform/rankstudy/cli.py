@@ -86,8 +86,10 @@ def _study(args: argparse.Namespace) -> int:
     try:  # every spec and output directory is checked before anything starts
         spec = load_spec(args.spec, args.set)
         base = args.out or f"runs/{spec.name}"
-        studies = [Study(args.spec, [*args.set, *sets], f"{base}/{label}" if label else base,
-                         args.resume) for label, sets in sweep_variants(spec)]
+        studies = [
+            Study(args.spec, [*args.set, *sets], f"{base}/{label}" if label else base, args.resume)
+            for label, sets in sweep_variants(spec)
+        ]
     except (SpecError, StudyError, ValueError) as e:
         print(f"rankstudy study: invalid input\n{e}", file=sys.stderr)
         return 2
@@ -97,8 +99,10 @@ def _study(args: argparse.Namespace) -> int:
         print(f"\n{study.spec.name}\n" + summary_table(summary))
         uri = summary["mlflow"]["tracking_uri"]
         experiment = study.tracker.client.get_experiment(summary["mlflow"]["experiment_id"]).name
-        print(f"wrote {study.out_dir / 'study_summary.json'}\n"
-              f"MLflow: mlflow ui --backend-store-uri {uri}  (experiment {experiment})")
+        print(
+            f"wrote {study.out_dir / 'study_summary.json'}\n"
+            f"MLflow: mlflow ui --backend-store-uri {uri}  (experiment {experiment})"
+        )
     return 0
 
 

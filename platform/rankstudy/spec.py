@@ -276,7 +276,8 @@ class StudySpec(Strict):
     tracking: TrackingSpec = TrackingSpec()
     price_per_device_hour: float | None = Field(None, ge=0)
     sweep: dict[str, list[float | int | str | bool]] | None = Field(
-        None, description="run the whole study once per value of a spec field")
+        None, description="run the whole study once per value of a spec field"
+    )
 
     @model_validator(mode="after")
     def _study(self) -> StudySpec:
@@ -284,8 +285,10 @@ class StudySpec(Strict):
             raise ValueError("methods: give each method once, at least one")
         if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
             raise ValueError("seeds: give each seed once, at least one")
-        probes = [(f"search.space.{k}", k, r.choices[0] if r.choices is not None else r.low)
-                  for k, r in self.search.space.items()]
+        probes = [
+            (f"search.space.{k}", k, r.choices[0] if r.choices is not None else r.low)
+            for k, r in self.search.space.items()
+        ]
         for key, values in (self.sweep or {}).items():
             if not values:
                 raise ValueError(f"sweep.{key}: give at least one value")

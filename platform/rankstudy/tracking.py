@@ -76,7 +76,8 @@ class StudyTracker:
         """A child run for an ended trial (once per key); status FAILED with the reason when it
         failed. A test pass logged later adds its test curve to the same run."""
         run_id = self._child(key)
-        if run_id is None:
+        new = run_id is None
+        if new:
             tags = {
                 "mlflow.parentRunId": self.parent_id,
                 "rankstudy.trial_key": key,
@@ -91,8 +92,11 @@ class StudyTracker:
             )
             run_id = run.info.run_id
             self._log(run_id, params={k: str(v) for k, v in params.items()})
-        if result is not None:
-            self._log(run_id, metrics=trial_metrics(result))
+        if result is not None:  # a test pass adds its test curve and the cost it now totals
+            metrics = trial_metrics(result)
+            if not new:
+                metrics = [m for m in metrics if m.key.startswith(("test_score", "aurac", "cost"))]
+            self._log(run_id, metrics=metrics)
         if error is not None:
             self.client.set_tag(run_id, "failure", error[:4000])
         self.client.set_terminated(run_id, "FAILED" if error else "FINISHED")
