@@ -77,3 +77,24 @@ def test_bad_shift_and_targets(planted):
         find_scale(base, deltas, INPUTS, 1.0)
     with pytest.raises(ValueError, match="^targets:"):
         plant_deltas(base, ["qkv"], rank=4)
+
+
+def test_calibration_cache_gives_the_same_task_without_searching_again(tmp_path, monkeypatch):
+    from rankstudy.spec import PlantedTaskSpec
+    from rankstudy.tasks import planted
+
+    spec = PlantedTaskSpec(
+        planted_rank=4, seq_len=8, train_size=16, validation_size=32, test_size=32
+    )
+    cache = tmp_path / "planted.json"
+    first = planted.PlantedTask(tiny_model("llama"), spec, ["q_proj"], [1, 4], cache=cache)
+    assert cache.exists()
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("the cached scale should be used")
+
+    monkeypatch.setattr(planted, "find_scale", no_search)
+    second = planted.PlantedTask(tiny_model("llama"), spec, ["q_proj"], [1, 2, 4], cache=cache)
+    assert second.scale == first.scale and second.base_score == first.base_score
+    assert second.reference[1] == first.reference[1] and 2 in second.reference
+    assert all(torch.equal(second.teacher[s], first.teacher[s]) for s in first.teacher)

@@ -156,6 +156,9 @@ def test_study_through_ray_job_submit(tmp_path, ray_head):
     )
     history = client.get_metric_history(method_run.info.run_id, "test_score")
     assert sorted(m.step for m in history) == [1, 2, 4, 8]
+    artifacts = {a.path for a in client.list_artifacts(method_run.info.run_id)}
+    assert {"matryoshka.png", "curve.json"} <= artifacts
+    assert (out / "figures" / "matryoshka.png").stat().st_size > 5000
     tested = [
         r for r in runs if r.data.tags.get("arm") == "matryoshka" and "test_score" in r.data.metrics
     ]
@@ -253,3 +256,28 @@ def test_resume_and_fresh_start_protect_what_is_recorded(tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2 and "already holds a study" in proc.stderr
     assert (tmp_path / "o" / "study_state.json").read_text() == "{}"
+
+
+@pytest.mark.slow
+def test_multi_worker_trials_and_seed_repeats(tmp_path):
+    """Trials of two Ray Train workers each, launched from the Tune function, and a chosen
+    trial repeated at a second seed: the summary gives the mean and the spread."""
+    spec = TINY | {
+        "name": "tiny-w2",
+        "task": TINY["task"] | {"train_size": 256},
+        "training": TINY["training"] | {"steps": 10, "micro_batch_size": 8},
+        "resources": {"workers": 2},
+        "methods": ["matryoshka"],
+        "search": {"trials_per_arm": 1},
+        "seeds": [0, 1],
+    }
+    run_study(write_spec(tmp_path, spec), tmp_path / "out")
+    summary = json.loads((tmp_path / "out" / "study_summary.json").read_text())
+    m = summary["methods"]["matryoshka"]
+    assert summary["seeds"] == [0, 1] and set(m["scores_by_seed"]) == {"0", "1"}
+    per_seed = [m["scores_by_seed"][s] for s in ("0", "1")]
+    assert m["scores"] == pytest.approx([(a + b) / 2 for a, b in zip(*per_seed, strict=True)])
+    assert m["aurac_log2_std"] >= 0 and m["cost"]["trials"] == 2
+    results = [json.loads(p.read_text()) for p in (tmp_path / "out").glob("trials/*/*/result.json")]
+    assert {r["cost"]["devices"] for r in results} == {2}
+    assert {r["seed"] for r in results} == {0, 1}

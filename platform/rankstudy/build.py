@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -49,7 +51,9 @@ def load_model(spec: ModelSpec, dtype: torch.dtype) -> tuple[nn.Module, object |
 _PLANTED: dict[str, Task] = {}
 
 
-def build_task(spec: StudySpec, model: nn.Module, tokenizer, arm: Arm, seed: int) -> Task:
+def build_task(
+    spec: StudySpec, model: nn.Module, tokenizer, arm: Arm, seed: int, cache_dir: str | None = None
+) -> Task:
     """The task bound to the base model; call before adapters are attached."""
     task = spec.task
     if task.kind == "planted":
@@ -60,10 +64,15 @@ def build_task(spec: StudySpec, model: nn.Module, tokenizer, arm: Arm, seed: int
             raise ValueError("adapters.target_modules: the planted task needs a list of names")
         ranks = sorted({*arm.eval_ranks, *spec.adapters.evaluation_ranks})
         # A reused trial process (Tune reuses actors) builds the same teacher only once.
-        key = json.dumps([spec.model.model_dump(), task.model_dump(), targets, ranks, seed])
+        identity = json.dumps([spec.model.model_dump(), task.model_dump(), targets, seed])
+        key = identity + json.dumps(ranks)
         if key not in _PLANTED:
             _PLANTED.clear()
-            _PLANTED[key] = PlantedTask(model, task, targets, reference_ranks=ranks, seed=seed)
+            digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
+            cache = Path(cache_dir) / f"planted-{digest}.json" if cache_dir else None
+            _PLANTED[key] = PlantedTask(
+                model, task, targets, reference_ranks=ranks, seed=seed, cache=cache
+            )
         return _PLANTED[key]
     if task.kind == "gsm8k":
         from rankstudy.tasks.gsm8k import GSM8KTask

@@ -46,21 +46,25 @@ def _trial(args: argparse.Namespace) -> int:
     return 0
 
 
-def connect_ray(address: str | None) -> None:
+def connect_ray(address: str | None, extra_cpus: int = 0) -> None:
     """Join the cluster of `ray job submit` ($RAY_ADDRESS) or --address, else a running local
-    head, else start a local Ray for this process alone."""
+    head, else start a local Ray for this process alone. extra_cpus: logical CPUs beyond the
+    cores, for the drivers of multi-worker trials (each holds one while its workers train)."""
     import os
 
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS")
+    if address == "local":
+        ray.init(address="local", num_cpus=os.cpu_count() + extra_cpus, include_dashboard=False)
+        return
     if address:
         ray.init(address=address)
         return
     try:
         ray.init(address="auto")
     except ConnectionError:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
+        ray.init(num_cpus=os.cpu_count() + extra_cpus, include_dashboard=False)
 
 
 def sweep_variants(spec) -> list[tuple[str, list[str]]]:
@@ -93,7 +97,8 @@ def _study(args: argparse.Namespace) -> int:
     except (SpecError, StudyError, ValueError) as e:
         print(f"rankstudy study: invalid input\n{e}", file=sys.stderr)
         return 2
-    connect_ray(args.address)
+    r = studies[0].spec.resources
+    connect_ray(args.address, extra_cpus=1 if r.workers > 1 and not r.use_gpu else 0)
     for study in studies:
         summary = study.run()
         print(f"\n{study.spec.name}\n" + summary_table(summary))

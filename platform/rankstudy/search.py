@@ -1,9 +1,12 @@
-"""One Tune searcher for all arms: a seeded OptunaSearch per arm behind a single Tuner.
+"""One Tune searcher for a whole study: a seeded OptunaSearch per arm, then each arm's test
+passes, behind a single Tuner.
 
-Every arm gets exactly trials_per_arm suggestions from its own Optuna study with the same
-seed and space (same budget, same search), and all arms' trials share one Tuner: the cluster
-runs trials of different arms side by side, and warm trial actors are reused across arms
-instead of paying process start-up and imports for every trial.
+Every arm gets exactly trials_per_arm suggestions from its own Optuna study with the same seed
+and space (same budget, same search). When all of an arm's trials have ended, the searcher
+chooses the arm's best trial per inference rule on validation (never looking at test) and
+queues its test pass and its repeats at the other seeds as further trials. So the whole study
+shares one Tuner: trials of different arms and test passes run side by side, and warm trial
+actors are reused throughout instead of paying process start-up and imports again.
 """
 
 from __future__ import annotations
@@ -14,6 +17,11 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from rankstudy.spec import ParamRange
+
+# Relative step cost, for ordering only: nested_multiloss runs |S| forwards a step, the binary
+# variant |S| adapter products; every other arm one forward. Costly arms go first in each round
+# so that long trials do not run alone at the end while the other slots idle.
+FORWARDS_PER_STEP = {"nested_multiloss": 6, "matryoshka_binary": 2}
 
 
 def optuna_space(space: dict[str, ParamRange]) -> dict:
@@ -30,38 +38,62 @@ def optuna_space(space: dict[str, ParamRange]) -> dict:
     return out
 
 
+def upper_bound(arms: dict[str, list[str]], trials_per_arm: int, seeds: int) -> int:
+    """Tune's num_samples: every search trial plus at most one test pass per rule and seed."""
+    return sum(trials_per_arm + len(rules) * seeds for rules in arms.values())
+
+
 class ArmSearch(Searcher):
+    """arms: arm -> the inference rules its methods are served with."""
+
     def __init__(
         self,
-        arms: list[str],
+        arms: dict[str, list[str]],
         space: dict[str, ParamRange],
         trials_per_arm: int,
         seed: int,
+        seeds: list[int],
         metric: str = "selection_metric",
         mode: str = "max",
     ) -> None:
         super().__init__(metric=metric, mode=mode)
         dists = optuna_space(space)
+        self.rules = arms
+        self.seeds = seeds
+        self.trials_per_arm = trials_per_arm
         self.searchers = {
             arm: OptunaSearch(space=dists, metric=metric, mode=mode, seed=seed) if dists else None
             for arm in arms
         }
         self.suggested = {arm: 0 for arm in arms}
-        self.trials_per_arm = trials_per_arm
-        self.owner: dict[str, str] = {}
+        self.weight = {arm: FORWARDS_PER_STEP.get(arm, 1) for arm in arms}
+        self.owner: dict[str, tuple[str, str, int]] = {}  # trial id -> (arm, phase, index)
+        self.ended: dict[str, list[dict]] = {arm: [] for arm in arms}
+        self.queue: list[dict] = []
+        self.running: set[str] = set()
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True  # the space and metric were fixed at construction
 
     def suggest(self, trial_id: str):
-        open_arms = [a for a, n in self.suggested.items() if n < self.trials_per_arm]
-        if not open_arms:
-            return Searcher.FINISHED
-        arm = min(open_arms, key=lambda a: self.suggested[a])  # round robin, in arm order
-        self.suggested[arm] += 1
-        self.owner[trial_id] = arm
-        searcher = self.searchers[arm]
-        return {"arm": arm, **(searcher.suggest(trial_id) if searcher else {})}
+        if self.queue:
+            config = self.queue.pop(0)
+            self.owner[trial_id] = (config["arm"], "test", -1)
+        else:
+            open_arms = [a for a, n in self.suggested.items() if n < self.trials_per_arm]
+            if not open_arms:
+                return None if self.running else Searcher.FINISHED
+            arm = min(open_arms, key=lambda a: (self.suggested[a], -self.weight[a]))
+            self.owner[trial_id] = (arm, "search", self.suggested[arm])
+            self.suggested[arm] += 1
+            searcher = self.searchers[arm]
+            config = {
+                "arm": arm,
+                "phase": "search",
+                **(searcher.suggest(trial_id) if searcher else {}),
+            }
+        self.running.add(trial_id)
+        return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         pass  # the selection metric exists only at the end of a trial
@@ -69,9 +101,43 @@ class ArmSearch(Searcher):
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
-        searcher = self.searchers[self.owner[trial_id]]
-        if searcher is not None:
-            searcher.on_trial_complete(trial_id, result, error)
+        self.running.discard(trial_id)
+        arm, phase, index = self.owner[trial_id]
+        if phase != "search":
+            return
+        if self.searchers[arm] is not None:
+            self.searchers[arm].on_trial_complete(trial_id, result, error)
+        ok = result is not None and not error and not result.get("failed")
+        self.ended[arm].append({"index": index, "ok": ok, **(result or {})})
+        if len(self.ended[arm]) == self.trials_per_arm:
+            self.queue_tests(arm)
+
+    def queue_tests(self, arm: str) -> None:
+        """Choose the arm's best trial per rule on validation; queue test passes and repeats.
+        Ties go to the earlier suggestion, so the choice never depends on finishing order."""
+        ok = [r for r in self.ended[arm] if r["ok"]]
+        if not ok:
+            return  # the study reports the arm as failed
+        chosen: dict[str, list[str]] = {}
+        for rule in self.rules[arm]:
+            best = max(
+                ok, key=lambda r: (r.get(f"selection_{rule}", r["selection_metric"]), -r["index"])
+            )
+            chosen.setdefault(best["out_dir"], []).append(rule)
+        for out_dir, rules in chosen.items():
+            best = next(r for r in ok if r["out_dir"] == out_dir)
+            for i, seed in enumerate(self.seeds):
+                self.queue.append(
+                    {
+                        "arm": arm,
+                        "phase": "test",
+                        "test_of": out_dir,
+                        "rules": rules,
+                        "seed": seed,
+                        "first_seed": i == 0,
+                        **{k: v for k, v in best.items() if k.startswith("param:")},
+                    }
+                )
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:

@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 from ray import tune
 
+from rankstudy.figures import curve_figure
 from rankstudy.scoring import METHOD_ARMS, method_arms, score_method, study_arms, study_rules
 from rankstudy.spec import StudySpec, load_spec, parse_spec
 from rankstudy.tracking import StudyTracker, tracking_uri
@@ -42,35 +43,56 @@ def execute(config: dict, storage: str) -> dict:
 
 
 def search_overrides(config: dict) -> list[str]:
-    """Tune's sampled values (keys with '__' for '.') as spec overrides."""
-    return [f"{k.replace('__', '.')}={json.dumps(v)}" for k, v in config.items() if "__" in k]
+    """Sampled values ('training__lr', or 'param:training__lr' as a test pass carries its
+    trial's) as spec overrides."""
+    return [
+        f"{k.removeprefix('param:').replace('__', '.')}={json.dumps(v)}"
+        for k, v in config.items()
+        if "__" in k
+    ]
 
 
 def tune_trial(config: dict) -> None:
-    """The Tune trainable: train one arm with the sampled hyperparameters, validate, report."""
+    """The Tune trainable. phase "search": train one arm with the sampled hyperparameters and
+    validate. phase "test": score a chosen trial on test (resuming at its final checkpoint),
+    or train and score it again at another seed."""
     from rankstudy.trial import TrialFailed
 
-    trial_id = tune.get_context().get_trial_id()
-    out_dir = Path(config["study_dir"]) / "trials" / config["arm"] / trial_id
+    study_dir = Path(config["study_dir"])
+    overrides = [*config["overrides"], *search_overrides(config)]
+    if config["phase"] == "search":
+        out_dir = study_dir / "trials" / config["arm"] / tune.get_context().get_trial_id()
+        splits = ["validation"]
+    elif config["first_seed"]:
+        out_dir, splits = Path(config["test_of"]), ["test"]
+    else:
+        out_dir = Path(f"{config['test_of']}-seed{config['seed']}")
+        overrides.append(f"seed={config['seed']}")
+        splits = ["validation", "test"]
     trial_config = {
         "spec": config["spec"],
         "arm": config["arm"],
         "out_dir": str(out_dir),
-        "overrides": [*config["overrides"], *search_overrides(config)],
-        "splits": ["validation"],
+        "overrides": overrides,
+        "splits": splits,
+        "cache_dir": str(study_dir / "cache"),
     }
+    params = {f"param:{k.removeprefix('param:')}": v for k, v in config.items() if "__" in k}
     try:
-        result = execute(trial_config, str(Path(config["study_dir"]) / "ray"))
+        result = execute(trial_config, str(study_dir / "ray"))
     except TrialFailed as e:  # deterministic: report it instead of retrying it
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "failure.txt").write_text(str(e))
-        tune.report({"selection_metric": FAILED_METRIC, "failed": True, "out_dir": str(out_dir)})
+        tune.report(
+            {"selection_metric": FAILED_METRIC, "failed": True, "out_dir": str(out_dir), **params}
+        )
         return
     tune.report(
         {
             "selection_metric": result["selection_metric"],
             "failed": False,
             "out_dir": str(out_dir),
+            **params,
             **{f"selection_{r}": v for r, v in result["selection_metric_by_rule"].items()},
         }
     )
@@ -78,8 +100,8 @@ def tune_trial(config: dict) -> None:
 
 def trial_resources(spec: StudySpec) -> dict:
     r = spec.resources
-    if r.workers > 1:  # the function only drives a TorchTrainer, whose workers hold the devices
-        return {"CPU": 1}
+    if r.workers > 1:  # the function drives a TorchTrainer, whose workers hold the devices;
+        return {"CPU": 1}  # give Ray logical CPUs = cores + concurrent trials (cli.connect_ray)
     return {"CPU": r.cpus_per_worker, **({"GPU": 1} if r.use_gpu else {})}
 
 
@@ -91,13 +113,19 @@ class _Recorder(tune.Callback):
         self.done = 0
 
     def _ended(self, trial, error: str | None) -> None:
-        self.done += 1
         record = self.study.record(trial.config, trial.last_result or {}, error)
-        total = len(study_arms(self.study.spec)) * self.study.spec.search.trials_per_arm
-        self.study.log(
-            f"trial {self.done}/{total} {record['key']}: {record['status']}, "
-            f"selection {record['selection_metric']:.4f} {record['params']}"
-        )
+        if trial.config["phase"] == "search":
+            self.done += 1
+            total = len(study_arms(self.study.spec)) * self.study.spec.search.trials_per_arm
+            self.study.log(
+                f"trial {self.done}/{total} {record['key']}: {record['status']}, "
+                f"selection {record['selection_metric']:.4f} {record['params']}"
+            )
+        else:
+            self.study.log(
+                f"test pass {record['key']} (seed {trial.config['seed']}, "
+                f"chosen for {', '.join(trial.config['rules'])}): {record['status']}"
+            )
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self._ended(trial, None)
@@ -126,7 +154,9 @@ class Study:
             )
         if resume and not self.state_path.exists():
             raise StudyError(f"--resume: {self.out_dir} holds no study to resume")
-        self.state = json.loads(self.state_path.read_text()) if resume else {"trials": {}}
+        self.state = (
+            json.loads(self.state_path.read_text()) if resume else {"trials": {}, "tests": {}}
+        )
         self.seeds = self.spec.seeds or [self.spec.seed]
         self.resume = resume
 
@@ -154,7 +184,7 @@ class Study:
         start = time.perf_counter()
         try:
             self.search()
-            chosen = self.score_chosen()
+            chosen = self.chosen_results()
         except BaseException:
             self.tracker.client.set_terminated(parent, "KILLED")
             raise
@@ -164,10 +194,11 @@ class Study:
 
     def search(self) -> None:
         """Every arm's trials under one Tuner; resumes the Tuner after a kill."""
-        from rankstudy.search import ArmSearch
+        from rankstudy.search import ArmSearch, upper_bound
 
         s = self.spec.search
         arms = study_arms(self.spec)
+        rules = {arm: self.arm_rules(arm) for arm in arms}
         self.log(f"{len(arms)} arms x {s.trials_per_arm} trials: {', '.join(arms)}")
         trainable = tune.with_resources(tune_trial, trial_resources(self.spec))
         path = self.out_dir / "tune" / "search"
@@ -182,9 +213,10 @@ class Study:
                     "study_dir": str(self.out_dir),
                 },
                 tune_config=tune.TuneConfig(
-                    search_alg=ArmSearch(arms, s.space, s.trials_per_arm, s.seed),
-                    num_samples=len(arms) * s.trials_per_arm,
+                    search_alg=ArmSearch(rules, s.space, s.trials_per_arm, s.seed, self.seeds),
+                    num_samples=upper_bound(rules, s.trials_per_arm, len(self.seeds)),
                     reuse_actors=True,
+                    max_concurrent_trials=self.max_concurrent(),
                 ),
                 run_config=tune.RunConfig(
                     name="search",
@@ -199,24 +231,44 @@ class Study:
                 result.config,
                 result.metrics or {},
                 None if result.error is None else f"{type(result.error).__name__}: {result.error}",
-                quiet=True,
             )
 
-    def record(self, config: dict, metrics: dict, error: str | None, quiet: bool = False) -> dict:
-        """A trial as the study keeps it, logged to MLflow once."""
+    def max_concurrent(self) -> int | None:
+        """Multi-worker trials: as many as the cluster holds at once, each driver with its
+        workers. One-worker trials: Tune packs them by their resources."""
+        import ray
+
+        r = self.spec.resources
+        if r.workers == 1:
+            return None
+        have = ray.cluster_resources()
+        if r.use_gpu:
+            return max(1, int(have.get("GPU", 0)) // r.workers)
+        return max(1, int(have.get("CPU", 1)) // (r.workers * r.cpus_per_worker + 1))
+
+    def record(self, config: dict, metrics: dict, error: str | None) -> dict:
+        """A search trial or test pass as the study keeps it, logged to MLflow once. A test
+        pass adds its test curve to its trial's MLflow run."""
         arm = config["arm"]
-        params = {k.replace("__", "."): v for k, v in config.items() if "__" in k}
+        params = {
+            k.removeprefix("param:").replace("__", "."): v for k, v in config.items() if "__" in k
+        }
         out_dir = Path(
             metrics.get("out_dir")
+            or config.get("test_of")
             or Path(config["study_dir"]) / "trials" / arm / metrics.get("trial_id", "x")
         )
+        if config["phase"] == "test" and not config["first_seed"]:
+            out_dir = Path(f"{config['test_of']}-seed{config['seed']}")
         key = f"{arm}/{out_dir.name}"
-        if key in self.state["trials"]:
-            return self.state["trials"][key]
+        book = self.state["trials"] if config["phase"] == "search" else self.state["tests"]
+        entry_key = key if config["phase"] == "search" else f"{key}/{config['seed']}"
+        if entry_key in book:
+            return book[entry_key]
         failure = error
         if failure is None and metrics.get("failed"):
             failure = (out_dir / "failure.txt").read_text()
-        result = None if failure else json.loads((out_dir / "result.json").read_text())
+        result = None if failure else _read(str(out_dir))
         method = result["method"] if result else arm
         self.tracker.log_trial(key, arm, method, params, result, failure)
         record = {
@@ -227,70 +279,40 @@ class Study:
             "status": "failed" if failure else "ok",
             "failure": failure,
             "selection_metric": metrics.get("selection_metric", FAILED_METRIC),
-            "selection": {
-                k.removeprefix("selection_"): v
-                for k, v in metrics.items()
-                if k.startswith("selection_") and k != "selection_metric"
-            },
         }
-        self.state["trials"][key] = record
+        if config["phase"] == "test":
+            record |= {"rules": config["rules"], "seed": config["seed"]}
+        book[entry_key] = record
         self.save_state()
         return record
 
-    def score_chosen(self) -> dict:
-        """Choose each (arm, rule) on validation; score the chosen trial on test, and train and
-        score it again for every other seed. Runs as Ray tasks, side by side."""
-        import ray
-
-        remote = ray.remote(execute).options(
-            **{
-                "num_cpus": trial_resources(self.spec).get("CPU", 1),
-                "num_gpus": trial_resources(self.spec).get("GPU", 0),
-            }
+    def arm_rules(self, arm: str) -> list[str]:
+        """The inference rules the spec's methods serve this arm with."""
+        return list(
+            dict.fromkeys(
+                rule
+                for m in self.spec.methods
+                for a, rule in [METHOD_ARMS[m]]
+                if arm in method_arms(m, self.spec)
+            )
         )
-        storage = str(self.out_dir / "ray")
-        jobs, chosen = {}, {}
-        for m in self.spec.methods:
-            _, rule = METHOD_ARMS[m]
-            for arm in method_arms(m, self.spec):
-                if (arm, rule) in chosen:
-                    continue
-                ok = [
-                    t
-                    for t in self.state["trials"].values()
-                    if t["arm"] == arm and t["status"] == "ok"
-                ]
-                if not ok:
+
+    def chosen_results(self) -> dict:
+        """(arm, rule) -> {seed: result.json} of the trials the search chose and tested."""
+        chosen: dict = {}
+        for t in self.state["tests"].values():
+            if t["status"] != "ok":
+                raise StudyError(f"test pass of {t['key']} failed: {t['failure']}")
+            for rule in t["rules"]:
+                chosen.setdefault((t["arm"], rule), {})[t["seed"]] = _read(t["out_dir"])
+        for arm in study_arms(self.spec):
+            for rule in self.arm_rules(arm):
+                if len(chosen.get((arm, rule), {})) != len(self.seeds):
                     raise StudyError(
-                        f"arm {arm}: every trial failed; see {self.out_dir / 'trials' / arm}"
+                        f"arm {arm}: no trial succeeded, nothing to score for "
+                        f"{rule}; see {self.out_dir / 'trials' / arm}"
                     )
-                best = max(ok, key=lambda t: t["selection"].get(rule, t["selection_metric"]))
-                self.log(
-                    f"{arm} [{rule}]: chose {best['key']} {best['params']} "
-                    f"(validation {best['selection'].get(rule, best['selection_metric']):.4f})"
-                )
-                chosen[(arm, rule)] = {}
-                overrides = [
-                    *self.overrides,
-                    *[f"{k}={json.dumps(v)}" for k, v in best["params"].items()],
-                ]
-                for i, seed in enumerate(self.seeds):
-                    out = best["out_dir"] if i == 0 else f"{best['out_dir']}-seed{seed}"
-                    chosen[(arm, rule)][seed] = out
-                    if out in jobs or _has_test(out):
-                        continue
-                    config = {
-                        "spec": self.raw,
-                        "arm": arm,
-                        "out_dir": out,
-                        "overrides": overrides if i == 0 else [*overrides, f"seed={seed}"],
-                        "splits": ["test"] if i == 0 else ["validation", "test"],
-                    }
-                    jobs[out] = (arm, best["params"], remote.remote(config, storage))
-        for out, (arm, params, ref) in jobs.items():
-            result = ray.get(ref)
-            self.tracker.log_trial(f"{arm}/{Path(out).name}", arm, result["method"], params, result)
-        return {k: {s: _read(d) for s, d in by_seed.items()} for k, by_seed in chosen.items()}
+        return chosen
 
     # -- the summary ---------------------------------------------------------------------------
     def spent(self, arm: str) -> list[dict]:
@@ -300,7 +322,7 @@ class Study:
             for t in self.state["trials"].values()
             if t["arm"] == arm and t["status"] == "ok"
         }
-        dirs |= {str(p) for p in (self.out_dir / "trials" / arm).glob("*-seed*")}
+        dirs |= {t["out_dir"] for t in self.state["tests"].values() if t["arm"] == arm}
         return [_read(d) for d in sorted(dirs)]
 
     def summarise(self, chosen: dict, wall: float) -> dict:
@@ -336,17 +358,13 @@ class Study:
             summary["reference"] = reference
         (self.out_dir / "study_summary.json").write_text(json.dumps(summary, indent=2))
         for m, s in methods.items():
-            self.tracker.log_method(m, s, None)
+            figure = curve_figure(m, s, reference, self.out_dir / "figures" / f"{m}.png")
+            self.tracker.log_method(m, s, figure)
         return summary
 
 
 def _read(out_dir: str) -> dict:
     return json.loads((Path(out_dir) / "result.json").read_text())
-
-
-def _has_test(out_dir: str) -> bool:
-    path = Path(out_dir) / "result.json"
-    return path.is_file() and bool(json.loads(path.read_text())["scores"])
 
 
 def summary_table(summary: dict) -> str:

@@ -126,7 +126,7 @@ def run_trial(config: dict) -> dict:
     torch.manual_seed(spec.seed)
 
     model, tokenizer = load_model(spec.model, torch.float32)
-    task = build_task(spec, model, tokenizer, arm, spec.seed)
+    task = build_task(spec, model, tokenizer, arm, spec.seed, config.get("cache_dir"))
     task.synced_gpus = world > 1 and spec.deepspeed.zero_stage == 3
     a, t = spec.adapters, spec.training
     attach_adapters(

@@ -10,9 +10,12 @@ The shift, the share of the base's top-1 predictions the teacher changes, sets t
 from __future__ import annotations
 
 import copy
+import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -141,6 +144,7 @@ class PlantedTask(Task):
         targets: list[str],
         reference_ranks: Sequence[int] = (),
         seed: int = 0,
+        cache: Path | None = None,
     ) -> None:
         vocab = base.config.vocab_size
         gen = torch.Generator().manual_seed(seed)
@@ -153,17 +157,38 @@ class PlantedTask(Task):
             s: torch.randint(0, vocab, (n, spec.seq_len), generator=gen) for s, n in sizes.items()
         }
         deltas = plant_deltas(base, targets, spec.planted_rank, spec.decay, seed=seed)
-        self.scale, self.shift = find_scale(base, deltas, self.inputs["validation"], spec.shift)
+        # The calibration (delta scale, base score, reference curve) is a function of the spec
+        # and seed alone: a study computes it in its first trial and every later process reads it.
+        known = json.loads(cache.read_text()) if cache is not None and cache.exists() else {}
+        if "scale" in known:
+            self.scale, self.shift = known["scale"], known["shift"]
+        else:
+            self.scale, self.shift = find_scale(base, deltas, self.inputs["validation"], spec.shift)
         teacher = teacher_model(base, deltas, self.scale)
         self.teacher = {s: logits_of(teacher, x) for s, x in self.inputs.items()}
-        self.base_score = agreement(logits_of(base, self.inputs["test"]), self.teacher["test"])
-        self.reference = {
-            k: agreement(
-                logits_of(teacher_model(base, deltas, self.scale, k), self.inputs["test"]),
-                self.teacher["test"],
+        test = self.inputs["test"]
+        self.base_score = known.get("base_score") or agreement(
+            logits_of(base, test), self.teacher["test"]
+        )
+        self.reference = {int(k): v for k, v in known.get("reference", {}).items()}
+        for k in reference_ranks:
+            if k not in self.reference:
+                truncated = teacher_model(base, deltas, self.scale, k)
+                self.reference[k] = agreement(logits_of(truncated, test), self.teacher["test"])
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(
+                json.dumps(
+                    {
+                        "scale": self.scale,
+                        "shift": self.shift,
+                        "base_score": self.base_score,
+                        "reference": self.reference,
+                    }
+                )
             )
-            for k in reference_ranks
-        }
+            tmp.replace(cache)  # atomic: concurrent trials never read half a file
 
     def size(self, split: str) -> int:
         return len(self.inputs[split])
