@@ -15,9 +15,9 @@ import time
 
 import torch
 
-from rankstudy.adapters import attach_adapters, get_schedule
+from rankstudy.adapters import get_schedule
 from rankstudy.arms import parse_arm
-from rankstudy.build import build_task, load_model
+from rankstudy.build import attach_arm, build_task, load_model
 from rankstudy.engine import build_engine, init_distributed
 from rankstudy.spec import load_spec
 from rankstudy.trial import arm_loss, example_order
@@ -27,16 +27,7 @@ ARMS = ["lora_r32", "dylora", "matryoshka", "matryoshka_binary", "nested_multilo
 
 def adapted(spec, arm):
     model, _ = load_model(spec.model, torch.float32)
-    a = spec.adapters
-    attach_adapters(
-        model,
-        arm.method,
-        arm.max_rank,
-        arm.train_ranks,
-        target_modules=a.target_modules,
-        scaling=a.scaling,
-        seed=spec.seed,
-    )
+    attach_arm(model, spec, arm)
     get_schedule(model).per_step_draws = True
     return model.train()
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from rankstudy.adapters import attach_adapters
 from rankstudy.arms import Arm
 from rankstudy.models import tiny_model
 from rankstudy.spec import ModelSpec, StudySpec
@@ -81,3 +82,21 @@ def build_task(
     from rankstudy.tasks.jsonl import JsonlTask
 
     return JsonlTask.from_spec(task, tokenizer, seed=seed)
+
+
+def attach_arm(model: nn.Module, spec: StudySpec, arm: Arm) -> nn.Module:
+    """Attach the arm's adapters with every adapter setting of the spec; returns the model."""
+    a = spec.adapters
+    return attach_adapters(
+        model,
+        arm.method,
+        arm.max_rank,
+        arm.train_ranks,
+        target_modules=a.target_modules,
+        scaling=a.scaling,
+        alpha=a.alpha,
+        dropout=a.dropout,
+        inference_rule=a.inference_rules[0],
+        a_init=a.a_init,
+        seed=spec.seed,
+    )

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from rankstudy.adapters import attach_adapters, get_schedule, set_rank
+from rankstudy.adapters import get_schedule, set_rank
 from rankstudy.arms import Arm, parse_arm
-from rankstudy.build import build_task, load_model
+from rankstudy.build import attach_arm, build_task, load_model
 from rankstudy.checkpoint import load_checkpoint, save_checkpoint
 from rankstudy.cost import eval_flops, model_shape, train_flops
 from rankstudy.engine import build_engine, init_distributed, precision, use_gpu
@@ -129,19 +129,7 @@ def run_trial(config: dict) -> dict:
     task = build_task(spec, model, tokenizer, arm, spec.seed, config.get("cache_dir"))
     task.synced_gpus = world > 1 and spec.deepspeed.zero_stage == 3
     a, t = spec.adapters, spec.training
-    attach_adapters(
-        model,
-        arm.method,
-        arm.max_rank,
-        arm.train_ranks,
-        target_modules=a.target_modules,
-        scaling=a.scaling,
-        alpha=a.alpha,
-        dropout=a.dropout,
-        inference_rule=a.inference_rules[0],
-        a_init=a.a_init,
-        seed=spec.seed,
-    )
+    attach_arm(model, spec, arm)
     schedule = get_schedule(model)
     schedule.per_step_draws = True  # one DyLoRA b per optimizer step, for every worker
     shape = model_shape(model)
