@@ -281,3 +281,26 @@ def test_multi_worker_trials_and_seed_repeats(tmp_path):
     results = [json.loads(p.read_text()) for p in (tmp_path / "out").glob("trials/*/*/result.json")]
     assert {r["cost"]["devices"] for r in results} == {2}
     assert {r["seed"] for r in results} == {0, 1}
+
+
+def test_a_trial_lost_by_a_kill_and_rerun_leaves_search_and_mlflow(tmp_path):
+    """Tune can lose a trial that ended just before the kill and rerun its suggestion under a
+    new id: the first copy stops counting as a trial and its MLflow run is deleted."""
+    from rankstudy.study import Study
+    from rankstudy.tracking import StudyTracker
+
+    study = Study(str(write_spec(tmp_path)), [], str(tmp_path / "out"), resume=False)
+    study.tracker = StudyTracker(f"sqlite:///{tmp_path / 'm.db'}", "e")
+    study.tracker.start_study("s", {})
+    for key in ("lora_r1/lost", "lora_r1/kept"):
+        study.tracker.log_trial(key, "lora_r1", "lora", {}, None)
+        study.state["trials"][key] = {"key": key, "arm": "lora_r1", "status": "ok"}
+    study.drop_superseded({"lora_r1/kept"})
+    assert study.state["trials"]["lora_r1/lost"]["superseded"]
+    assert not study.state["trials"]["lora_r1/kept"].get("superseded")
+    runs = study.tracker.client.search_runs([study.tracker.experiment_id])
+    assert sorted(
+        r.data.tags.get("rankstudy.trial_key")
+        for r in runs
+        if r.data.tags.get("rankstudy.kind") == "trial"
+    ) == ["lora_r1/kept"]

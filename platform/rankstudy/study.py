@@ -226,12 +226,27 @@ class Study:
                     callbacks=[_Recorder(self)],
                 ),
             )
+        kept = set()
         for result in tuner.fit():  # trials that ended before a resume are recorded here
-            self.record(
+            record = self.record(
                 result.config,
                 result.metrics or {},
                 None if result.error is None else f"{type(result.error).__name__}: {result.error}",
             )
+            kept.add(record["key"])
+        self.drop_superseded(kept)
+
+    def drop_superseded(self, kept: set[str]) -> None:
+        """A kill can land after a trial ended (and was recorded) but before Tune saved that;
+        the resumed Tuner then runs the same suggestion again under a new id. The earlier copy
+        leaves the search (selection and trial counts) and MLflow; its compute stays in the
+        method's cost, since it was spent."""
+        for key, record in self.state["trials"].items():
+            if key not in kept and not record.get("superseded"):
+                record["superseded"] = True
+                self.tracker.delete_trial(key)
+                self.log(f"{key}: superseded by its rerun after the resume")
+        self.save_state()
 
     def max_concurrent(self) -> int | None:
         """Multi-worker trials: as many as the cluster holds at once, each driver with its
@@ -332,7 +347,11 @@ class Study:
             methods[m] = score_method(
                 m, self.spec, chosen, [r for a in arms for r in self.spent(a)], self.seeds
             )
-            methods[m]["trials"] = sum(1 for t in self.state["trials"].values() if t["arm"] in arms)
+            methods[m]["trials"] = sum(
+                1
+                for t in self.state["trials"].values()
+                if t["arm"] in arms and not t.get("superseded")
+            )
         reference = next(
             (
                 r["reference"]

@@ -102,6 +102,12 @@ class StudyTracker:
         self.client.set_terminated(run_id, "FAILED" if error else "FINISHED")
         return run_id
 
+    def delete_trial(self, key: str) -> None:
+        """Remove a trial's child run (MLflow keeps it, deleted, in its trash)."""
+        run_id = self._child(key)
+        if run_id is not None:
+            self.client.delete_run(run_id)
+
     def log_method(self, method: str, summary: dict, figure_path: Path | None) -> None:
         """A summary run for a method: AURAC, cost, the curve as a table and a figure."""
         tags = {
