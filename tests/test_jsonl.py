@@ -148,3 +148,20 @@ def test_synced_workers_run_as_many_batches_as_the_busiest(tmp_path, tok, model,
     t.synced_gpus = True
     assert t.score_sum(model, "test", range(3), batch_size=2) == alone
     assert calls == [[0, 1], [2], [0], [0], [0]]
+
+
+def test_built_from_its_spec(tmp_path, tok):
+    from rankstudy.spec import JsonlTaskSpec
+
+    train = write(tmp_path / "train.jsonl", pairs(30))
+    spec = JsonlTaskSpec(
+        kind="jsonl", train=str(train), metric="token_accuracy", validation_size=5, max_train=10
+    )
+    t = JsonlTask.from_spec(spec, tok, seed=0)
+    assert t.metric == "token_accuracy" and (t.size("train"), t.size("validation")) == (10, 5)
+    assert (
+        t.examples
+        == JsonlTask(
+            tok, train=str(train), metric="token_accuracy", validation_size=5, max_train=10
+        ).examples
+    )

@@ -162,20 +162,5 @@ class GSM8KTask(PromptResponseTask):
         }
         super().__init__(examples, tokenizer, max_length, "generate", max_new_tokens)
 
-    @classmethod
-    def from_spec(cls, spec, tokenizer, seed: int = 0) -> GSM8KTask:
-        """From a GSM8KTaskSpec."""
-        return cls(
-            tokenizer,
-            path=spec.path,
-            shots=spec.shots,
-            max_new_tokens=spec.max_new_tokens,
-            max_length=spec.max_length,
-            validation_size=spec.validation_size,
-            max_train=spec.max_train,
-            max_eval=spec.max_eval,
-            seed=seed,
-        )
-
     def score_generation(self, text: str, example: Example) -> float:
         return score_answer(text, example.response)

@@ -91,25 +91,6 @@ class JsonlTask(PromptResponseTask):
         super().__init__(examples, tokenizer, max_length, METRICS[metric], max_new_tokens)
         self.metric = metric
 
-    @classmethod
-    def from_spec(cls, spec, tokenizer, seed: int = 0) -> JsonlTask:
-        """From a JsonlTaskSpec."""
-        return cls(
-            tokenizer,
-            train=spec.train,
-            validation=spec.validation,
-            test=spec.test,
-            prompt_field=spec.prompt_field,
-            response_field=spec.response_field,
-            metric=spec.metric,
-            max_new_tokens=spec.max_new_tokens,
-            max_length=spec.max_length,
-            validation_size=spec.validation_size,
-            max_train=spec.max_train,
-            max_eval=spec.max_eval,
-            seed=seed,
-        )
-
     def score_generation(self, text: str, example: Example) -> float:
         """Exact match: the generation equals the response, surrounding whitespace ignored."""
         return float(text.strip() == example.response.strip())

@@ -70,6 +70,12 @@ class PromptResponseTask(Task):
         self.mode = mode
         self.max_new_tokens = max_new_tokens
 
+    @classmethod
+    def from_spec(cls, spec, tokenizer, seed: int = 0):
+        """From the task's spec (GSM8KTaskSpec, JsonlTaskSpec): its fields are the
+        subclass's keyword arguments."""
+        return cls(tokenizer, **spec.model_dump(exclude={"kind"}), seed=seed)
+
     def score_generation(self, text: str, example: Example) -> float:
         """The score in [0, 1] of a generated continuation (eos and what follows removed)."""
         raise NotImplementedError(f"{type(self).__name__} does not score generations")
