@@ -23,7 +23,7 @@ import torch.distributed as dist
 from rankstudy.adapters import get_schedule, set_rank
 from rankstudy.arms import Arm, parse_arm
 from rankstudy.build import attach_arm, build_task, load_model
-from rankstudy.checkpoint import load_checkpoint, save_checkpoint
+from rankstudy.checkpoint import latest_step, load_checkpoint, save_checkpoint
 from rankstudy.cost import eval_flops, model_shape, train_flops
 from rankstudy.engine import build_engine, init_distributed, precision, use_gpu
 from rankstudy.metrics import aurac
@@ -275,13 +275,6 @@ def _previous_result(out_dir: Path) -> dict | None:
 
 def _unkeyed(curve: dict[str, float]) -> dict[int, float]:
     return {int(k): v for k, v in curve.items()}
-
-
-def latest_step(ckpt_dir: Path) -> int | None:
-    from rankstudy.checkpoint import latest_tag
-
-    tag = latest_tag(ckpt_dir)
-    return int(tag.removeprefix("step")) if tag else None
 
 
 def arm_loss(model, task: Task, batch, arm: Arm) -> torch.Tensor:

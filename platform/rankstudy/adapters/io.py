@@ -12,7 +12,6 @@ from torch import nn
 
 from rankstudy.adapters.attach import adapter_layers, attach_adapters, get_schedule
 from rankstudy.adapters.layer import Conv1D
-from rankstudy.adapters.schedules import PER_RANK_SCALE
 
 ADAPTER_FILE = "adapters.safetensors"
 FORMAT_VERSION = "1"
@@ -123,14 +122,14 @@ def export_peft(model: nn.Module, rank: int, out_dir: str | Path, rule: str | No
 
     schedule = get_schedule(model)
     k = schedule.check_rank(rank)
-    rule = rule or schedule.inference_rule
+    keep_p = schedule.uses_trained_p(rule)
     layers = adapter_layers(model)
     tensors: dict[str, torch.Tensor] = {}
     fan_in_fan_out = False
     for name, layer in layers.items():
         A = layer.lora_A.detach()[:k].float()
         B = layer.lora_B.detach()[:k].float()
-        if rule == "truncated_p" and schedule.method not in PER_RANK_SCALE:
+        if keep_p:
             scale = layer.trained_p[:k].float().unsqueeze(1)
         else:
             scale = schedule.scale(k)

@@ -135,9 +135,11 @@ class RankSchedule:
             raise ValueError(f"k: inference rank {k} is outside 1..max_rank={self.max_rank}")
         return k
 
-    def uses_trained_p(self) -> bool:
-        """Whether inference at a rank keeps the trained p (the truncated_p rule applies)."""
-        return self.inference_rule == "truncated_p" and self.method not in PER_RANK_SCALE
+    def uses_trained_p(self, rule: str | None = None) -> bool:
+        """Whether inference at a rank keeps the trained p: the truncated_p rule (the
+        schedule's, or `rule`) applied to a method that trains with a fixed p."""
+        rule = rule or self.inference_rule
+        return rule == "truncated_p" and self.method not in PER_RANK_SCALE
 
     def scale(self, r: int) -> float:
         return rank_scale(r, self.scaling, self.alpha)
