@@ -129,10 +129,8 @@ def export_peft(model: nn.Module, rank: int, out_dir: str | Path, rule: str | No
     for name, layer in layers.items():
         A = layer.lora_A.detach()[:k].float()
         B = layer.lora_B.detach()[:k].float()
-        if keep_p:
-            scale = layer.trained_p[:k].float().unsqueeze(1)
-        else:
-            scale = schedule.scale(k)
+        # the rule's scale, folded into B: p[:k] per component, or s_k
+        scale = layer.trained_p[:k].float().unsqueeze(1) if keep_p else schedule.scale(k)
         prefix = f"base_model.model.{name}"
         dtype = layer.lora_A.dtype
         tensors[f"{prefix}.lora_A.weight"] = A.to(dtype).cpu().contiguous()
