@@ -12,7 +12,10 @@ rerunning nothing that finished.
 from __future__ import annotations
 
 import json
+import os
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -20,89 +23,37 @@ from ray import tune
 
 from rankstudy.figures import curve_figure
 from rankstudy.scoring import METHOD_ARMS, method_arms, score_method, study_arms, study_rules
-from rankstudy.spec import StudySpec, load_spec, parse_spec
+from rankstudy.spec import load_spec
 from rankstudy.tracking import StudyTracker, tracking_uri
+from rankstudy.trainable import FAILED_METRIC, trial_resources, tune_trial
 
 STATE_FILE = "study_state.json"
-FAILED_METRIC = -1.0  # what a deterministically failed trial reports to the searcher
 
 
 class StudyError(RuntimeError):
     """A study that cannot start or go on; the message says why."""
 
 
-def execute(config: dict, storage: str) -> dict:
-    """Run one trial config where it is: this process for one worker, Ray Train for more."""
-    from rankstudy.trial import run_trial
+class _Writer:
+    """One background thread for the driver's MLflow writes, in order. Tune pickles its
+    callbacks (and with them the study) into its experiment state: a copy starts empty."""
 
-    if parse_spec(config["spec"], config.get("overrides", ())).resources.workers == 1:
-        return run_trial(config)
-    from rankstudy.ray_train import fit_trial
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow")
+        self.pending: list[Future] = []
 
-    return fit_trial(config, storage, Path(config["out_dir"]).name)
+    def __reduce__(self):
+        return (_Writer, ())
 
+    def submit(self, job) -> None:
+        self.pending.append(self.pool.submit(job))
 
-def search_overrides(config: dict) -> list[str]:
-    """Sampled values ('training__lr', or 'param:training__lr' as a test pass carries its
-    trial's) as spec overrides."""
-    return [
-        f"{k.removeprefix('param:').replace('__', '.')}={json.dumps(v)}"
-        for k, v in config.items()
-        if "__" in k
-    ]
-
-
-def tune_trial(config: dict) -> None:
-    """The Tune trainable. phase "search": train one arm with the sampled hyperparameters and
-    validate. phase "test": score a chosen trial on test (resuming at its final checkpoint),
-    or train and score it again at another seed."""
-    from rankstudy.trial import TrialFailed
-
-    study_dir = Path(config["study_dir"])
-    overrides = [*config["overrides"], *search_overrides(config)]
-    if config["phase"] == "search":
-        out_dir = study_dir / "trials" / config["arm"] / tune.get_context().get_trial_id()
-        splits = ["validation"]
-    elif config["first_seed"]:
-        out_dir, splits = Path(config["test_of"]), ["test"]
-    else:
-        out_dir = Path(f"{config['test_of']}-seed{config['seed']}")
-        overrides.append(f"seed={config['seed']}")
-        splits = ["validation", "test"]
-    trial_config = {
-        "spec": config["spec"],
-        "arm": config["arm"],
-        "out_dir": str(out_dir),
-        "overrides": overrides,
-        "splits": splits,
-        "cache_dir": str(study_dir / "cache"),
-    }
-    params = {f"param:{k.removeprefix('param:')}": v for k, v in config.items() if "__" in k}
-    try:
-        result = execute(trial_config, str(study_dir / "ray"))
-    except TrialFailed as e:  # deterministic: report it instead of retrying it
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "failure.txt").write_text(str(e))
-        tune.report(
-            {"selection_metric": FAILED_METRIC, "failed": True, "out_dir": str(out_dir), **params}
-        )
-        return
-    tune.report(
-        {
-            "selection_metric": result["selection_metric"],
-            "failed": False,
-            "out_dir": str(out_dir),
-            **params,
-            **{f"selection_{r}": v for r, v in result["selection_metric_by_rule"].items()},
-        }
-    )
-
-
-def trial_resources(spec: StudySpec) -> dict:
-    r = spec.resources
-    if r.workers > 1:  # the function drives a TorchTrainer, whose workers hold the devices;
-        return {"CPU": 1}  # give Ray logical CPUs = cores + concurrent trials (cli.connect_ray)
-    return {"CPU": r.cpus_per_worker, **({"GPU": 1} if r.use_gpu else {})}
+    def flush(self) -> None:
+        """Wait for every queued write; raise the first that failed."""
+        for write in self.pending:
+            write.result()
+        self.pending.clear()
 
 
 class _Recorder(tune.Callback):
@@ -159,12 +110,56 @@ class Study:
         )
         self.seeds = self.spec.seeds or [self.spec.seed]
         self.resume = resume
+        # MLflow writes go to one background thread in order: Tune calls the recorder inside its
+        # scheduling loop, and a trial actor would idle while the driver talks to the store.
+        self.writer = _Writer()
 
     def save_state(self) -> None:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.state, indent=2))
-        tmp.replace(self.state_path)  # atomic: a kill never leaves half a state file
+        with self.writer.lock:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.state_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.state, indent=2))
+            tmp.replace(self.state_path)  # atomic: a kill never leaves half a state file
+
+    def track(self, job, record: dict | None = None) -> None:
+        """Queue an MLflow write; the record it belongs to is marked logged once it is done,
+        so a resumed study knows which writes a kill cut off."""
+
+        def run() -> None:
+            job()
+            if record is not None:
+                with self.writer.lock:
+                    record["logged"] = True
+                    self.save_state()
+
+        self.writer.submit(run)
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def log_record(self, record: dict, result: dict | None) -> None:
+        method = result["method"] if result else record["arm"]
+        self.track(
+            lambda: self.tracker.log_trial(
+                record["key"], record["arm"], method, record["params"], result, record["failure"]
+            ),
+            record,
+        )
+
+    def relog(self) -> None:
+        """On resume: redo the MLflow writes that a kill cut off (a search trial's partial run
+        is replaced; its test curve comes from its test pass's own write)."""
+        for phase, book in (("search", self.state["trials"]), ("test", self.state["tests"])):
+            for record in book.values():
+                if record.get("logged", True) or record.get("superseded"):
+                    continue
+                result = None if record["failure"] else _read(record["out_dir"])
+                if phase == "search":
+                    self.track(lambda k=record["key"]: self.tracker.delete_trial(k))
+                    if result is not None:
+                        result = {k: v for k, v in result.items() if k != "scores_by_rule"}
+                self.log_record(record, result)
+        self.flush()
 
     def log(self, message: str) -> None:
         print(f"[study {self.spec.name}] {message}", flush=True)
@@ -183,7 +178,9 @@ class Study:
         self.save_state()
         start = time.perf_counter()
         try:
+            self.relog()
             self.search()
+            self.flush()
             chosen = self.chosen_results()
         except BaseException:
             self.tracker.client.set_terminated(parent, "KILLED")
@@ -226,6 +223,9 @@ class Study:
                     callbacks=[_Recorder(self)],
                 ),
             )
+        # Tune keeps one trial pending at a time behind a custom searcher, so the second slot's
+        # actor would start only once the first is up; let every slot's actor start at once.
+        os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(self.slots()))
         kept = set()
         for result in tuner.fit():  # trials that ended before a resume are recorded here
             record = self.record(
@@ -243,23 +243,27 @@ class Study:
         method's cost, since it was spent."""
         for key, record in self.state["trials"].items():
             if key not in kept and not record.get("superseded"):
-                record["superseded"] = True
-                self.tracker.delete_trial(key)
+                with self.writer.lock:
+                    record["superseded"] = True
+                self.track(lambda k=key: self.tracker.delete_trial(k))
                 self.log(f"{key}: superseded by its rerun after the resume")
         self.save_state()
+
+    def slots(self) -> int:
+        """How many trials the cluster holds at once now."""
+        import ray
+
+        r = self.spec.resources
+        have = ray.cluster_resources()
+        if r.use_gpu:
+            return max(1, int(have.get("GPU", 0)) // r.workers)
+        per_trial = r.workers * r.cpus_per_worker + (1 if r.workers > 1 else 0)
+        return max(1, int(have.get("CPU", 1)) // per_trial)
 
     def max_concurrent(self) -> int | None:
         """Multi-worker trials: as many as the cluster holds at once, each driver with its
         workers. One-worker trials: Tune packs them by their resources."""
-        import ray
-
-        r = self.spec.resources
-        if r.workers == 1:
-            return None
-        have = ray.cluster_resources()
-        if r.use_gpu:
-            return max(1, int(have.get("GPU", 0)) // r.workers)
-        return max(1, int(have.get("CPU", 1)) // (r.workers * r.cpus_per_worker + 1))
+        return self.slots() if self.spec.resources.workers > 1 else None
 
     def record(self, config: dict, metrics: dict, error: str | None) -> dict:
         """A search trial or test pass as the study keeps it, logged to MLflow once. A test
@@ -283,9 +287,7 @@ class Study:
         failure = error
         if failure is None and metrics.get("failed"):
             failure = (out_dir / "failure.txt").read_text()
-        result = None if failure else _read(str(out_dir))
-        method = result["method"] if result else arm
-        self.tracker.log_trial(key, arm, method, params, result, failure)
+        result = None if failure else _read(str(out_dir))  # now: a test pass may rewrite it
         record = {
             "key": key,
             "arm": arm,
@@ -294,11 +296,14 @@ class Study:
             "status": "failed" if failure else "ok",
             "failure": failure,
             "selection_metric": metrics.get("selection_metric", FAILED_METRIC),
+            "logged": False,
         }
         if config["phase"] == "test":
             record |= {"rules": config["rules"], "seed": config["seed"]}
-        book[entry_key] = record
-        self.save_state()
+        with self.writer.lock:
+            book[entry_key] = record
+            self.save_state()
+        self.log_record(record, result)
         return record
 
     def arm_rules(self, arm: str) -> list[str]:

@@ -1,0 +1,91 @@
+"""The Tune trainable: what runs in a study's (reused) trial actors.
+
+Kept apart from rankstudy.study so that an actor imports only what a trial needs (Tune, the
+spec, the trial itself), not the driver's MLflow, figures and bookkeeping: every actor pays its
+imports once, and on a small machine those seconds are a study's overhead.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ray import tune
+
+from rankstudy.spec import StudySpec, parse_spec
+
+FAILED_METRIC = -1.0  # what a deterministically failed trial reports to the searcher
+
+
+def execute(config: dict, storage: str) -> dict:
+    """Run one trial config where it is: this process for one worker, Ray Train for more."""
+    from rankstudy.trial import run_trial
+
+    if parse_spec(config["spec"], config.get("overrides", ())).resources.workers == 1:
+        return run_trial(config)
+    from rankstudy.ray_train import fit_trial
+
+    return fit_trial(config, storage, Path(config["out_dir"]).name)
+
+
+def search_overrides(config: dict) -> list[str]:
+    """Sampled values ('training__lr', or 'param:training__lr' as a test pass carries its
+    trial's) as spec overrides."""
+    return [
+        f"{k.removeprefix('param:').replace('__', '.')}={json.dumps(v)}"
+        for k, v in config.items()
+        if "__" in k
+    ]
+
+
+def tune_trial(config: dict) -> None:
+    """The Tune trainable. phase "search": train one arm with the sampled hyperparameters and
+    validate. phase "test": score a chosen trial on test (resuming at its final checkpoint),
+    or train and score it again at another seed."""
+    from rankstudy.trial import TrialFailed
+
+    study_dir = Path(config["study_dir"])
+    overrides = [*config["overrides"], *search_overrides(config)]
+    if config["phase"] == "search":
+        out_dir = study_dir / "trials" / config["arm"] / tune.get_context().get_trial_id()
+        splits = ["validation"]
+    elif config["first_seed"]:
+        out_dir, splits = Path(config["test_of"]), ["test"]
+    else:
+        out_dir = Path(f"{config['test_of']}-seed{config['seed']}")
+        overrides.append(f"seed={config['seed']}")
+        splits = ["validation", "test"]
+    trial_config = {
+        "spec": config["spec"],
+        "arm": config["arm"],
+        "out_dir": str(out_dir),
+        "overrides": overrides,
+        "splits": splits,
+        "cache_dir": str(study_dir / "cache"),
+    }
+    params = {f"param:{k.removeprefix('param:')}": v for k, v in config.items() if "__" in k}
+    try:
+        result = execute(trial_config, str(study_dir / "ray"))
+    except TrialFailed as e:  # deterministic: report it instead of retrying it
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "failure.txt").write_text(str(e))
+        tune.report(
+            {"selection_metric": FAILED_METRIC, "failed": True, "out_dir": str(out_dir), **params}
+        )
+        return
+    tune.report(
+        {
+            "selection_metric": result["selection_metric"],
+            "failed": False,
+            "out_dir": str(out_dir),
+            **params,
+            **{f"selection_{r}": v for r, v in result["selection_metric_by_rule"].items()},
+        }
+    )
+
+
+def trial_resources(spec: StudySpec) -> dict:
+    r = spec.resources
+    if r.workers > 1:  # the function drives a TorchTrainer, whose workers hold the devices;
+        return {"CPU": 1}  # give Ray logical CPUs = cores + concurrent trials (cli.connect_ray)
+    return {"CPU": r.cpus_per_worker, **({"GPU": 1} if r.use_gpu else {})}
