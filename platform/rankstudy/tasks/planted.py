@@ -14,11 +14,13 @@ import json
 import math
 import os
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from filelock import FileLock
 from torch import nn
 
 from rankstudy.adapters.layer import ADAPTABLE, Conv1D
@@ -158,7 +160,21 @@ class PlantedTask(Task):
         }
         deltas = plant_deltas(base, targets, spec.planted_rank, spec.decay, seed=seed)
         # The calibration (delta scale, base score, reference curve) is a function of the spec
-        # and seed alone: a study computes it in its first trial and every later process reads it.
+        # and seed alone: a study computes it in its first trial and every later process reads
+        # it. The lock makes trials that start together wait for one calibration, not each run it.
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(cache.with_suffix(".lock")) if cache is not None else nullcontext():
+            self._calibrate(base, deltas, spec, reference_ranks, cache)
+
+    def _calibrate(
+        self,
+        base: nn.Module,
+        deltas: list[PlantedDelta],
+        spec: PlantedTaskSpec,
+        reference_ranks: Sequence[int],
+        cache: Path | None,
+    ) -> None:
         known = json.loads(cache.read_text()) if cache is not None and cache.exists() else {}
         if "scale" in known:
             self.scale, self.shift = known["scale"], known["shift"]
@@ -176,7 +192,6 @@ class PlantedTask(Task):
                 truncated = teacher_model(base, deltas, self.scale, k)
                 self.reference[k] = agreement(logits_of(truncated, test), self.teacher["test"])
         if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
             tmp = cache.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_text(
                 json.dumps(
