@@ -20,7 +20,9 @@ from rankstudy.spec import ParamRange
 
 # Relative step cost, for ordering only: nested_multiloss runs |S| forwards a step, the binary
 # variant |S| adapter products; every other arm one forward. Costly arms go first in each round
-# so that long trials do not run alone at the end while the other slots idle.
+# (longest processing time first) so that long trials, and the test passes that wait for an
+# arm's last trial, do not run alone at the end while the other slots idle. Once an arm has
+# finished a trial, its measured duration replaces this guess.
 FORWARDS_PER_STEP = {"nested_multiloss": 6, "matryoshka_binary": 2}
 
 
@@ -67,6 +69,7 @@ class ArmSearch(Searcher):
         }
         self.suggested = {arm: 0 for arm in arms}
         self.weight = {arm: FORWARDS_PER_STEP.get(arm, 1) for arm in arms}
+        self.seconds: dict[str, float] = {}  # measured duration of an arm's search trial
         self.owner: dict[str, tuple[str, str, int]] = {}  # trial id -> (arm, phase, index)
         self.ended: dict[str, list[dict]] = {arm: [] for arm in arms}
         self.queue: list[dict] = []
@@ -83,7 +86,7 @@ class ArmSearch(Searcher):
             open_arms = [a for a, n in self.suggested.items() if n < self.trials_per_arm]
             if not open_arms:
                 return None if self.running else Searcher.FINISHED
-            arm = min(open_arms, key=lambda a: (self.suggested[a], -self.weight[a]))
+            arm = min(open_arms, key=lambda a: (self.suggested[a], -self.expected_cost(a)))
             self.owner[trial_id] = (arm, "search", self.suggested[arm])
             self.suggested[arm] += 1
             searcher = self.searchers[arm]
@@ -94,6 +97,13 @@ class ArmSearch(Searcher):
             }
         self.running.add(trial_id)
         return config
+
+    def expected_cost(self, arm: str) -> float:
+        """The arm's measured trial seconds, else its weight times the cheapest measured."""
+        if arm in self.seconds:
+            return self.seconds[arm]
+        unit = min(self.seconds.values(), default=1.0)
+        return self.weight[arm] * unit
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         pass  # the selection metric exists only at the end of a trial
@@ -108,6 +118,8 @@ class ArmSearch(Searcher):
         if self.searchers[arm] is not None:
             self.searchers[arm].on_trial_complete(trial_id, result, error)
         ok = result is not None and not error and not result.get("failed")
+        if ok and "time_total_s" in result:
+            self.seconds[arm] = max(self.seconds.get(arm, 0.0), result["time_total_s"])
         self.ended[arm].append({"index": index, "ok": ok, **(result or {})})
         if len(self.ended[arm]) == self.trials_per_arm:
             self.queue_tests(arm)
