@@ -296,6 +296,7 @@ def test_a_trial_lost_by_a_kill_and_rerun_leaves_search_and_mlflow(tmp_path):
         study.tracker.log_trial(key, "lora_r1", "lora", {}, None)
         study.state["trials"][key] = {"key": key, "arm": "lora_r1", "status": "ok"}
     study.drop_superseded({"lora_r1/kept"})
+    study.flush()  # MLflow writes are queued to the driver's writer thread
     assert study.state["trials"]["lora_r1/lost"]["superseded"]
     assert not study.state["trials"]["lora_r1/kept"].get("superseded")
     runs = study.tracker.client.search_runs([study.tracker.experiment_id])

@@ -1,0 +1,66 @@
+"""The driver's MLflow writes run in a background thread; a kill can cut one off after the
+study recorded its trial. A resumed study redoes exactly those writes: no missing run, no
+duplicate, and a half-written run is replaced."""
+
+import json
+
+from mlflow.tracking import MlflowClient
+
+from rankstudy.study import Study
+from rankstudy.tracking import StudyTracker
+from test_study import TINY, write_spec
+
+
+def failed_record(key: str, logged: bool) -> dict:
+    return {
+        "key": key,
+        "arm": key.split("/")[0],
+        "out_dir": f"/nowhere/{key}",
+        "params": {"training.lr": 0.001},
+        "status": "failed",
+        "failure": "loss is NaN at step 3",
+        "selection_metric": -1.0,
+        "logged": logged,
+    }
+
+
+def test_resume_redoes_only_the_cut_off_writes(tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    uri = f"sqlite:///{out / 'mlflow.db'}"
+    tracker = StudyTracker(uri, "records")
+    parent = tracker.start_study("records", TINY)
+    tracker.log_trial("lora_r1/a", "lora_r1", "lora", {}, None, "loss is NaN at step 3")
+    half = tracker.client.create_run(  # a write cut off after create_run
+        tracker.experiment_id,
+        tags={
+            "mlflow.parentRunId": parent,
+            "rankstudy.trial_key": "lora_r2/b",
+            "rankstudy.kind": "trial",
+        },
+    )
+    state = {
+        "trials": {
+            "lora_r1/a": failed_record("lora_r1/a", logged=True),
+            "lora_r2/b": failed_record("lora_r2/b", logged=False),
+            "dylora/c": failed_record("dylora/c", logged=False),
+        },
+        "tests": {},
+        "parent_run_id": parent,
+        "tracking_uri": uri,
+        "experiment_id": tracker.experiment_id,
+    }
+    (out / "study_state.json").write_text(json.dumps(state))
+    spec = dict(TINY, tracking={"uri": uri, "experiment": "records"})
+    study = Study(str(write_spec(tmp_path, spec)), [], str(out), resume=True)
+    study.tracker = StudyTracker(uri, "records")
+    study.tracker.start_study("records", spec, parent)
+    study.relog()
+
+    runs = MlflowClient(uri).search_runs([tracker.experiment_id], "tags.`rankstudy.kind` = 'trial'")
+    keys = sorted(r.data.tags["rankstudy.trial_key"] for r in runs)
+    assert keys == ["dylora/c", "lora_r1/a", "lora_r2/b"]
+    assert {r.info.status for r in runs} == {"FAILED"}
+    assert half.info.run_id not in {r.info.run_id for r in runs}
+    saved = json.loads((out / "study_state.json").read_text())
+    assert all(r["logged"] for r in saved["trials"].values())
