@@ -10,8 +10,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rankstudy.spec import parse_spec
+from rankstudy.spec import StudySpec, parse_spec
 from rankstudy.trial import run_trial
+
+
+def scaling_config(spec: StudySpec):
+    """One Ray Train worker per device: a GPU each (nccl) on GPU specs, CPUs (gloo) else."""
+    from ray.train import ScalingConfig
+
+    r = spec.resources
+    return ScalingConfig(
+        num_workers=r.workers,
+        use_gpu=r.use_gpu,
+        resources_per_worker={"CPU": r.cpus_per_worker, **({"GPU": 1} if r.use_gpu else {})},
+    )
 
 
 def fit_trial(config: dict, storage_path: str, name: str) -> dict:
@@ -19,19 +31,14 @@ def fit_trial(config: dict, storage_path: str, name: str) -> dict:
 
     config is run_trial's; the driver must already be connected to Ray (ray.init).
     """
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import RunConfig
     from ray.train.torch import TorchTrainer
 
     spec = parse_spec(config["spec"], config.get("overrides", ()))
-    r = spec.resources
     trainer = TorchTrainer(
         run_trial,
         train_loop_config=config,
-        scaling_config=ScalingConfig(
-            num_workers=r.workers,
-            use_gpu=r.use_gpu,
-            resources_per_worker={"CPU": r.cpus_per_worker, **({"GPU": 1} if r.use_gpu else {})},
-        ),
+        scaling_config=scaling_config(spec),
         run_config=RunConfig(storage_path=storage_path, name=name),
     )
     outcome = trainer.fit()

@@ -1,0 +1,76 @@
+"""The GPU path, checked without a GPU: the paper-setting spec (and its ZeRO-3, eight-GPU
+variant) turns into the DeepSpeed config and the Ray resources a GPU cluster needs. The CPU
+path is the same functions with the switch off."""
+
+from pathlib import Path
+
+import pytest
+import ray
+
+from rankstudy.engine import deepspeed_config
+from rankstudy.ray_train import scaling_config
+from rankstudy.spec import load_spec
+from rankstudy.study import Study
+from rankstudy.trainable import trial_resources
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER = ROOT / "jobs" / "specs" / "gsm8k-llama-3.2-1b.yaml"
+ZERO3 = [
+    "deepspeed.zero_stage=3",
+    "deepspeed.offload_optimizer=true",
+    "resources.workers=8",
+]
+
+
+def test_paper_setting_one_gpu_zero2_bf16():
+    spec = load_spec(PAPER)
+    config = deepspeed_config(spec, world_size=1, gpu=True)
+    assert config["bf16"] == {"enabled": True}
+    assert config["zero_optimization"] == {
+        "stage": 2,
+        "overlap_comm": True,
+        "contiguous_gradients": True,
+    }
+    assert config["train_micro_batch_size_per_gpu"] == 8
+    assert config["gradient_accumulation_steps"] == 4
+    assert config["train_batch_size"] == 32
+    assert trial_resources(spec) == {"CPU": 4, "GPU": 1}
+    scaling = scaling_config(spec)
+    assert scaling.num_workers == 1 and scaling.use_gpu
+    assert scaling.resources_per_worker == {"CPU": 4, "GPU": 1}
+
+
+def test_eight_gpus_zero3_with_offload():
+    spec = load_spec(PAPER, ZERO3)
+    config = deepspeed_config(spec, world_size=8, gpu=True)
+    assert config["zero_optimization"]["stage"] == 3
+    assert config["zero_optimization"]["offload_optimizer"] == {"device": "cpu", "pin_memory": True}
+    assert config["train_batch_size"] == 8 * 4 * 8
+    # the Tune function only drives the TorchTrainer; its eight workers hold the GPUs
+    assert trial_resources(spec) == {"CPU": 1}
+    scaling = scaling_config(spec)
+    assert scaling.num_workers == 8 and scaling.use_gpu
+    assert scaling.resources_per_worker == {"CPU": 4, "GPU": 1}
+
+
+def test_cpu_switch_keeps_the_same_config_with_fp32():
+    spec = load_spec(ROOT / "jobs" / "specs" / "planted-cpu.yaml")
+    config = deepspeed_config(spec, world_size=2, gpu=False)
+    assert config["bf16"] == {"enabled": False}
+    assert config["zero_optimization"].get("overlap_comm") in (None, False)
+    assert not scaling_config(spec).use_gpu
+
+
+@pytest.mark.parametrize(
+    ("overrides", "cluster", "slots"),
+    [
+        ([], {"CPU": 64, "GPU": 8}, 8),  # one GPU per trial
+        (ZERO3, {"CPU": 96, "GPU": 16}, 2),  # eight GPUs per trial
+        (ZERO3, {"CPU": 96, "GPU": 4}, 1),  # too few GPUs now: one trial waits for autoscaling
+    ],
+)
+def test_concurrent_trials_follow_the_gpus(tmp_path, monkeypatch, overrides, cluster, slots):
+    monkeypatch.setattr(ray, "cluster_resources", lambda: cluster)
+    study = Study(str(PAPER), overrides, str(tmp_path / "o"), resume=False)
+    assert study.slots() == slots
+    assert study.max_concurrent() == (slots if "resources.workers=8" in overrides else None)
