@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from rankstudy.spec import StudySpec
 
 NESTED = ("dylora", "matryoshka", "matryoshka_binary", "nested_multiloss")
+# Methods whose inference rules (scaled, truncated_p) give different models: trials score each.
+TWO_RULES = ("matryoshka", "matryoshka_binary")
 
 
 @dataclass(frozen=True)

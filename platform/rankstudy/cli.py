@@ -83,10 +83,45 @@ def sweep_variants(spec) -> list[tuple[str, list[str]]]:
     return out
 
 
+def _plan(args: argparse.Namespace) -> int:
+    import yaml
+
+    from rankstudy.plan import add_time, calibrate, plan, plan_table, shape_of, split_sizes
+    from rankstudy.spec import SpecError, load_spec
+
+    try:
+        spec = load_spec(args.spec, args.set)
+        variants = [(label, [*args.set, *sets]) for label, sets in sweep_variants(spec)]
+        plans = []
+        for label, sets in variants:
+            variant = load_spec(args.spec, sets)
+            shape = shape_of(variant)
+            out = plan(variant, shape, split_sizes(variant))
+            if args.calibrate:
+                raw = yaml.safe_load(Path(args.spec).read_text())
+                add_time(out, variant, shape, *calibrate(raw, sets, args.calibrate))
+            elif variant.throughput is not None:
+                t = variant.throughput
+                add_time(out, variant, shape, t.device, t.tokens_per_second)
+            plans.append((label, out))
+    except (SpecError, ValueError, OSError) as e:
+        print(f"rankstudy plan: invalid input\n{e}", file=sys.stderr)
+        return 2
+    for label, out in plans:
+        print((f"[{label}] " if label else "") + plan_table(out))
+        if "throughput" not in out:
+            print("device-hours: give `throughput` in the spec, or --calibrate STEPS")
+    if args.json:
+        Path(args.json).write_text(json.dumps(dict(plans) if len(plans) > 1 else plans[0][1]))
+    return 0
+
+
 def _study(args: argparse.Namespace) -> int:
     from rankstudy.spec import SpecError, load_spec
     from rankstudy.study import Study, StudyError, summary_table
 
+    if args.dry_run:
+        return _plan(args)
     try:  # every spec and output directory is checked before anything starts
         spec = load_spec(args.spec, args.set)
         base = args.out or f"runs/{spec.name}"
@@ -143,9 +178,21 @@ def main(argv: list[str] | None = None) -> None:
     study.add_argument(
         "--address", help="Ray address (default: $RAY_ADDRESS, a local head, or a new local Ray)"
     )
+    for command in (study, sub.add_parser("plan", help="what a study will spend; runs nothing")):
+        if command is not study:
+            command.add_argument("--spec", required=True, help="study spec YAML")
+            command.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+        else:
+            command.add_argument("--dry-run", action="store_true", help="plan it, run nothing")
+        command.add_argument(
+            "--calibrate", type=int, metavar="STEPS", help="measure throughput with a short trial"
+        )
+        command.add_argument("--json", metavar="PATH", help="also write the plan as JSON")
     args = parser.parse_args(argv)
     if args.command == "study":
         sys.exit(_study(args))
+    if args.command == "plan":
+        sys.exit(_plan(args))
     if args.command == "demo":
         import torch
 

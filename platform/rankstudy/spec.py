@@ -261,6 +261,14 @@ class TrackingSpec(Strict):
         return uri
 
 
+class ThroughputSpec(Strict):
+    """A measured training throughput, for `rankstudy plan`: tokens a second that one device
+    trains the max-rank LoRA arm at. Other arms scale by their FLOPs."""
+
+    device: str = Field(min_length=1, description="the device type it was measured on")
+    tokens_per_second: float = Field(gt=0)
+
+
 class StudySpec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     model: ModelSpec
@@ -275,6 +283,7 @@ class StudySpec(Strict):
     search: SearchSpec = SearchSpec()
     tracking: TrackingSpec = TrackingSpec()
     price_per_device_hour: float | None = Field(None, ge=0)
+    throughput: ThroughputSpec | None = None
     sweep: dict[str, list[float | int | str | bool]] | None = Field(
         None, description="run the whole study once per value of a spec field"
     )

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from rankstudy.adapters import get_schedule, set_rank
-from rankstudy.arms import Arm, parse_arm
+from rankstudy.arms import TWO_RULES, Arm, parse_arm
 from rankstudy.build import attach_arm, build_task, load_model
 from rankstudy.checkpoint import latest_step, load_checkpoint, save_checkpoint
 from rankstudy.cost import eval_flops, model_shape, train_flops
@@ -90,7 +90,7 @@ def evaluate(
     model.eval()
     scores: dict[str, dict[int, float]] = {}
     # Only the methods with a trained p have a second rule; LoRA at its own rank has one.
-    for rule in rules if arm.method in ("matryoshka", "matryoshka_binary") else rules[:1]:
+    for rule in rules if arm.method in TWO_RULES else rules[:1]:
         scores[rule] = {}
         for k in arm.eval_ranks:
             set_rank(model, k, rule)

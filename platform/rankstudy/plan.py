@@ -1,0 +1,198 @@
+"""What a study will spend, before anything runs: its arms and trials, training tokens, FLOPs,
+device-hours and money, and the Matryoshka run's cost against the LoRA grid's.
+
+Counts follow the study's own rules: every arm gets trials_per_arm search trials (training and
+validation), and each inference rule an arm serves gets a test pass per seed: the first seed
+scores the chosen trial on test, every further seed trains it again. Rules that choose the same
+trial share a pass, so the counts are upper bounds. Text tasks count max_length tokens per
+example (an upper bound: the tokenizer of a hub model may not be at hand when planning).
+FLOPs come from rankstudy.cost on the model's shape, read off its config on the meta device
+(no weights loaded). Seconds come from a throughput: the spec's, or one measured by a short
+calibration trial of the max-rank LoRA arm on this machine.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+
+import torch
+
+from rankstudy.arms import TWO_RULES, parse_arm
+from rankstudy.cost import ModelShape, eval_flops, model_shape, train_flops
+from rankstudy.scoring import METHOD_ARMS, method_arms, study_arms, study_rules
+from rankstudy.spec import StudySpec
+
+
+def shape_of(spec: StudySpec) -> ModelShape:
+    """The FLOP-relevant shape of the base with the spec's adapters, without its weights."""
+    from rankstudy.build import attach_arm, load_model
+
+    if spec.model.tiny is not None:
+        model, _ = load_model(spec.model, torch.float32)
+    else:
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        config = AutoConfig.from_pretrained(
+            spec.model.name, trust_remote_code=spec.model.trust_remote_code
+        )
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(
+                config, trust_remote_code=spec.model.trust_remote_code
+            )
+    return model_shape(attach_arm(model, spec, parse_arm(f"lora_r{spec.adapters.max_rank}", spec)))
+
+
+def split_sizes(spec: StudySpec) -> dict[str, int]:
+    """Examples per split, as the trial will see them."""
+    task = spec.task
+    if task.kind == "planted":
+        return {
+            "train": task.train_size,
+            "validation": task.validation_size,
+            "test": task.test_size,
+        }
+    from rankstudy.build import build_task
+    from rankstudy.tokenizer import byte_tokenizer
+
+    # The byte tokenizer only lets the task split its rows; the counts do not depend on it.
+    built = build_task(spec, None, byte_tokenizer(), parse_arm("lora_r1", spec), spec.seed)
+    return {s: built.size(s) for s in ("train", "validation", "test")}
+
+
+def sequence_tokens(spec: StudySpec) -> int:
+    return spec.task.seq_len if spec.task.kind == "planted" else spec.task.max_length
+
+
+def training_steps(spec: StudySpec, train_examples: int) -> int:
+    """trial.total_steps without building the task."""
+    t = spec.training
+    batch = t.micro_batch_size * t.grad_accum * spec.resources.workers
+    return t.steps or max(1, math.ceil(t.epochs * train_examples / batch))
+
+
+def arm_rules(spec: StudySpec) -> dict[str, list[str]]:
+    """arm -> the inference rules the spec's methods serve it with."""
+    rules: dict[str, list[str]] = {a: [] for a in study_arms(spec)}
+    for m in spec.methods:
+        for a in method_arms(m, spec):
+            if METHOD_ARMS[m][1] not in rules[a]:
+                rules[a].append(METHOD_ARMS[m][1])
+    return rules
+
+
+def plan(spec: StudySpec, shape: ModelShape, sizes: dict[str, int]) -> dict:
+    """Per arm and per method: runs, tokens and FLOPs; seconds and money once a throughput is
+    known (add_time)."""
+    seq = sequence_tokens(spec)
+    t = spec.training
+    steps = training_steps(spec, sizes["train"])
+    tokens = steps * t.micro_batch_size * t.grad_accum * spec.resources.workers * seq
+    seeds = len(spec.seeds or [spec.seed])
+    validations = 1 + ((steps - 1) // t.eval_every if t.eval_every else 0)  # as trial.py
+    arms = {}
+    for name, rules in arm_rules(spec).items():
+        arm = parse_arm(name, spec)
+        per_rank = train_flops(shape, tokens, seq, arm.method, arm.max_rank, arm.train_ranks)
+        # a trial scores every rule of the study where the rule changes the model's output
+        ranks = list(arm.eval_ranks) * (len(study_rules(spec)) if arm.method in TWO_RULES else 1)
+        val = validations * eval_flops(shape, sizes["validation"] * seq, seq, ranks)
+        test = eval_flops(shape, sizes["test"] * seq, seq, ranks)
+        trainings = spec.search.trials_per_arm + len(rules) * (seeds - 1)
+        arms[name] = {
+            "method": arm.method,
+            "training_runs": trainings,
+            "test_passes": len(rules) * seeds,
+            "tokens": trainings * tokens,
+            "flops": trainings * (per_rank + val) + len(rules) * seeds * test,
+        }
+    methods = {}
+    for m in spec.methods:
+        used = method_arms(m, spec)
+        methods[m] = {
+            "arms": used,
+            "trials": sum(arms[a]["training_runs"] for a in used),
+            "tokens": sum(arms[a]["tokens"] for a in used),
+            "flops": sum(arms[a]["flops"] for a in used),
+        }
+    out = {
+        "study": spec.name,
+        "steps_per_trial": steps,
+        "tokens_per_trial": tokens,
+        "arms": arms,
+        "methods": methods,
+        "total": {
+            "training_runs": sum(a["training_runs"] for a in arms.values()),
+            "test_passes": sum(a["test_passes"] for a in arms.values()),
+            "tokens": sum(a["tokens"] for a in arms.values()),
+            "flops": sum(a["flops"] for a in arms.values()),
+        },
+    }
+    if "lora_grid" in methods and "matryoshka" in methods:
+        out["matryoshka_over_lora_grid"] = (
+            methods["matryoshka"]["flops"] / methods["lora_grid"]["flops"]
+        )
+    return out
+
+
+def add_time(out: dict, spec: StudySpec, shape: ModelShape, device: str, tps: float) -> dict:
+    """Device-hours (and money when priced) from a throughput of the max-rank LoRA arm: tps
+    tokens a second on one device, i.e. tps x its FLOPs per token."""
+    seq = sequence_tokens(spec)
+    r = spec.adapters.max_rank
+    flops_per_second = tps * train_flops(shape, 1, seq, "lora", r)
+    out["throughput"] = {"device": device, "tokens_per_second": tps}
+    for row in [*out["arms"].values(), *out["methods"].values(), out["total"]]:
+        row["device_hours"] = row["flops"] / flops_per_second / 3600
+        if spec.price_per_device_hour is not None:
+            row["money"] = row["device_hours"] * spec.price_per_device_hour
+    return out
+
+
+def calibrate(spec_raw: dict, overrides: list[str], steps: int = 20) -> tuple[str, float]:
+    """(device, tokens a second) of a short trial of the max-rank LoRA arm on this machine."""
+    from rankstudy.spec import parse_spec
+    from rankstudy.trial import run_trial
+
+    spec = parse_spec(spec_raw, overrides)
+    with tempfile.TemporaryDirectory(prefix="rankstudy-calibrate-") as tmp:
+        result = run_trial(
+            {
+                "spec": spec_raw,
+                "arm": f"lora_r{spec.adapters.max_rank}",
+                "out_dir": str(Path(tmp) / "trial"),
+                "overrides": [*overrides, f"training.steps={steps}", "training.epochs=null"],
+                "splits": [],
+            }
+        )
+    cost = result["cost"]
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    per_device = cost["train_tokens"] / cost["train_seconds"] / spec.resources.workers
+    return device, per_device
+
+
+def plan_table(out: dict) -> str:
+    timed = "throughput" in out
+    priced = timed and "money" in out["total"]
+    head = f"{'method':<30}{'trials':>7}{'tokens':>11}{'FLOPs':>11}"
+    head += f"{'dev-hours':>11}" if timed else ""
+    head += f"{'money':>10}" if priced else ""
+    lines = [
+        f"study {out['study']}: {len(out['arms'])} arms, {out['total']['training_runs']} "
+        f"training runs and {out['total']['test_passes']} test passes (at most), "
+        f"{out['steps_per_trial']} steps x {out['tokens_per_trial']:,} tokens a trial",
+        head,
+    ]
+    for name, row in [*out["methods"].items(), ("all arms, each once", out["total"])]:
+        line = f"{name:<30}{row.get('trials', row.get('training_runs')):>7}"
+        line += f"{row['tokens']:>11.3g}{row['flops']:>11.3g}"
+        line += f"{row['device_hours']:>11.3g}" if timed else ""
+        line += f"{row['money']:>10.2f}" if priced else ""
+        lines.append(line)
+    if timed:
+        t = out["throughput"]
+        lines.append(f"throughput: {t['tokens_per_second']:,.0f} tokens/s on {t['device']}")
+    if "matryoshka_over_lora_grid" in out:
+        lines.append(f"matryoshka / lora_grid cost: {out['matryoshka_over_lora_grid']:.3f}")
+    return "\n".join(lines)

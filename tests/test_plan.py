@@ -1,0 +1,151 @@
+"""`rankstudy plan`: the numbers of both shipped specs checked against a hand calculation, the
+calibration run, `jobs/study.py --dry-run`, and a clear error when the model cannot be read."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rankstudy.cli import main
+from rankstudy.plan import add_time, plan, shape_of, split_sizes
+from rankstudy.spec import load_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+GSM8K = ROOT.parent / "shared" / "data" / "gsm8k"
+S = [1, 2, 4, 8, 16, 32]
+
+# Llama-3.2-1B, by hand from its published config: 16 layers, hidden 2048, 32 query heads and
+# 8 key/value heads of 64, MLP 8192, vocabulary 128256 (lm_head tied to the embedding).
+LLAMA_1B = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 2048,
+    "intermediate_size": 8192,
+    "num_hidden_layers": 16,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 64,
+    "vocab_size": 128256,
+    "tie_word_embeddings": True,
+}
+LAYER = 2 * 2048 * 2048 + 2 * 2048 * 512 + 3 * 2048 * 8192  # q, o; k, v; gate, up, down
+N = 16 * LAYER + 2048 * 128256  # matmul weights, lm_head included
+W = 16 * ((2048 + 2048) * 2 + (2048 + 512) * 2 + (2048 + 8192) * 3)  # adapter params per rank
+ATTN = 16 * 2048  # layers x attention width
+
+
+def train(tokens, seq, r, n=N, w=W, attn=ATTN):
+    """Per token: frozen base forward + activation grads (2 x 2N), adapters forward and both
+    grads (3 x 2rW), attention QK^T and AV forward and backward (3 x 4 L A seq)."""
+    return tokens * (4 * n + 6 * r * w + 12 * attn * seq)
+
+
+def forward(tokens, seq, r, n=N, w=W, attn=ATTN):
+    return tokens * (2 * n + 2 * r * w + 4 * attn * seq)
+
+
+@pytest.fixture
+def llama_dir(tmp_path):
+    (tmp_path / "llama").mkdir()
+    (tmp_path / "llama" / "config.json").write_text(json.dumps(LLAMA_1B))
+    return tmp_path / "llama"
+
+
+def test_paper_spec_by_hand(llama_dir):
+    spec = load_spec(
+        ROOT / "jobs" / "specs" / "gsm8k-llama-3.2-1b.yaml",
+        [f"model.name={llama_dir}", f"task.path={GSM8K}"],
+    )
+    sizes = split_sizes(spec)
+    assert sizes == {"train": 7473 - 200, "validation": 200, "test": 1319}
+    out = plan(spec, shape_of(spec), sizes)
+    steps = math.ceil(3 * 7273 / (8 * 4))  # 3 epochs at a global batch of 32
+    tokens = steps * 32 * 1024  # max_length tokens per example: an upper bound
+    assert (out["steps_per_trial"], out["tokens_per_trial"]) == (682, tokens)
+    # 6 LoRA arms, dylora, matryoshka (both rules), nested_multiloss: 2 trials each
+    assert out["total"]["training_runs"] == 18 and out["total"]["test_passes"] == 10
+    val, test = 200 * 1024, 1319 * 1024
+    grid = sum(
+        2 * (train(tokens, 1024, r) + forward(val, 1024, r)) + forward(test, 1024, r) for r in S
+    )
+    assert out["methods"]["lora_grid"]["flops"] == pytest.approx(grid, rel=1e-12)
+    both = 2  # matryoshka trials score scaled and truncated_p at every rank in S
+    mat = 2 * (train(tokens, 1024, 32) + both * sum(forward(val, 1024, r) for r in S))
+    mat += 2 * both * sum(forward(test, 1024, r) for r in S)  # a test pass per rule
+    assert out["methods"]["matryoshka"]["flops"] == pytest.approx(mat, rel=1e-12)
+    assert out["matryoshka_over_lora_grid"] == pytest.approx(mat / grid, rel=1e-12)
+    nested = 2 * (sum(train(tokens, 1024, r) for r in S) + sum(forward(val, 1024, r) for r in S))
+    nested += sum(forward(test, 1024, r) for r in S)
+    assert out["methods"]["nested_multiloss"]["flops"] == pytest.approx(nested, rel=1e-12)
+
+    add_time(out, spec, shape_of(spec), "L40S", 5000.0)  # price 2.5 a device-hour in the spec
+    per_second = 5000.0 * train(1, 1024, 32)
+    hours = grid / per_second / 3600
+    assert out["methods"]["lora_grid"]["device_hours"] == pytest.approx(hours)
+    assert out["methods"]["lora_grid"]["money"] == pytest.approx(2.5 * hours)
+
+
+def test_planted_default_by_hand(capsys):
+    spec = load_spec(ROOT / "jobs" / "specs" / "planted-cpu.yaml")
+    shape = shape_of(spec)
+    out = plan(spec, shape, split_sizes(spec))
+    t, task = spec.training, spec.task
+    tokens = t.steps * t.micro_batch_size * t.grad_accum * task.seq_len
+    assert out["tokens_per_trial"] == tokens
+    n, w, attn, seq = shape.matmul_params, shape.adapter_width, shape.layers * shape.attn_dim, 32
+    assert task.seq_len == seq
+    val, test = task.validation_size * seq, task.test_size * seq
+    grid = sum(
+        2 * (train(tokens, seq, r, n, w, attn) + forward(val, seq, r, n, w, attn))
+        + forward(test, seq, r, n, w, attn)
+        for r in S
+    )
+    assert out["methods"]["lora_grid"]["flops"] == pytest.approx(grid, rel=1e-12)
+    with pytest.raises(SystemExit) as done:
+        main(["plan", "--spec", str(ROOT / "jobs" / "specs" / "planted-cpu.yaml")])
+    assert done.value.code == 0
+    printed = capsys.readouterr().out
+    assert "20 training runs and 12 test passes" in printed
+    assert f"matryoshka / lora_grid cost: {out['matryoshka_over_lora_grid']:.3f}" in printed
+
+
+def test_calibration_measures_this_machine(tmp_path):
+    spec = ROOT / "jobs" / "specs" / "planted-cpu.yaml"
+    with pytest.raises(SystemExit) as done:
+        main(["plan", "--spec", str(spec), "--calibrate", "5", "--json", str(tmp_path / "p.json")])
+    assert done.value.code == 0
+    out = json.loads((tmp_path / "p.json").read_text())
+    assert out["throughput"]["device"] == "cpu" and out["throughput"]["tokens_per_second"] > 0
+    assert out["total"]["device_hours"] > 0 and "money" not in out["total"]
+
+
+def test_dry_run_plans_and_starts_nothing(tmp_path):
+    out = tmp_path / "study"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "jobs/study.py",
+            "--spec",
+            "jobs/specs/planted-cpu.yaml",
+            "--out",
+            str(out),
+            "--dry-run",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "20 training runs and 12 test passes" in proc.stdout
+    assert not out.exists()
+
+
+def test_unreadable_model_is_a_clear_error(tmp_path, capsys):
+    spec = ROOT / "jobs" / "specs" / "gsm8k-llama-3.2-1b.yaml"
+    with pytest.raises(SystemExit) as done:
+        main(["plan", "--spec", str(spec), "--set", f"model.name={tmp_path / 'none'}"])
+    assert done.value.code == 2
+    assert "rankstudy plan: invalid input" in capsys.readouterr().err
