@@ -296,6 +296,7 @@ class Study:
             "status": "failed" if failure else "ok",
             "failure": failure,
             "selection_metric": metrics.get("selection_metric", FAILED_METRIC),
+            "node": metrics.get("node"),
             "logged": False,
         }
         if config["phase"] == "test":

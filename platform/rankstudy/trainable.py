@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import ray
 from ray import tune
 
 from rankstudy.spec import StudySpec, parse_spec
@@ -63,14 +64,17 @@ def tune_trial(config: dict) -> None:
         "splits": splits,
         "cache_dir": str(study_dir / "cache"),
     }
-    params = {f"param:{k.removeprefix('param:')}": v for k, v in config.items() if "__" in k}
+    # the trial's hyperparameters, and the node it ran on (a multi-worker trial's workers may
+    # be elsewhere), go into every report: the study records both
+    reported = {f"param:{k.removeprefix('param:')}": v for k, v in config.items() if "__" in k}
+    reported["node"] = ray.get_runtime_context().get_node_id()
     try:
         result = execute(trial_config, str(study_dir / "ray"))
     except TrialFailed as e:  # deterministic: report it instead of retrying it
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "failure.txt").write_text(str(e))
         tune.report(
-            {"selection_metric": FAILED_METRIC, "failed": True, "out_dir": str(out_dir), **params}
+            {"selection_metric": FAILED_METRIC, "failed": True, "out_dir": str(out_dir), **reported}
         )
         return
     tune.report(
@@ -78,7 +82,7 @@ def tune_trial(config: dict) -> None:
             "selection_metric": result["selection_metric"],
             "failed": False,
             "out_dir": str(out_dir),
-            **params,
+            **reported,
             **{f"selection_{r}": v for r, v in result["selection_metric_by_rule"].items()},
         }
     )

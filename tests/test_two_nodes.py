@@ -1,0 +1,171 @@
+"""The closest this machine gets to a cluster: a Ray head and a second Ray node, two `ray start`
+processes with their own CPUs (each in its own process group, ended by group id). A small study
+joins them; its trials must land on both nodes, and from each node a task pinned there must
+reach the study's MLflow store and every trial's checkpoints. On one machine both nodes share a
+filesystem: what this proves is scheduling across nodes and paths valid on both, not storage
+that spans machines (README: "On a cluster")."""
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from test_study import TINY, VENV_BIN, free_port, write_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def start_node(args: list[str], log: Path) -> subprocess.Popen:
+    env = os.environ | {
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
+    }
+    return subprocess.Popen(
+        [str(VENV_BIN / "ray"), "start", "--block", "--node-ip-address=127.0.0.1", *args],
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def end(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=20)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def ray_nodes(address: str) -> list[str]:
+    code = (
+        f"import json, ray; ray.init(address={address!r}, logging_level='ERROR');"
+        "print(json.dumps([n['NodeID'] for n in ray.nodes() if n['Alive']]))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=os.environ | {"RAY_AUTH_MODE": "disabled"},
+        timeout=120,
+    )
+    return json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else []
+
+
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory):
+    logs = tmp_path_factory.mktemp("ray-logs")
+    temp = tempfile.mkdtemp(prefix="rs2-", dir="/tmp")  # short: Ray's socket paths are bounded
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    head = start_node(
+        [
+            "--head",
+            f"--port={port}",
+            "--num-cpus=1",
+            f"--temp-dir={temp}",
+            "--include-dashboard=false",
+        ],
+        logs / "head.log",
+    )
+    nodes = [head]
+    try:
+        deadline = time.time() + 120
+        while len(ray_nodes(address)) < 1 and time.time() < deadline:
+            time.sleep(2)
+        nodes.append(start_node([f"--address={address}", "--num-cpus=1"], logs / "worker.log"))
+        while len(ray_nodes(address)) < 2 and time.time() < deadline:
+            time.sleep(2)
+        ids = ray_nodes(address)
+        if len(ids) != 2:
+            pytest.fail(f"two Ray nodes did not come up; see {logs}")
+        yield address, ids
+    finally:
+        for proc in reversed(nodes):
+            end(proc)
+
+
+REACH = """
+import json, sys
+from pathlib import Path
+import ray
+from mlflow.tracking import MlflowClient
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+state = json.loads(Path(sys.argv[2]).read_text())
+
+@ray.remote(num_cpus=0)
+def reach(state):
+    client = MlflowClient(state["tracking_uri"])
+    runs = client.search_runs([state["experiment_id"]], max_results=1000)
+    dirs = [Path(t["out_dir"]) for t in state["trials"].values()]
+    return {
+        "node": ray.get_runtime_context().get_node_id(),
+        "runs": len(runs),
+        "checkpoints": sum(any(d.glob("checkpoints/*")) for d in dirs),
+        "results": sum((d / "result.json").is_file() for d in dirs),
+    }
+
+ray.init(address=sys.argv[1], logging_level="ERROR")
+tasks = [
+    reach.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote(state)
+    for n in json.loads(sys.argv[3])
+]
+print(json.dumps(ray.get(tasks)))
+"""
+
+
+@pytest.mark.slow
+def test_study_spans_two_nodes(tmp_path, two_nodes):
+    address, ids = two_nodes
+    spec = write_spec(
+        tmp_path,
+        TINY
+        | {
+            "methods": ["lora_grid", "matryoshka"],
+            "adapters": {"max_rank": 4, "train_ranks": [1, 2, 4]},
+            "training": TINY["training"] | {"steps": 40},
+        },
+    )
+    out = tmp_path / "study"
+    proc = subprocess.run(
+        [
+            *(sys.executable, "jobs/study.py", "--spec", str(spec)),
+            *("--out", str(out), "--address", address),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=os.environ | {"RAY_AUTH_MODE": "disabled"},
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    state = json.loads((out / "study_state.json").read_text())
+    trials = [*state["trials"].values(), *state["tests"].values()]
+    assert {t["node"] for t in trials} == set(ids)  # every node ran trials
+
+    proc = subprocess.run(
+        [sys.executable, "-c", REACH, address, str(out / "study_state.json"), json.dumps(ids)],
+        capture_output=True,
+        text=True,
+        env=os.environ | {"RAY_AUTH_MODE": "disabled"},
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [s["node"] for s in seen] == ids
+    n = len(state["trials"])  # search trials: 3 LoRA arms + matryoshka, 2 each
+    assert n == 8
+    for s in seen:
+        # the parent, a child per trial, a summary run per method
+        assert s["runs"] == 1 + n + 2
+        assert s["checkpoints"] == n and s["results"] == n
