@@ -3,8 +3,6 @@ calibration run, `jobs/study.py --dry-run`, and a clear error when the model can
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +10,7 @@ import pytest
 from rankstudy.cli import main
 from rankstudy.plan import add_time, plan, shape_of, split_sizes
 from rankstudy.spec import load_spec
+from test_study import study_job
 
 ROOT = Path(__file__).resolve().parents[1]
 GSM8K = ROOT.parent / "shared" / "data" / "gsm8k"
@@ -124,20 +123,7 @@ def test_calibration_measures_this_machine(tmp_path):
 
 def test_dry_run_plans_and_starts_nothing(tmp_path):
     out = tmp_path / "study"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "jobs/study.py",
-            "--spec",
-            "jobs/specs/planted-cpu.yaml",
-            "--out",
-            str(out),
-            "--dry-run",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    proc = study_job(out, "--dry-run")
     assert proc.returncode == 0, proc.stderr
     assert "20 training runs and 12 test passes" in proc.stdout
     assert not out.exists()

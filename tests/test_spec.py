@@ -2,14 +2,13 @@
 naming the field, before anything starts."""
 
 import copy
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from rankstudy.spec import SpecError, load_spec, parse_spec
+from test_study import study_job
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted((ROOT / "jobs" / "specs").glob("*.yaml"))
@@ -157,20 +156,6 @@ def test_overrides_apply_before_validation_and_do_not_touch_the_input():
 )
 def test_study_command_rejects_bad_spec_and_starts_nothing(tmp_path, args, message):
     out = tmp_path / "study"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "jobs/study.py",
-            "--spec",
-            "jobs/specs/planted-cpu.yaml",
-            "--out",
-            str(out),
-            *args,
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = study_job(out, *args)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
     assert not out.exists()

@@ -101,6 +101,17 @@ def ray_head():
         os.killpg(head.pid, signal.SIGKILL)
 
 
+def study_job(out: Path, *args: str, spec: str = "jobs/specs/planted-cpu.yaml"):
+    """`python jobs/study.py --spec SPEC --out OUT ARGS...` from the repo root."""
+    return subprocess.run(
+        [sys.executable, "jobs/study.py", "--spec", spec, "--out", str(out), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def mlflow_runs(summary):
     client = MlflowClient(summary["mlflow"]["tracking_uri"])
     runs = client.search_runs([summary["mlflow"]["experiment_id"]], max_results=1000)
