@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job: set up .venv, start a local Ray head if none is running, submit a study with
-# `ray job submit`, follow its output, and leave the summary and MLflow store under runs/.
+# `ray job submit`, follow its output, and leave the summary, the report and the MLflow store
+# under runs/.
 #   bash jobs/submit.sh [SPEC] [extra jobs/study.py arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,4 +26,5 @@ ray job submit --working-dir . \
     --runtime-env-json '{"excludes": [".venv", "runs", ".git", "*.db", "mlruns"]}' \
     -- "$root/.venv/bin/python" jobs/study.py --spec "$spec" --out "$root/runs/$name" "$@"
 echo "submit: summary $root/runs/$name/study_summary.json"
+echo "submit: report  $root/runs/$name/report/report.html (open it in a browser)"
 echo "submit: MLflow UI: $root/.venv/bin/mlflow ui --backend-store-uri sqlite:///$root/runs/$name/mlflow.db"

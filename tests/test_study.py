@@ -177,6 +177,22 @@ def test_study_through_ray_job_submit(tmp_path, ray_head):
     steps = sorted(m.step for m in client.get_metric_history(tested[0].info.run_id, "test_score"))
     assert steps == [1, 2, 4, 8]
     assert len(client.get_metric_history(tested[0].info.run_id, "train_loss")) == 60
+    # the run table reads without configuring columns: arm, method and rank, trial, status
+    names = {r.info.run_name for r in runs if r.data.tags.get("rankstudy.kind") == "trial"}
+    m = "matryoshka · matryoshka r1-8"
+    mat_names = sorted(n for n in names if n.startswith("matryoshka · "))
+    assert mat_names in (
+        [f"{m} · trial 0 · ok", f"{m} · trial 1 · seed 0 · chosen"],
+        [f"{m} · trial 0 · seed 0 · chosen", f"{m} · trial 1 · ok"],
+    )
+    assert sum(n.startswith("lora_r4 · lora r4 · trial ") for n in names) == 2
+    assert sum(n.endswith(" · seed 0 · chosen") for n in names) == ARMS
+    # the study built its report at its end, said where, and logged it to its parent run
+    assert f"report: {out / 'report' / 'report.html'}" in proc.stdout
+    experiment = client.get_experiment(summary["mlflow"]["experiment_id"])
+    assert experiment.artifact_location == (out / "mlartifacts").as_uri()  # not the job's copy
+    report = {a.path for a in client.list_artifacts(parent, "report")}
+    assert report == {"report/report.html", "report/figures"}
 
 
 def run_study(spec, out, *args, wait=True):
@@ -304,7 +320,8 @@ def test_a_trial_lost_by_a_kill_and_rerun_leaves_search_and_mlflow(tmp_path):
     study.tracker = StudyTracker(f"sqlite:///{tmp_path / 'm.db'}", "e")
     study.tracker.start_study("s", {})
     for key in ("lora_r1/lost", "lora_r1/kept"):
-        study.tracker.log_trial(key, "lora_r1", "lora", {}, None)
+        record = {"key": key, "arm": "lora_r1", "method": "lora", "rank": "1", "trial": 0}
+        study.tracker.log_trial(record | {"params": {}, "failure": None}, None)
         study.state["trials"][key] = {"key": key, "arm": "lora_r1", "status": "ok"}
     study.drop_superseded({"lora_r1/kept"})
     study.flush()  # MLflow writes are queued to the driver's writer thread

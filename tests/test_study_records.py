@@ -15,6 +15,9 @@ def failed_record(key: str, logged: bool) -> dict:
     return {
         "key": key,
         "arm": key.split("/")[0],
+        "method": "lora" if key.startswith("lora") else key.split("/")[0],
+        "rank": "1",
+        "trial": 0,
         "out_dir": f"/nowhere/{key}",
         "params": {"training.lr": 0.001},
         "status": "failed",
@@ -30,7 +33,7 @@ def test_resume_redoes_only_the_cut_off_writes(tmp_path):
     uri = f"sqlite:///{out / 'mlflow.db'}"
     tracker = StudyTracker(uri, "records")
     parent = tracker.start_study("records", TINY)
-    tracker.log_trial("lora_r1/a", "lora_r1", "lora", {}, None, "loss is NaN at step 3")
+    tracker.log_trial(failed_record("lora_r1/a", logged=True), None)
     half = tracker.client.create_run(  # a write cut off after create_run
         tracker.experiment_id,
         tags={

@@ -1,4 +1,4 @@
-"""The `rankstudy` command: `demo`, and `trial` (one arm, no Ray Tune)."""
+"""The `rankstudy` command: `study`, `plan`, `report`, `trial` (one arm, no Ray Tune), `demo`."""
 
 from __future__ import annotations
 
@@ -134,6 +134,7 @@ def _study(args: argparse.Namespace) -> int:
         return 2
     r = studies[0].spec.resources
     connect_ray(args.address, extra_cpus=1 if r.workers > 1 and not r.use_gpu else 0)
+    incomplete = []
     for study in studies:
         summary = study.run()
         print(f"\n{study.spec.name}\n" + summary_table(summary))
@@ -141,8 +142,38 @@ def _study(args: argparse.Namespace) -> int:
         experiment = study.tracker.client.get_experiment(summary["mlflow"]["experiment_id"]).name
         print(
             f"wrote {study.out_dir / 'study_summary.json'}\n"
+            f"report: {summary['report']}\n"
             f"MLflow: mlflow ui --backend-store-uri {uri}  (experiment {experiment})"
         )
+        if summary["missing"]:
+            incomplete.append(f"{study.spec.name}: {', '.join(summary['missing'])}")
+    if incomplete:
+        print("rankstudy study: methods not scored: " + "; ".join(incomplete), file=sys.stderr)
+        return 1
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    import os
+
+    from mlflow.exceptions import MlflowException
+
+    from rankstudy_report import ReportError, build_report
+
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        print(
+            "rankstudy report: --tracking-uri: give one (or set MLFLOW_TRACKING_URI)",
+            file=sys.stderr,
+        )
+        return 2
+    out = args.out or f"runs/{args.experiment or args.run}/report"
+    try:
+        page = build_report(uri, out, args.experiment, args.run, log=not args.no_log)
+    except (ReportError, MlflowException) as e:
+        print(f"rankstudy report: {e}", file=sys.stderr)
+        return 2
+    print(f"report: {page.resolve()}")
     return 0
 
 
@@ -188,7 +219,18 @@ def main(argv: list[str] | None = None) -> None:
             "--calibrate", type=int, metavar="STEPS", help="measure throughput with a short trial"
         )
         command.add_argument("--json", metavar="PATH", help="also write the plan as JSON")
+    report = sub.add_parser("report", help="the HTML comparison report of a study, from MLflow")
+    which = report.add_mutually_exclusive_group(required=True)
+    which.add_argument("--experiment", help="MLflow experiment: its newest study is reported")
+    which.add_argument("--run", help="the study's parent run id")
+    report.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI)")
+    report.add_argument("--out", help="output folder (default runs/<experiment>/report)")
+    report.add_argument(
+        "--no-log", action="store_true", help="do not log the report to the study's parent run"
+    )
     args = parser.parse_args(argv)
+    if args.command == "report":
+        sys.exit(_report(args))
     if args.command == "study":
         sys.exit(_study(args))
     if args.command == "plan":

@@ -93,6 +93,7 @@ class ArmSearch(Searcher):
             config = {
                 "arm": arm,
                 "phase": "search",
+                "trial": self.suggested[arm] - 1,  # its number within the arm, for the records
                 **(searcher.suggest(trial_id) if searcher else {}),
             }
         self.running.add(trial_id)
@@ -143,6 +144,7 @@ class ArmSearch(Searcher):
                     {
                         "arm": arm,
                         "phase": "test",
+                        "trial": best["index"],
                         "test_of": out_dir,
                         "rules": rules,
                         "seed": seed,

@@ -21,8 +21,16 @@ from pathlib import Path
 import yaml
 from ray import tune
 
+from rankstudy.arms import parse_arm
 from rankstudy.figures import curve_figure
-from rankstudy.scoring import METHOD_ARMS, method_arms, score_method, study_arms, study_rules
+from rankstudy.scoring import (
+    METHOD_ARMS,
+    method_arms,
+    method_rule,
+    score_method,
+    study_arms,
+    study_rules,
+)
 from rankstudy.spec import load_spec
 from rankstudy.tracking import StudyTracker, tracking_uri
 from rankstudy.trainable import FAILED_METRIC, trial_resources, tune_trial
@@ -138,13 +146,7 @@ class Study:
         self.writer.flush()
 
     def log_record(self, record: dict, result: dict | None) -> None:
-        method = result["method"] if result else record["arm"]
-        self.track(
-            lambda: self.tracker.log_trial(
-                record["key"], record["arm"], method, record["params"], result, record["failure"]
-            ),
-            record,
-        )
+        self.track(lambda: self.tracker.log_trial(record, result), record)
 
     def relog(self) -> None:
         """On resume: redo the MLflow writes that a kill cut off (a search trial's partial run
@@ -169,7 +171,9 @@ class Study:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         uri = tracking_uri(self.spec.tracking.uri, self.out_dir)
         self.tracker = StudyTracker(uri, self.spec.tracking.experiment or self.spec.name)
-        parent = self.tracker.start_study(self.spec.name, self.raw, self.state.get("parent_run_id"))
+        parent = self.tracker.start_study(
+            self.spec.name, self.spec.model_dump(mode="json"), self.state.get("parent_run_id")
+        )
         self.state |= {
             "parent_run_id": parent,
             "tracking_uri": uri,
@@ -181,13 +185,25 @@ class Study:
             self.relog()
             self.search()
             self.flush()
-            chosen = self.chosen_results()
+            chosen, missing = self.chosen_results()
         except BaseException:
             self.tracker.client.set_terminated(parent, "KILLED")
             raise
-        summary = self.summarise(chosen, time.perf_counter() - start)
-        self.tracker.finish_study(summary)
+        summary = self.summarise(chosen, missing, time.perf_counter() - start)
+        self.tracker.finish_study(summary, "FAILED" if summary["missing"] else "FINISHED")
+        summary["report"] = self.report()
+        (self.out_dir / "study_summary.json").write_text(json.dumps(summary, indent=2))
         return summary
+
+    def report(self) -> str:
+        """Build the HTML report from what MLflow now holds, and log it to the parent run."""
+        from rankstudy_report import build_report
+
+        path = build_report(
+            self.state["tracking_uri"], self.out_dir / "report", run_id=self.state["parent_run_id"]
+        )
+        self.log(f"report: {path}")
+        return str(path)
 
     def search(self) -> None:
         """Every arm's trials under one Tuner; resumes the Tuner after a kill."""
@@ -288,9 +304,13 @@ class Study:
         if failure is None and metrics.get("failed"):
             failure = (out_dir / "failure.txt").read_text()
         result = None if failure else _read(str(out_dir))  # now: a test pass may rewrite it
+        shape = parse_arm(arm, self.spec)
         record = {
             "key": key,
             "arm": arm,
+            "method": shape.method,
+            "rank": str(shape.max_rank) if shape.method == "lora" else f"1-{shape.max_rank}",
+            "trial": config.get("trial"),
             "out_dir": str(out_dir),
             "params": params,
             "status": "failed" if failure else "ok",
@@ -318,22 +338,27 @@ class Study:
             )
         )
 
-    def chosen_results(self) -> dict:
-        """(arm, rule) -> {seed: result.json} of the trials the search chose and tested."""
+    def chosen_results(self) -> tuple[dict, dict]:
+        """(arm, rule) -> {seed: result.json} of the trials the search chose and tested, and
+        (arm, rule) -> why nothing can be scored for it (a failed arm or test pass)."""
         chosen: dict = {}
+        missing: dict = {}
         for t in self.state["tests"].values():
-            if t["status"] != "ok":
-                raise StudyError(f"test pass of {t['key']} failed: {t['failure']}")
             for rule in t["rules"]:
-                chosen.setdefault((t["arm"], rule), {})[t["seed"]] = _read(t["out_dir"])
+                if t["status"] != "ok":
+                    missing[(t["arm"], rule)] = (
+                        f"the test pass of {t['key']} at seed {t['seed']} failed: {t['failure']}"
+                    )
+                else:
+                    chosen.setdefault((t["arm"], rule), {})[t["seed"]] = _read(t["out_dir"])
         for arm in study_arms(self.spec):
             for rule in self.arm_rules(arm):
-                if len(chosen.get((arm, rule), {})) != len(self.seeds):
-                    raise StudyError(
-                        f"arm {arm}: no trial succeeded, nothing to score for "
-                        f"{rule}; see {self.out_dir / 'trials' / arm}"
+                complete = len(chosen.get((arm, rule), {})) == len(self.seeds)
+                if not complete and (arm, rule) not in missing:
+                    missing[(arm, rule)] = (
+                        f"arm {arm}: no trial succeeded; see {self.out_dir / 'trials' / arm}"
                     )
-        return chosen
+        return chosen, missing
 
     # -- the summary ---------------------------------------------------------------------------
     def spent(self, arm: str) -> list[dict]:
@@ -346,10 +371,16 @@ class Study:
         dirs |= {t["out_dir"] for t in self.state["tests"].values() if t["arm"] == arm}
         return [_read(d) for d in sorted(dirs)]
 
-    def summarise(self, chosen: dict, wall: float) -> dict:
-        methods = {}
+    def summarise(self, chosen: dict, missing: dict, wall: float) -> dict:
+        """Score every method whose arms have chosen, tested trials; name the others and why."""
+        methods, gaps = {}, {}
         for m in self.spec.methods:
             arms = method_arms(m, self.spec)
+            why = [missing[(a, method_rule(m))] for a in arms if (a, method_rule(m)) in missing]
+            if why:
+                gaps[m] = "; ".join(why)
+                self.log(f"{m}: not scored: {gaps[m]}")
+                continue
             methods[m] = score_method(
                 m, self.spec, chosen, [r for a in arms for r in self.spent(a)], self.seeds
             )
@@ -373,6 +404,7 @@ class Study:
             "seeds": self.seeds,
             "wall_seconds": wall,
             "methods": methods,
+            "missing": gaps,
             "mlflow": {
                 "tracking_uri": self.state["tracking_uri"],
                 "experiment_id": self.state["experiment_id"],
@@ -381,6 +413,7 @@ class Study:
         }
         if reference is not None:
             summary["reference"] = reference
+            self.tracker.log_reference(reference)
         (self.out_dir / "study_summary.json").write_text(json.dumps(summary, indent=2))
         for m, s in methods.items():
             figure = curve_figure(m, s, reference, self.out_dir / "figures" / f"{m}.png")
@@ -407,6 +440,8 @@ def summary_table(summary: dict) -> str:
             f"{m['trials']:>7}{m['cost']['flops']:>10.2e}"
             f"{m['cost']['device_seconds']:>10.1f}{spread}"
         )
+    for name, why in summary.get("missing", {}).items():
+        lines.append(f"{name:<30}   not scored: {why}")
     if "reference" in summary:
         ranks = sorted(int(k) for k in summary["reference"])
         scores = [summary["reference"][str(r)] for r in ranks]

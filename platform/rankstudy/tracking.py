@@ -29,28 +29,52 @@ def tracking_uri(spec_uri: str | None, out_dir: Path) -> str:
     )
 
 
+def artifact_location(uri: str) -> str | None:
+    """Where a new experiment keeps its artifacts: beside a sqlite database (MLflow's default,
+    ./mlruns of the current directory, would put them in the temporary copy of the repo that
+    `ray job submit` runs in); a tracking server's own default otherwise."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
 class StudyTracker:
     def __init__(self, uri: str, experiment: str) -> None:
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
         found = self.client.get_experiment_by_name(experiment)
         self.experiment_id = (
-            found.experiment_id if found else self.client.create_experiment(experiment)
+            found.experiment_id
+            if found
+            else self.client.create_experiment(experiment, artifact_location(uri))
         )
         self.parent_id: str | None = None
 
     def start_study(self, name: str, spec: dict, parent_id: str | None = None) -> str:
-        """Create the parent run, or reopen it (resume) when parent_id is given."""
+        """Create the parent run, or reopen it (resume) when parent_id is given. spec: the
+        resolved spec (overrides applied) that the study runs; the software versions go in its
+        tags, so the report and the run table say what produced the numbers."""
         if parent_id is not None:
             self.client.update_run(parent_id, status="RUNNING")
             self.parent_id = parent_id
             return parent_id
-        run = self.client.create_run(
-            self.experiment_id, run_name=name, tags={"rankstudy.kind": "study"}
-        )
+        tags = {"rankstudy.kind": "study"} | {
+            f"version.{k}": v for k, v in software_versions().items()
+        }
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         self.parent_id = run.info.run_id
         self.client.log_dict(self.parent_id, spec, "spec.json")
         return self.parent_id
+
+    def log_reference(self, reference: dict[str, float]) -> None:
+        """The planted task's reference curve (top-k of the planted deltas), step = rank."""
+        now = int(time.time() * 1000)
+        self._log(
+            self.parent_id,
+            metrics=[
+                Metric("reference_score", float(v), now, int(k)) for k, v in reference.items()
+            ],
+        )
 
     def finish_study(self, summary: dict, status: str = "FINISHED") -> None:
         self.client.log_dict(self.parent_id, summary, "study_summary.json")
@@ -64,34 +88,39 @@ class StudyTracker:
         )
         return runs[0].info.run_id if runs else None
 
-    def log_trial(
-        self,
-        key: str,
-        arm: str,
-        method: str,
-        params: dict,
-        result: dict | None,
-        error: str | None = None,
-    ) -> str:
-        """A child run for an ended trial (once per key); status FAILED with the reason when it
-        failed. A test pass logged later adds its test curve to the same run."""
+    def log_trial(self, record: dict, result: dict | None) -> str:
+        """A child run for an ended search trial or test pass (once per key); status FAILED
+        with the reason when it failed. A test pass logged later adds its test curve to its
+        trial's run and marks it chosen. record: the study's record (key, arm, method, rank,
+        trial, params, failure, and seed and rules for a test pass)."""
+        key, error = record["key"], record["failure"]
         run_id = self._child(key)
         new = run_id is None
+        chosen = "rules" in record and result is not None
+        tags = {"status": "failed" if error else "chosen" if chosen else "ok"}
+        if "seed" in record:
+            tags["seed"] = str(record["seed"])
+        if chosen:
+            tags["chosen_for"] = ",".join(record["rules"])
         if new:
-            tags = {
+            tags |= {
                 "mlflow.parentRunId": self.parent_id,
-                "rankstudy.trial_key": key,
                 "rankstudy.kind": "trial",
-                "arm": arm,
-                "method": method,
+                "rankstudy.trial_key": key,
+                "arm": record["arm"],
+                "method": record["method"],
+                "rank": record["rank"],
+                "trial": str(record["trial"]),
             }
-            if result is not None:
-                tags["rank"] = str(result["max_rank"]) if method == "lora" else "nested"
             run = self.client.create_run(
-                self.experiment_id, run_name=key.replace("/", "-"), tags=tags
+                self.experiment_id, run_name=trial_run_name(record, tags["status"]), tags=tags
             )
             run_id = run.info.run_id
-            self._log(run_id, params={k: str(v) for k, v in params.items()})
+            self._log(run_id, params={k: str(v) for k, v in record["params"].items()})
+        else:
+            self.client.update_run(run_id, name=trial_run_name(record, tags["status"]))
+            for k, v in tags.items():
+                self.client.set_tag(run_id, k, v)
         if result is not None:  # a test pass adds its test curve and the cost it now totals
             metrics = trial_metrics(result)
             if not new:
@@ -117,9 +146,10 @@ class StudyTracker:
             "rankstudy.trial_key": f"method/{method}",
         }
         existing = self._child(f"method/{method}")
+        name = f"{method} · summary · AURAC {summary['aurac_log2']:.3f}"
         run_id = (
             existing
-            or self.client.create_run(self.experiment_id, run_name=method, tags=tags).info.run_id
+            or self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
         )
         metrics = {
             k: v
@@ -134,6 +164,11 @@ class StudyTracker:
         rows += [
             Metric("test_score", float(s), now, int(r))
             for r, s in zip(summary["ranks"], summary["scores"], strict=True)
+        ]
+        rows += [  # each seed's curve: the report draws their spread as a band
+            Metric(f"test_score_seed{seed}", float(s), now, int(r))
+            for seed, scores in summary["scores_by_seed"].items()
+            for r, s in zip(summary["ranks"], scores, strict=True)
         ]
         self._log(run_id, metrics=rows)
         self.client.log_table(
@@ -173,4 +208,29 @@ def trial_metrics(result: dict) -> list[Metric]:
     for k, v in result["cost"].items():
         if isinstance(v, int | float):
             out.append(Metric(f"cost_{k}", float(v), now, 0))
+    return out
+
+
+def trial_run_name(record: dict, status: str) -> str:
+    """What the MLflow run table shows without configuring columns: arm, method and rank,
+    trial number, seed of a repeat, status."""
+    seed = f" · seed {record['seed']}" if "seed" in record else ""
+    return (
+        f"{record['arm']} · {record['method']} r{record['rank']} · "
+        f"trial {record['trial']}{seed} · {status}"
+    )
+
+
+def software_versions() -> dict[str, str]:
+    """The versions behind a study's numbers."""
+    import sys
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": sys.version.split()[0]}
+    for name in ("rankstudy", "torch", "transformers", "peft", "deepspeed", "ray", "optuna"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    out["mlflow"] = version("mlflow")
     return out

@@ -1,0 +1,133 @@
+"""One self-contained HTML page per study: figures inlined as SVG, styles and the one small
+script (sortable tables) inlined, nothing fetched when it opens. Written to a folder and logged
+to the study's parent run beside its figures."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import yaml
+from jinja2 import Environment, PackageLoader, select_autoescape
+from mlflow.tracking import MlflowClient
+
+from rankstudy_report import charts
+from rankstudy_report.collect import StudyView, collect
+
+ARTIFACT_DIR = "report"
+
+
+def num(value, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}f}"
+
+
+def sci(value) -> str:
+    return "–" if value is None else f"{value:.3g}"
+
+
+def param(value: str) -> str:
+    """A sampled hyperparameter as MLflow holds it (text), numbers to four figures."""
+    try:
+        return f"{float(value):.4g}"
+    except ValueError:
+        return value
+
+
+def best_by_rank(view: StudyView) -> dict[int, float]:
+    """rank -> the highest mean test score any method reached there."""
+    best: dict[int, float] = {}
+    for m in view.methods.values():
+        for r, s in zip(m.ranks, m.scores, strict=True):
+            best[r] = max(best.get(r, -math.inf), s)
+    return best
+
+
+def headline(view: StudyView) -> list[tuple[str, str, str]]:
+    """(label, value, detail) cards: the answer before the evidence."""
+    cards = []
+    scored = {n: m for n, m in view.methods.items() if "log2" in m.aurac}
+    if scored:
+        top = max(scored.values(), key=lambda m: m.aurac["log2"])
+        cards.append(("Best AURAC", top.name, f"{top.aurac['log2']:.3f} on the log2 rank axis"))
+        points = {
+            n: (m.cost["device_hours"], m.aurac["log2"])
+            for n, m in scored.items()
+            if m.cost.get("device_hours")
+        }
+        front = charts.pareto_front(points)
+        if front:
+            cards.append(("Pareto front (device-hours)", " → ".join(front), "cheapest first"))
+    grid, mat = view.methods.get("lora_grid"), view.methods.get("matryoshka")
+    if grid and mat and grid.cost.get("flops") and "log2" in grid.aurac:
+        cards.append(
+            (
+                "Matryoshka vs the LoRA grid",
+                f"{mat.cost['flops'] / grid.cost['flops']:.2f}× the FLOPs",
+                f"AURAC {mat.aurac['log2']:.3f} vs {grid.aurac['log2']:.3f}",
+            )
+        )
+    if view.missing:
+        cards.append(("Missing", f"{len(view.missing)} method(s)", ", ".join(view.missing)))
+    return cards
+
+
+def params_of(view: StudyView) -> list[str]:
+    return sorted({k for t in view.trials for k in t.params})
+
+
+def render(view: StudyView, figures: dict[str, str]) -> str:
+    env = Environment(
+        loader=PackageLoader("rankstudy_report"), autoescape=select_autoescape(["html", "j2"])
+    )
+    env.filters |= {"num": num, "sci": sci, "param": param}
+    arms: dict[str, list] = {}
+    for t in view.trials:
+        arms.setdefault(t.arm, []).append(t)
+    ranks = sorted({r for m in view.methods.values() for r in m.ranks})
+    return env.get_template("report.html.j2").render(
+        view=view,
+        figures=figures,
+        cards=headline(view),
+        ranks=ranks,
+        best=best_by_rank(view),
+        best_aurac=max((m.aurac.get("log2", -1) for m in view.methods.values()), default=None),
+        priced=any(m.cost.get("money") is not None for m in view.methods.values()),
+        arms=arms,
+        params=params_of(view),
+        spec_yaml=yaml.safe_dump(view.spec, sort_keys=False),
+        started=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(view.started / 1000)),
+        built=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    )
+
+
+def build_report(
+    tracking_uri: str,
+    out_dir: str | Path,
+    experiment: str | None = None,
+    run_id: str | None = None,
+    log: bool = True,
+) -> Path:
+    """Read the study from MLflow, write out_dir/report.html and out_dir/figures/*.svg, and
+    (log=True) log both to the study's parent run under report/."""
+    view = collect(tracking_uri, experiment, run_id)
+    figures = {}
+    if view.methods:
+        figures["rank_curves"] = charts.rank_curves(view)
+        figures["cost_front"] = charts.cost_front(view)
+    if any(t.loss for t in view.trials):
+        figures["loss_curves"] = charts.loss_curves(view)
+    out = Path(out_dir)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    for name, text in figures.items():
+        (out / "figures" / f"{name}.svg").write_text(text)
+    page = out / "report.html"
+    page.write_text(render(view, figures))
+    if log:
+        client = MlflowClient(tracking_uri)
+        client.log_artifact(view.run_id, str(page), ARTIFACT_DIR)
+        if figures:
+            client.log_artifacts(view.run_id, str(out / "figures"), f"{ARTIFACT_DIR}/figures")
+    return page

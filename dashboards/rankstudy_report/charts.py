@@ -1,0 +1,156 @@
+"""The report's figures as SVG text: drawn with matplotlib, inlined in the page (no script, no
+network), text kept as text so the files stay small and searchable."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display where reports are built
+import matplotlib.pyplot as plt
+from matplotlib.ticker import NullFormatter
+
+from rankstudy_report.collect import StudyView
+
+STYLE = {
+    "svg.fonttype": "none",
+    "font.size": 9,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+}
+MAX_POINTS = 400  # per loss line: a long run's every step would make the page megabytes
+
+
+def palette(names: list[str]) -> dict[str, tuple]:
+    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+    return {n: cmap(i % cmap.N) for i, n in enumerate(names)}
+
+
+def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
+    """Names of the points no other point beats: as cheap or cheaper and as good or better,
+    strictly in one. points: name -> (cost, score). Sorted by cost."""
+    front = [
+        n
+        for n, (c, s) in points.items()
+        if not any(
+            (c2 <= c and s2 >= s) and (c2 < c or s2 > s) for m, (c2, s2) in points.items() if m != n
+        )
+    ]
+    return sorted(front, key=lambda n: points[n])
+
+
+def svg(fig) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    plt.close(fig)
+    text = buf.getvalue()
+    return text[text.index("<svg") :]  # drop the XML prolog: the page inlines it
+
+
+def rank_curves(view: StudyView) -> str:
+    """Every method's test score against rank (log2 axis), the spread over seeds as a band,
+    the LoRA grid as its separately trained points, the planted reference dashed."""
+    colors = palette(list(view.methods))
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(8, 4.6))
+        ticks: set[int] = set()
+        for name, m in view.methods.items():
+            ticks |= set(m.ranks)
+            grid = name == "lora_grid"
+            ax.plot(
+                m.ranks,
+                m.scores,
+                "o:" if grid else ".-",
+                color=colors[name],
+                markersize=7 if grid else 4,
+                linewidth=1 if grid else 1.8,
+                label=f"{name}  (AURAC {m.aurac.get('log2', float('nan')):.3f})",
+            )
+            seeds = [s for s in m.seed_scores.values() if None not in s]
+            if len(seeds) > 1:
+                low = [min(col) for col in zip(*seeds, strict=True)]
+                high = [max(col) for col in zip(*seeds, strict=True)]
+                ax.fill_between(m.ranks, low, high, color=colors[name], alpha=0.15, linewidth=0)
+        if view.reference:
+            ranks = sorted(view.reference)
+            ticks |= set(ranks)
+            ax.plot(
+                ranks,
+                [view.reference[r] for r in ranks],
+                "--",
+                color="0.35",
+                label="planted reference (top-k)",
+            )
+        ax.set_xscale("log", base=2)
+        if ticks:
+            ax.set_xticks(sorted(ticks), [str(r) for r in sorted(ticks)])
+        ax.set_xlabel("rank")
+        ax.set_ylabel("test score")
+        ax.set_title("Rank-accuracy curves (band: spread over seeds)", loc="left")
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+        return svg(fig)
+
+
+def cost_front(view: StudyView) -> str:
+    """AURAC against what it cost, device-hours and FLOPs on log axes, the Pareto front joined."""
+    colors = palette(list(view.methods))
+    axes_cost = [("device_hours", "device-hours"), ("flops", "training + evaluation FLOPs")]
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), sharey=True)
+        for ax, (key, label) in zip(axes, axes_cost, strict=True):
+            points = {
+                n: (m.cost[key], m.aurac["log2"])
+                for n, m in view.methods.items()
+                if m.cost.get(key, 0) > 0 and "log2" in m.aurac
+            }
+            front = pareto_front(points)
+            if front:
+                ax.plot(*zip(*(points[n] for n in front), strict=True), "-", color="0.6", zorder=1)
+            for n, (c, s) in points.items():
+                ax.scatter(
+                    c,
+                    s,
+                    s=70 if n in front else 35,
+                    color=colors[n],
+                    edgecolors="black" if n in front else "none",
+                    zorder=2,
+                )
+                ax.annotate(n, (c, s), textcoords="offset points", xytext=(5, 4), fontsize=7)
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide on short spans
+            ax.set_xlabel(label)
+        axes[0].set_ylabel("AURAC (log2 rank axis)")
+        axes[0].set_title("AURAC against cost (ringed: Pareto front)", loc="left")
+        return svg(fig)
+
+
+def loss_curves(view: StudyView) -> str:
+    """Training loss of the trials the search chose, one line per trial and seed."""
+    chosen = [t for t in view.trials if t.status == "chosen" and t.loss]
+    colors = palette(sorted({t.arm for t in chosen}))
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(8, 3.8))
+        labelled: set[str] = set()
+        for t in chosen:
+            steps = sorted(t.loss)
+            stride = max(1, len(steps) // MAX_POINTS)
+            steps = steps[::stride]
+            ax.plot(
+                steps,
+                [t.loss[s] for s in steps],
+                color=colors[t.arm],
+                linewidth=1,
+                alpha=0.9 if t.arm not in labelled else 0.45,
+                label=t.arm if t.arm not in labelled else None,
+            )
+            labelled.add(t.arm)
+        ax.set_yscale("log")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("training loss")
+        ax.set_title("Training loss of the chosen trials (fainter: other seeds)", loc="left")
+        if labelled:
+            ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+        return svg(fig)

@@ -1,0 +1,218 @@
+"""Everything a report shows, read from an MLflow tracking server: runs by search_runs, curves by
+metric history, the spec as the parent run's artifact. Never the files a study wrote beside
+MLflow, so a report can be built anywhere the tracking URI reaches."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from mlflow.artifacts import load_dict
+from mlflow.tracking import MlflowClient
+
+from rankstudy.scoring import METHOD_ARMS
+
+PAGE = 1000  # runs per search_runs page
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small JSON file
+
+
+class ReportError(ValueError):
+    """No study to report on: the message names what was asked for and what exists."""
+
+
+@dataclass
+class MethodResult:
+    """A scored method, as its summary run holds it."""
+
+    name: str
+    ranks: list[int]
+    scores: list[float]
+    seed_scores: dict[str, list[float]]  # seed -> score at each rank
+    aurac: dict[str, float]  # log2, linear, and their std over seeds
+    cost: dict[str, float]  # trials, device_seconds, device_hours, flops, train_tokens, money
+    trials: int
+    run_id: str
+
+
+@dataclass
+class TrialRun:
+    """A search trial or seed repeat, as its child run holds it."""
+
+    run_id: str
+    name: str
+    arm: str
+    trial: int | None
+    seed: str | None
+    status: str  # ok, failed or chosen
+    params: dict[str, str]
+    validation: float | None
+    failure: str | None
+    loss: dict[int, float] = field(default_factory=dict)  # step -> training loss, chosen only
+
+
+@dataclass
+class StudyView:
+    name: str
+    experiment: str
+    run_id: str
+    status: str
+    started: int  # ms since the epoch
+    tracking_uri: str
+    spec: dict
+    versions: dict[str, str]
+    methods: dict[str, MethodResult]
+    missing: dict[str, str]  # method the spec asks for -> why it has no result
+    reference: dict[int, float] | None
+    trials: list[TrialRun]
+
+
+def find_study(client: MlflowClient, experiment: str | None, run_id: str | None):
+    """The study's parent run: run_id when given, else the newest study in the experiment."""
+    if run_id is not None:
+        run = client.get_run(run_id)
+        if run.data.tags.get("rankstudy.kind") != "study":
+            raise ReportError(f"--run: {run_id} is not a rankstudy study run")
+        return run
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise ReportError(f"--experiment: no experiment {experiment!r}; the store holds {names}")
+    runs = client.search_runs(
+        [found.experiment_id],
+        "tags.`rankstudy.kind` = 'study'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not runs:
+        raise ReportError(f"--experiment: {experiment!r} holds no rankstudy study run")
+    return runs[0]
+
+
+def children(client: MlflowClient, parent) -> list:
+    """Every child run of the study, page by page."""
+    out, token = [], None
+    while True:
+        page = client.search_runs(
+            [parent.info.experiment_id],
+            f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+            max_results=PAGE,
+            page_token=token,
+        )
+        out += page
+        token = page.token
+        if not token:
+            return out
+
+
+def history(client: MlflowClient, run_id: str, key: str) -> dict[int, float]:
+    """step -> value; a step logged twice (a resumed study) keeps its newest value."""
+    points = sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
+    return {m.step: m.value for m in points}
+
+
+def method_result(client: MlflowClient, run) -> MethodResult:
+    metrics = run.data.metrics
+    curve = history(client, run.info.run_id, "test_score")
+    ranks = sorted(curve)
+    seeds = {}
+    for key in sorted(k for k in metrics if k.startswith("test_score_seed")):
+        by_rank = history(client, run.info.run_id, key)
+        seeds[key.removeprefix("test_score_seed")] = [by_rank.get(r) for r in ranks]
+    return MethodResult(
+        name=run.data.tags["method"],
+        ranks=ranks,
+        scores=[curve[r] for r in ranks],
+        seed_scores=seeds,
+        aurac={
+            k: metrics[f"aurac_{k}"]
+            for k in ("log2", "linear", "log2_std", "linear_std")
+            if f"aurac_{k}" in metrics
+        },
+        cost={k.removeprefix("cost_"): v for k, v in metrics.items() if k.startswith("cost_")},
+        trials=int(metrics.get("trials", 0)),
+        run_id=run.info.run_id,
+    )
+
+
+def trial_run(run) -> TrialRun:
+    tags = run.data.tags
+    return TrialRun(
+        run_id=run.info.run_id,
+        name=tags.get("mlflow.runName", run.info.run_id),
+        arm=tags.get("arm", "?"),
+        trial=int(tags["trial"]) if tags.get("trial", "None") != "None" else None,
+        seed=tags.get("seed"),
+        status=tags.get("status", "failed" if run.info.status == "FAILED" else "ok"),
+        params=dict(run.data.params),
+        validation=run.data.metrics.get("selection_metric"),
+        failure=tags.get("failure"),
+    )
+
+
+def method_arm_names(method: str, arms: set[str]) -> list[str]:
+    """The arms a method is scored from, among those the study recorded."""
+    arm = METHOD_ARMS.get(method, (method, None))[0]
+    return sorted(a for a in arms if a.startswith("lora_r")) if arm is None else [arm]
+
+
+def why_missing(method: str, trials: list[TrialRun], study_status: str) -> str:
+    """Why a method the spec asks for has no summary run, from its arms' trial runs."""
+    arms = {t.arm for t in trials}
+    if METHOD_ARMS.get(method, ("?",))[0] is None and not method_arm_names(method, arms):
+        return "no LoRA-grid trial was recorded"
+    reasons = []
+    for arm in method_arm_names(method, arms):
+        runs = [t for t in trials if t.arm == arm]
+        failed = [t for t in runs if t.status == "failed"]
+        if not runs:
+            reasons.append(f"arm {arm}: no trial was recorded")
+        elif len(failed) == len(runs):
+            reasons.append(f"arm {arm}: all {len(runs)} trials failed ({failed[0].failure})")
+        elif failed and any(t.seed is not None for t in failed):
+            t = next(t for t in failed if t.seed is not None)
+            reasons.append(f"arm {arm}: its chosen trial failed at seed {t.seed} ({t.failure})")
+        elif not any(t.status == "chosen" for t in runs):
+            reasons.append(f"arm {arm}: no chosen trial was tested")
+    if not reasons:
+        reasons.append(f"no summary run; the study is {study_status}")
+    return "; ".join(reasons)
+
+
+def collect(tracking_uri: str, experiment: str | None = None, run_id: str | None = None):
+    """Read one study from MLflow into a StudyView."""
+    client = MlflowClient(tracking_uri)
+    parent = find_study(client, experiment, run_id)
+    spec = load_dict(f"{parent.info.artifact_uri}/spec.json")
+    runs = children(client, parent)
+    by_kind: dict[str, list] = {}
+    for run in runs:
+        by_kind.setdefault(run.data.tags.get("rankstudy.kind"), []).append(run)
+    found = {r.data.tags["method"]: method_result(client, r) for r in by_kind.get("method", [])}
+    order = list(spec.get("methods", [])) + sorted(set(found) - set(spec.get("methods", [])))
+    trials = sorted(
+        (trial_run(r) for r in by_kind.get("trial", [])),
+        key=lambda t: (t.arm, t.trial if t.trial is not None else -1, t.seed or ""),
+    )
+    for t in trials:
+        if t.status == "chosen":
+            t.loss = history(client, t.run_id, "train_loss")
+    status = parent.info.status.lower()
+    reference = history(client, parent.info.run_id, "reference_score") or None
+    return StudyView(
+        name=parent.data.tags.get("mlflow.runName", parent.info.run_id),
+        experiment=client.get_experiment(parent.info.experiment_id).name,
+        run_id=parent.info.run_id,
+        status=status,
+        started=parent.info.start_time,
+        tracking_uri=tracking_uri,
+        spec=spec,
+        versions={
+            k.removeprefix("version."): v
+            for k, v in sorted(parent.data.tags.items())
+            if k.startswith("version.")
+        },
+        methods={m: found[m] for m in order if m in found},
+        missing={m: why_missing(m, trials, status) for m in order if m not in found},
+        reference=reference,
+        trials=trials,
+    )

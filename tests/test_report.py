@@ -1,0 +1,248 @@
+"""The HTML report, built from MLflow alone and opened in headless Chromium: every chart drawn,
+no console error, no request leaving the file, tables holding what MLflow holds, and a study
+with a failed arm or a missing method reported as such instead of crashing."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from chromium import column, render
+from rankstudy_report import ReportError, build_report
+from rankstudy_report.charts import pareto_front
+from rankstudy_report.collect import TrialRun, why_missing
+from report_store import fill_study
+
+RANKS = [1, 2, 4, 8, 16]
+SEEDS = [0, 1, 2]
+
+
+def test_pareto_front_keeps_only_the_unbeaten():
+    points = {
+        "cheap_weak": (1.0, 0.50),
+        "mid": (2.0, 0.70),
+        "dominated": (3.0, 0.60),  # mid is cheaper and better
+        "tie_costlier": (2.5, 0.70),  # as good as mid, but dearer
+        "best": (10.0, 0.90),
+    }
+    assert pareto_front(points) == ["cheap_weak", "mid", "best"]
+    assert pareto_front({"only": (1.0, 0.1)}) == ["only"]
+
+
+def trial(arm, status, seed=None, failure=None):
+    return TrialRun("id", "name", arm, 0, seed, status, {}, None, failure)
+
+
+def test_why_a_method_is_missing_names_its_arm_and_cause():
+    failed = [trial("dylora", "failed", failure="loss is NaN at step 3")] * 2
+    assert why_missing("dylora", failed, "finished") == (
+        "arm dylora: all 2 trials failed (loss is NaN at step 3)"
+    )
+    assert why_missing("matryoshka", failed, "killed") == "arm matryoshka: no trial was recorded"
+    untested = [trial("matryoshka", "ok"), trial("matryoshka", "ok")]
+    assert why_missing("matryoshka_truncated_p", untested, "killed") == (
+        "arm matryoshka: no chosen trial was tested"
+    )
+    repeat_failed = [trial("dylora", "chosen", "0"), trial("dylora", "failed", "1", "OOM")]
+    assert why_missing("dylora", repeat_failed, "finished") == (
+        "arm dylora: its chosen trial failed at seed 1 (OOM)"
+    )
+    assert why_missing("lora_grid", [], "killed") == "no LoRA-grid trial was recorded"
+
+
+@pytest.fixture(scope="module")
+def failed_arm_study(tmp_path_factory):
+    """Four methods over three seeds; every trial of m2 failed."""
+    root = tmp_path_factory.mktemp("report")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    summaries = fill_study(uri, "odd-study", 4, RANKS, SEEDS, 3, 200, failed=frozenset({"m2"}))
+    page = build_report(uri, root / "report", experiment="odd-study")
+    return uri, summaries, page, render(page, "report-failed-arm")
+
+
+def test_report_opens_offline_with_every_chart_drawn(failed_arm_study):
+    _, _, page, shown = failed_arm_study
+    assert shown.errors == [] and shown.requests == []
+    assert len(shown.charts) == 3  # rank curves, AURAC against cost, training loss
+    for chart in shown.charts:
+        assert chart["width"] > 300 and chart["height"] > 200 and chart["marks"] > 20
+    assert shown.screenshot.stat().st_size > 10_000
+    html = page.read_text()
+    assert re.search(r'(src|href)="(https?:)?//', html) is None  # nothing to fetch
+
+
+def test_report_tables_hold_what_mlflow_holds(failed_arm_study):
+    uri, summaries, _, shown = failed_arm_study
+    client = MlflowClient(uri)
+    runs = {
+        r.data.tags["method"]: r
+        for r in client.search_runs(
+            [client.get_experiment_by_name("odd-study").experiment_id],
+            "tags.`rankstudy.kind` = 'method'",
+        )
+    }
+    assert set(runs) == {"m0", "m1", "m3"}
+    rank_rows = shown.tables["rank-table"]
+    assert rank_rows[0] == ["method", *(f"r{r}" for r in RANKS)]
+    for method, run in runs.items():
+        logged = sorted(
+            client.get_metric_history(run.info.run_id, "test_score"), key=lambda m: m.step
+        )
+        row = next(r for r in rank_rows if r[0] == method)
+        assert row[1:] == [f"{m.value:.3f}" for m in logged]
+        assert row[1:] == [f"{s:.3f}" for s in summaries[method]["scores"]]
+    # m3's curve is the highest at every rank: its cells, and only its, are marked best
+    assert shown.best["rank-table"] == ["m3"] * len(RANKS)
+    assert next(r for r in rank_rows if r[0] == "planted reference")  # the reference row
+    aurac = column(shown.tables["aurac-table"], "AURAC log2")
+    assert aurac == {m: f"{runs[m].data.metrics['aurac_log2']:.3f}" for m in runs}
+    cost = shown.tables["cost-table"]
+    flops, money = column(cost, "FLOPs"), column(cost, "money")
+    for m, s in summaries.items():
+        assert flops[m] == f"{s['cost']['flops']:.3g}"
+        assert money[m] == f"{s['cost']['money']:.2f}"
+    assert column(cost, "runs paid for")["m0"] == "6"  # 3 search trials + 3 seeds' test passes
+
+
+def test_report_says_what_is_missing_and_keeps_the_failed_trials(failed_arm_study):
+    *_, shown = failed_arm_study
+    assert "m2: arm m2: all 3 trials failed (loss is NaN at step 3)" in shown.text
+    failed = shown.tables["search-m2"]
+    assert len(failed) == 4 and all("failed: loss is NaN" in row[-1] for row in failed[1:])
+    runs = shown.tables["search-m0"][1:]  # 3 search trials, then trial 0 again at seeds 1, 2
+    assert [(r[0], r[1], r[-1]) for r in runs] == [
+        ("0", "0", "chosen"),
+        ("0", "1", "chosen"),
+        ("0", "2", "chosen"),
+        ("1", "", "ok"),
+        ("2", "", "ok"),
+    ]
+    assert shown.tables["versions"][0][0] == "deepspeed"
+
+
+def test_report_is_logged_to_the_study_parent_run(failed_arm_study):
+    uri, *_ = failed_arm_study
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("odd-study").experiment_id
+    parent = client.search_runs([experiment], "tags.`rankstudy.kind` = 'study'")[0]
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert logged == {"report/report.html", "report/figures"}
+    figures = {a.path for a in client.list_artifacts(parent.info.run_id, "report/figures")}
+    assert figures == {
+        f"report/figures/{n}.svg" for n in ("rank_curves", "cost_front", "loss_curves")
+    }
+
+
+def test_a_study_with_no_result_yet_still_gets_a_report(tmp_path):
+    """Every arm failed (or the study was killed before any test pass): no method run."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    fill_study(uri, "all-failed", 2, RANKS, [0], 2, 50, failed=frozenset({"m0", "m1"}))
+    page = build_report(uri, tmp_path / "report", experiment="all-failed", log=False)
+    shown = render(page, "report-all-failed")
+    assert shown.errors == [] and shown.charts == []
+    assert "m0: arm m0: all 2 trials failed" in shown.text
+    assert "2 method(s)\nm0, m1" in shown.text  # the headline card
+
+
+def test_unknown_experiment_is_an_error_naming_the_flag(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    fill_study(uri, "there", 1, [1, 2], [0], 1, 10)
+    with pytest.raises(ReportError, match=r"--experiment: no experiment 'nope'.*'there'"):
+        build_report(uri, tmp_path / "r", experiment="nope")
+    proc = subprocess.run(
+        [sys.executable, "-m", "rankstudy.cli", "report", "--experiment", "nope"],
+        capture_output=True,
+        text=True,
+        env={"MLFLOW_TRACKING_URI": uri, "PATH": ""},
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2 and "--experiment: no experiment 'nope'" in proc.stderr
+    assert not Path(tmp_path / "runs").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    """A real study (two seeds, the LoRA grid and Matryoshka) whose end builds the report."""
+    from test_study import TINY, run_study, write_spec
+
+    root = tmp_path_factory.mktemp("tiny-report")
+    spec = TINY | {
+        "name": "tiny-report",
+        "methods": ["lora_grid", "matryoshka"],
+        "adapters": {"max_rank": 4, "train_ranks": [1, 2, 4]},
+        "training": TINY["training"] | {"steps": 30, "log_every": 10, "checkpoint_every": 10},
+        "seeds": [0, 1],
+    }
+    run_study(write_spec(root, spec), root / "out")
+    summary = json.loads((root / "out" / "study_summary.json").read_text())
+    return root, summary
+
+
+@pytest.mark.slow
+def test_report_of_a_real_study_matches_its_results(tiny_study):
+    root, summary = tiny_study
+    page = Path(summary["report"])
+    assert page == root / "out" / "report" / "report.html"
+    shown = render(page, "report-tiny-study")
+    assert shown.errors == [] and shown.requests == [] and len(shown.charts) == 3
+    assert all(c["width"] > 300 and c["marks"] > 20 for c in shown.charts)
+    # the tables, read from MLflow, agree with the summary the study computed from its trials
+    rows = {r[0]: r[1:] for r in shown.tables["rank-table"][1:]}
+    for name, m in summary["methods"].items():
+        assert rows[name] == [f"{s:.3f}" for s in m["scores"]]
+    reference = summary["reference"]
+    assert rows["planted reference"] == [f"{reference[str(r)]:.3f}" for r in (1, 2, 4)]
+    aurac = column(shown.tables["aurac-table"], "AURAC log2")
+    spread = column(shown.tables["aurac-table"], "± seeds")
+    flops = column(shown.tables["cost-table"], "FLOPs")
+    for name, m in summary["methods"].items():
+        assert aurac[name] == f"{m['aurac_log2']:.3f}"
+        assert spread[name] == f"{m['aurac_log2_std']:.3f}"
+        assert flops[name] == f"{m['cost']['flops']:.3g}"
+    # each arm's search: its two trials and the chosen one repeated at seed 1; validation
+    # scores as the study recorded them
+    state = json.loads((root / "out" / "study_state.json").read_text())
+    for arm in ("lora_r1", "lora_r2", "lora_r4", "matryoshka"):
+        table = shown.tables[f"search-{arm}"]
+        assert len(table) == 1 + 3
+        scores = sorted(r[table[0].index("validation score")] for r in table[1:3])
+        recorded = [t for t in state["trials"].values() if t["arm"] == arm]
+        assert scores == sorted(f"{t['selection_metric']:.4f}" for t in recorded)
+
+
+@pytest.mark.slow
+def test_rankstudy_report_rebuilds_the_same_tables_from_mlflow_alone(tiny_study, tmp_path):
+    """`rankstudy report` on the study's experiment: the same tables as the study's own."""
+    _, summary = tiny_study
+    out = tmp_path / "rebuilt"
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "rankstudy.cli", "report", "--experiment", "tiny-report"),
+            *("--tracking-uri", summary["mlflow"]["tracking_uri"], "--out", str(out), "--no-log"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"report: {out / 'report.html'}" in proc.stdout
+    again = render(out / "report.html", "report-tiny-study-cli")
+    first = render(Path(summary["report"]), "report-tiny-study")
+    assert again.tables == first.tables and again.errors == []
+
+
+@pytest.mark.slow
+def test_a_large_study_stays_a_small_page(tmp_path):
+    """10 methods x 10 ranks x 3 seeds x 20 trials per arm (build time: benchmarks/)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    fill_study(uri, "large", 10, [2**i for i in range(10)], [0, 1, 2], 20, 500)
+    page = build_report(uri, tmp_path / "report", experiment="large", log=False)
+    assert page.stat().st_size < 5e6
+    shown = render(page, "report-large")
+    assert shown.errors == [] and len(shown.charts) == 3
+    assert len(shown.tables["rank-table"]) == 1 + 10 + 1  # header, methods, reference
+    assert shown.best["rank-table"] == ["m9"] * 10
