@@ -3,10 +3,11 @@ study recorded its trial. A resumed study redoes exactly those writes: no missin
 duplicate, and a half-written run is replaced."""
 
 import json
+from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from rankstudy.study import Study
+from rankstudy.study import Study, summary_table
 from rankstudy.tracking import StudyTracker
 from test_study import TINY, write_spec
 
@@ -67,3 +68,52 @@ def test_resume_redoes_only_the_cut_off_writes(tmp_path):
     assert half.info.run_id not in {r.info.run_id for r in runs}
     saved = json.loads((out / "study_state.json").read_text())
     assert all(r["logged"] for r in saved["trials"].values())
+
+
+def test_a_failed_arm_leaves_the_other_methods_scored_and_reported(tmp_path):
+    """The LoRA grid's trials succeed, every Matryoshka trial fails: the grid is scored, the
+    study names what is missing (summary, table, report) instead of crashing."""
+    from rankstudy.trial import run_trial
+
+    spec = TINY | {
+        "methods": ["lora_grid", "matryoshka"],
+        "adapters": {"max_rank": 2, "train_ranks": [1, 2]},
+        "training": TINY["training"] | {"steps": 10, "checkpoint_every": 10},
+    }
+    out = tmp_path / "out"
+    study = Study(str(write_spec(tmp_path, spec)), [], str(out), resume=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    study.tracker = StudyTracker(uri, "failed-arm")
+    parent = study.tracker.start_study("failed-arm", spec)
+    study.state |= {"parent_run_id": parent, "tracking_uri": uri, "experiment_id": "1"}
+    for arm in ("lora_r1", "lora_r2"):
+        trial_dir = out / "trials" / arm / "t0"
+        run_trial(
+            {"spec": study.raw, "arm": arm, "out_dir": str(trial_dir), "overrides": study.overrides}
+        )
+        base = {"arm": arm, "out_dir": str(trial_dir), "failure": None, "status": "ok"}
+        study.state["trials"][f"{arm}/t0"] = base | {"key": f"{arm}/t0"}
+        study.state["tests"][f"{arm}/t0/0"] = base | {
+            "key": f"{arm}/t0",
+            "rules": ["scaled"],
+            "seed": 0,
+        }
+    failed = failed_record("matryoshka/t0", logged=False) | {"rank": "1-2"}
+    study.state["trials"]["matryoshka/t0"] = failed
+    study.log_record(failed, None)
+    study.flush()
+
+    chosen, missing = study.chosen_results()
+    assert set(chosen) == {("lora_r1", "scaled"), ("lora_r2", "scaled")}
+    assert list(missing) == [("matryoshka", "scaled")]
+    summary = study.summarise(chosen, missing, 1.0)
+    assert list(summary["methods"]) == ["lora_grid"]
+    assert summary["missing"] == {
+        "matryoshka": f"arm matryoshka: no trial succeeded; see {out / 'trials' / 'matryoshka'}"
+    }
+    assert "matryoshka                       not scored: arm matryoshka" in summary_table(summary)
+    page = Path(study.report()).read_text()
+    assert (
+        "<b>matryoshka</b>: arm matryoshka: its only trial failed (loss is NaN at step 3)" in page
+    )
+    assert "lora_grid" in page and 'id="rank-table"' in page

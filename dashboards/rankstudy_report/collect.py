@@ -167,7 +167,8 @@ def why_missing(method: str, trials: list[TrialRun], study_status: str) -> str:
         if not runs:
             reasons.append(f"arm {arm}: no trial was recorded")
         elif len(failed) == len(runs):
-            reasons.append(f"arm {arm}: all {len(runs)} trials failed ({failed[0].failure})")
+            which = "its only trial" if len(runs) == 1 else f"all {len(runs)} trials"
+            reasons.append(f"arm {arm}: {which} failed ({failed[0].failure})")
         elif failed and any(t.seed is not None for t in failed):
             t = next(t for t in failed if t.seed is not None)
             reasons.append(f"arm {arm}: its chosen trial failed at seed {t.seed} ({t.failure})")
