@@ -234,3 +234,23 @@ def test_validation_only_run_then_test_pass_matches_one_full_run(tmp_path):
     assert tested["loss_curve"] == full["loss_curve"]
     assert tested["cost"]["train_tokens"] == full["cost"]["train_tokens"]
     assert tested["cost"]["eval_seconds"] > searched["cost"]["eval_seconds"]
+
+
+def test_the_planted_calibration_is_charged_to_the_study_not_the_first_arm(tmp_path):
+    """The first trial of a study calibrates the planted task for every later one; that time
+    (or the wait for it) is not the arm's device time, else whichever arm runs first pays."""
+    from rankstudy import build
+
+    def cost(arm: str) -> dict:
+        config = {"spec": SMALL, "arm": arm, "out_dir": str(tmp_path / arm), "overrides": []}
+        return run_trial(config | {"cache_dir": str(tmp_path / "cache")})["cost"]
+
+    build._PLANTED.clear()
+    first = cost("lora_r1")
+    again = cost("lora_r2")  # the same trial process reuses the task it built
+    build._PLANTED.clear()  # a new trial process reads the calibration from the cache
+    fresh = cost("lora_r4")
+    assert first["shared_setup_seconds"] > 0 and again["shared_setup_seconds"] == 0
+    assert fresh["shared_setup_seconds"] >= 0 and list((tmp_path / "cache").glob("planted-*.json"))
+    for c in (first, again, fresh):
+        assert c["device_seconds"] == pytest.approx(c["wall_seconds"] - c["shared_setup_seconds"])

@@ -74,6 +74,8 @@ def build_task(
             _PLANTED[key] = PlantedTask(
                 model, task, targets, reference_ranks=ranks, seed=seed, cache=cache
             )
+        else:
+            _PLANTED[key].shared_seconds = 0.0  # built by an earlier trial: nothing spent now
         return _PLANTED[key]
     if task.kind == "gsm8k":
         from rankstudy.tasks.gsm8k import GSM8KTask

@@ -154,6 +154,7 @@ def run_trial(config: dict) -> dict:
         print(f"[{arm.name}] resumed from step {state['step']}", flush=True)
     if 0 < state["step"] < steps:
         state.setdefault("resumed_from", []).append(state["step"])
+    state["shared_seconds"] = state.get("shared_seconds", 0.0) + task.shared_seconds
     prior_wall = state.get("wall_seconds", 0.0)
 
     def wall() -> float:
@@ -333,7 +334,9 @@ def trial_result(spec, arm, config, task, validation, test, state, world, gpu, f
             "train_seconds": state["train_seconds"],
             "eval_seconds": state["eval_seconds"],
             "wall_seconds": state["wall_seconds"],
-            "device_seconds": state["wall_seconds"] * world,
+            # the devices held for this trial, less the one-off set-up later trials reuse
+            "shared_setup_seconds": state["shared_seconds"],
+            "device_seconds": (state["wall_seconds"] - state["shared_seconds"]) * world,
             "devices": world,
             "device_type": "gpu" if gpu else "cpu",
             "train_tokens": state["train_tokens"],

@@ -21,6 +21,9 @@ class Task(ABC):
 
     # Set by the trial: ZeRO-3 over several workers needs every rank in every generate step.
     synced_gpus: bool = False
+    # Seconds this process spent on set-up that the study's later trials reuse (the planted
+    # task's calibration, or waiting for another trial's): the study's, not this arm's, cost.
+    shared_seconds: float = 0.0
 
     @abstractmethod
     def size(self, split: str) -> int:

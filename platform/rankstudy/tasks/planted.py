@@ -13,6 +13,7 @@ import copy
 import json
 import math
 import os
+import time
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -164,8 +165,12 @@ class PlantedTask(Task):
         # it. The lock makes trials that start together wait for one calibration, not each run it.
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
+        tic = time.perf_counter()
         with FileLock(cache.with_suffix(".lock")) if cache is not None else nullcontext():
-            self._calibrate(base, deltas, spec, reference_ranks, cache)
+            waited = time.perf_counter() - tic
+            self.shared_seconds = waited + self._calibrate(
+                base, deltas, spec, reference_ranks, cache
+            )
 
     def _calibrate(
         self,
@@ -174,15 +179,20 @@ class PlantedTask(Task):
         spec: PlantedTaskSpec,
         reference_ranks: Sequence[int],
         cache: Path | None,
-    ) -> None:
+    ) -> float:
+        """Returns the seconds spent computing what the cache keeps for later trials (the
+        teacher's logits are this process's own work)."""
         known = json.loads(cache.read_text()) if cache is not None and cache.exists() else {}
+        tic = time.perf_counter()
         if "scale" in known:
             self.scale, self.shift = known["scale"], known["shift"]
         else:
             self.scale, self.shift = find_scale(base, deltas, self.inputs["validation"], spec.shift)
+        shared = time.perf_counter() - tic
         teacher = teacher_model(base, deltas, self.scale)
         self.teacher = {s: logits_of(teacher, x) for s, x in self.inputs.items()}
         test = self.inputs["test"]
+        tic = time.perf_counter()
         self.base_score = known.get("base_score") or agreement(
             logits_of(base, test), self.teacher["test"]
         )
@@ -191,6 +201,7 @@ class PlantedTask(Task):
             if k not in self.reference:
                 truncated = teacher_model(base, deltas, self.scale, k)
                 self.reference[k] = agreement(logits_of(truncated, test), self.teacher["test"])
+        shared += time.perf_counter() - tic
         if cache is not None:
             tmp = cache.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_text(
@@ -204,6 +215,7 @@ class PlantedTask(Task):
                 )
             )
             tmp.replace(cache)  # atomic: concurrent trials never read half a file
+        return shared
 
     def size(self, split: str) -> int:
         return len(self.inputs[split])
