@@ -1,9 +1,10 @@
 """The closest this machine gets to a cluster: a Ray head and a second Ray node, two `ray start`
-processes with their own CPUs (each in its own process group, ended by group id). A small study
-joins them; its trials must land on both nodes, and from each node a task pinned there must
-reach the study's MLflow store and every trial's checkpoints. On one machine both nodes share a
-filesystem: what this proves is scheduling across nodes and paths valid on both, not storage
-that spans machines (README: "On a cluster")."""
+processes with their own CPUs (each in its own process group, ended by group id). Each node
+keeps its trials' working copies in its own scratch folder ($RANKSTUDY_SCRATCH), which no other
+node and not the driver reads: the study's storage (a third folder, standing in for S3) is the
+only place they meet. A small study joins them; its trials must land on both nodes, and from
+each node a task pinned there must reach the study's MLflow store and every trial's result and
+checkpoint through the storage."""
 
 import contextlib
 import json
@@ -22,8 +23,9 @@ from test_study import TINY, VENV_BIN, free_port, write_spec
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def start_node(args: list[str], log: Path) -> subprocess.Popen:
+def start_node(args: list[str], log: Path, scratch: Path) -> subprocess.Popen:
     env = os.environ | {
+        "RANKSTUDY_SCRATCH": str(scratch),  # inherited by every worker process of the node
         "RAY_AUTH_MODE": "disabled",
         "RAY_USAGE_STATS_ENABLED": "0",
         "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
@@ -76,19 +78,24 @@ def two_nodes(tmp_path_factory):
             "--include-dashboard=false",
         ],
         logs / "head.log",
+        logs / "scratch-head",
     )
     nodes = [head]
     try:
         deadline = time.time() + 120
         while len(ray_nodes(address)) < 1 and time.time() < deadline:
             time.sleep(2)
-        nodes.append(start_node([f"--address={address}", "--num-cpus=1"], logs / "worker.log"))
+        nodes.append(
+            start_node(
+                [f"--address={address}", "--num-cpus=1"], logs / "worker.log", logs / "scratch-2"
+            )
+        )
         while len(ray_nodes(address)) < 2 and time.time() < deadline:
             time.sleep(2)
         ids = ray_nodes(address)
         if len(ids) != 2:
             pytest.fail(f"two Ray nodes did not come up; see {logs}")
-        yield address, ids
+        yield address, ids, logs
     finally:
         for proc in reversed(nodes):
             end(proc)
@@ -101,23 +108,28 @@ import ray
 from mlflow.tracking import MlflowClient
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from rankstudy.storage import TrialStorage
+
 state = json.loads(Path(sys.argv[2]).read_text())
 
 @ray.remote(num_cpus=0)
-def reach(state):
+def reach(state, storage, study):
     client = MlflowClient(state["tracking_uri"])
     runs = client.search_runs([state["experiment_id"]], max_results=1000)
+    store = TrialStorage(storage, study)
     dirs = [Path(t["out_dir"]) for t in state["trials"].values()]
     return {
         "node": ray.get_runtime_context().get_node_id(),
         "runs": len(runs),
-        "checkpoints": sum(any(d.glob("checkpoints/*")) for d in dirs),
-        "results": sum((d / "result.json").is_file() for d in dirs),
+        "checkpoints": sum(store.read_text(d / "checkpoints" / "latest") == "step40" for d in dirs),
+        "results": sum("selection_metric" in store.read_json(d / "result.json") for d in dirs),
     }
 
 ray.init(address=sys.argv[1], logging_level="ERROR")
 tasks = [
-    reach.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote(state)
+    reach.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote(
+        state, sys.argv[4], sys.argv[5]
+    )
     for n in json.loads(sys.argv[3])
 ]
 print(json.dumps(ray.get(tasks)))
@@ -126,7 +138,8 @@ print(json.dumps(ray.get(tasks)))
 
 @pytest.mark.slow
 def test_study_spans_two_nodes(tmp_path, two_nodes):
-    address, ids = two_nodes
+    address, ids, logs = two_nodes
+    storage = (tmp_path / "storage").as_uri()
     spec = write_spec(
         tmp_path,
         TINY
@@ -134,6 +147,7 @@ def test_study_spans_two_nodes(tmp_path, two_nodes):
             "methods": ["lora_grid", "matryoshka"],
             "adapters": {"max_rank": 4, "train_ranks": [1, 2, 4]},
             "training": TINY["training"] | {"steps": 40},
+            "storage": storage,
         },
     )
     out = tmp_path / "study"
@@ -152,9 +166,16 @@ def test_study_spans_two_nodes(tmp_path, two_nodes):
     state = json.loads((out / "study_state.json").read_text())
     trials = [*state["trials"].values(), *state["tests"].values()]
     assert {t["node"] for t in trials} == set(ids)  # every node ran trials
+    # each node worked in its own scratch; the driver's folder holds no trial at all
+    for scratch in ("scratch-head", "scratch-2"):
+        assert list((logs / scratch / "trials").glob("*/*/checkpoints/latest"))
+    assert not (out / "trials").exists() and (out / "report" / "report.html").is_file()
 
     proc = subprocess.run(
-        [sys.executable, "-c", REACH, address, str(out / "study_state.json"), json.dumps(ids)],
+        [
+            *(sys.executable, "-c", REACH, address, str(out / "study_state.json")),
+            *(json.dumps(ids), storage, str(out)),
+        ],
         capture_output=True,
         text=True,
         env=os.environ | {"RAY_AUTH_MODE": "disabled"},

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from rankstudy.spec import StudySpec, parse_spec
+from rankstudy.storage import trial_storage
 from rankstudy.trial import run_trial
 
 
@@ -44,4 +45,6 @@ def fit_trial(config: dict, storage_path: str, name: str) -> dict:
     outcome = trainer.fit()
     if outcome.error is not None:
         raise outcome.error
-    return json.loads((Path(config["out_dir"]) / "result.json").read_text())
+    result = Path(config["out_dir"]) / "result.json"
+    trial_storage(config).pull(result)  # rank 0 may have run on another node
+    return json.loads(result.read_text())

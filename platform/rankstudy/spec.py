@@ -261,6 +261,16 @@ class TrackingSpec(Strict):
         return uri
 
 
+def _storage_uri(uri: str | None) -> str | None:
+    from rankstudy.storage import SCHEMES
+
+    if uri is not None and not (uri.startswith(SCHEMES) or uri.startswith("/")):
+        raise ValueError(
+            f"{uri!r} is neither a storage URI ({', '.join(SCHEMES)}) nor an absolute path"
+        )
+    return uri
+
+
 class ThroughputSpec(Strict):
     """A measured training throughput, for `rankstudy plan`: tokens a second that one device
     trains the max-rank LoRA arm at. Other arms scale by their FLOPs."""
@@ -282,7 +292,11 @@ class StudySpec(Strict):
     seeds: list[int] | None = Field(None, description="repeat every arm; default [seed]")
     search: SearchSpec = SearchSpec()
     tracking: TrackingSpec = TrackingSpec()
+    # Where trial results and checkpoints live for every node (rankstudy.storage): an S3/GCS
+    # URI or a shared path; None means the study's output folder, which every node must see.
+    storage: str | None = None
     price_per_device_hour: float | None = Field(None, ge=0)
+    _storage_scheme = field_validator("storage")(lambda cls, v: _storage_uri(v))
     throughput: ThroughputSpec | None = None
     sweep: dict[str, list[float | int | str | bool]] | None = Field(
         None, description="run the whole study once per value of a spec field"

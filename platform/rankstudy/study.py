@@ -32,6 +32,8 @@ from rankstudy.scoring import (
     study_rules,
 )
 from rankstudy.spec import load_spec
+from rankstudy.storage import SCHEMES as STORAGE_SCHEMES
+from rankstudy.storage import TrialStorage
 from rankstudy.tracking import StudyTracker, tracking_uri
 from rankstudy.trainable import FAILED_METRIC, trial_resources, tune_trial
 
@@ -106,6 +108,10 @@ class Study:
         self.overrides = [*overrides, f"adapters.inference_rules={rules}"]
         self.out_dir = Path(out_dir or f"runs/{self.spec.name}").resolve()
         self.state_path = self.out_dir / STATE_FILE
+        storage = self.spec.storage or os.environ.get("RANKSTUDY_STORAGE")
+        if storage and not storage.startswith((*STORAGE_SCHEMES, "/")):
+            raise StudyError(f"RANKSTUDY_STORAGE: {storage!r} is not a storage URI or path")
+        self.storage = TrialStorage(storage, self.out_dir)
         if self.state_path.exists() and not resume:
             raise StudyError(
                 f"--out: {self.out_dir} already holds a study; pass --resume to "
@@ -155,13 +161,17 @@ class Study:
             for record in book.values():
                 if record.get("logged", True) or record.get("superseded"):
                     continue
-                result = None if record["failure"] else _read(record["out_dir"])
+                result = None if record["failure"] else self.result(record["out_dir"])
                 if phase == "search":
                     self.track(lambda k=record["key"]: self.tracker.delete_trial(k))
                     if result is not None:
                         result = {k: v for k, v in result.items() if k != "scores_by_rule"}
                 self.log_record(record, result)
         self.flush()
+
+    def result(self, out_dir: str | Path) -> dict:
+        """A trial's result.json, wherever the node that ran it was (rankstudy.storage)."""
+        return self.storage.read_json(Path(out_dir) / "result.json")
 
     def log(self, message: str) -> None:
         print(f"[study {self.spec.name}] {message}", flush=True)
@@ -214,9 +224,9 @@ class Study:
         rules = {arm: self.arm_rules(arm) for arm in arms}
         self.log(f"{len(arms)} arms x {s.trials_per_arm} trials: {', '.join(arms)}")
         trainable = tune.with_resources(tune_trial, trial_resources(self.spec))
-        path = self.out_dir / "tune" / "search"
-        if self.resume and tune.Tuner.can_restore(str(path)):
-            tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True)
+        path = f"{self.storage.path_of('tune')}/search"
+        if self.resume and tune.Tuner.can_restore(path):
+            tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
         else:
             tuner = tune.Tuner(
                 trainable,
@@ -224,6 +234,7 @@ class Study:
                     "spec": self.raw,
                     "overrides": self.overrides,
                     "study_dir": str(self.out_dir),
+                    "storage": self.storage.uri,
                 },
                 tune_config=tune.TuneConfig(
                     search_alg=ArmSearch(rules, s.space, s.trials_per_arm, s.seed, self.seeds),
@@ -233,7 +244,7 @@ class Study:
                 ),
                 run_config=tune.RunConfig(
                     name="search",
-                    storage_path=str(self.out_dir / "tune"),
+                    storage_path=self.storage.path_of("tune"),
                     verbose=0,
                     failure_config=tune.FailureConfig(max_failures=2),
                     callbacks=[_Recorder(self)],
@@ -302,8 +313,8 @@ class Study:
             return book[entry_key]
         failure = error
         if failure is None and metrics.get("failed"):
-            failure = (out_dir / "failure.txt").read_text()
-        result = None if failure else _read(str(out_dir))  # now: a test pass may rewrite it
+            failure = self.storage.read_text(out_dir / "failure.txt")
+        result = None if failure else self.result(out_dir)  # now: a test pass may rewrite it
         shape = parse_arm(arm, self.spec)
         record = {
             "key": key,
@@ -350,7 +361,7 @@ class Study:
                         f"the test pass of {t['key']} at seed {t['seed']} failed: {t['failure']}"
                     )
                 else:
-                    chosen.setdefault((t["arm"], rule), {})[t["seed"]] = _read(t["out_dir"])
+                    chosen.setdefault((t["arm"], rule), {})[t["seed"]] = self.result(t["out_dir"])
         for arm in study_arms(self.spec):
             for rule in self.arm_rules(arm):
                 complete = len(chosen.get((arm, rule), {})) == len(self.seeds)
@@ -369,7 +380,7 @@ class Study:
             if t["arm"] == arm and t["status"] == "ok"
         }
         dirs |= {t["out_dir"] for t in self.state["tests"].values() if t["arm"] == arm}
-        return [_read(d) for d in sorted(dirs)]
+        return [self.result(d) for d in sorted(dirs)]
 
     def summarise(self, chosen: dict, missing: dict, wall: float) -> dict:
         """Score every method whose arms have chosen, tested trials; name the others and why."""
@@ -419,10 +430,6 @@ class Study:
             figure = curve_figure(m, s, reference, self.out_dir / "figures" / f"{m}.png")
             self.tracker.log_method(m, s, figure)
         return summary
-
-
-def _read(out_dir: str) -> dict:
-    return json.loads((Path(out_dir) / "result.json").read_text())
 
 
 def summary_table(summary: dict) -> str:

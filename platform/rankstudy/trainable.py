@@ -8,12 +8,14 @@ imports once, and on a small machine those seconds are a study's overhead.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import ray
 from ray import tune
 
 from rankstudy.spec import StudySpec, parse_spec
+from rankstudy.storage import TrialStorage
 
 FAILED_METRIC = -1.0  # what a deterministically failed trial reports to the searcher
 
@@ -46,6 +48,7 @@ def tune_trial(config: dict) -> None:
     from rankstudy.trial import TrialFailed
 
     study_dir = Path(config["study_dir"])
+    storage = TrialStorage(config.get("storage"), study_dir, os.environ.get("RANKSTUDY_SCRATCH"))
     overrides = [*config["overrides"], *search_overrides(config)]
     if config["phase"] == "search":
         out_dir = study_dir / "trials" / config["arm"] / tune.get_context().get_trial_id()
@@ -56,23 +59,28 @@ def tune_trial(config: dict) -> None:
         out_dir = Path(f"{config['test_of']}-seed{config['seed']}")
         overrides.append(f"seed={config['seed']}")
         splits = ["validation", "test"]
+    local = storage.local(out_dir)  # this node's working copy of the trial's folder
     trial_config = {
         "spec": config["spec"],
         "arm": config["arm"],
-        "out_dir": str(out_dir),
+        "out_dir": str(local),
         "overrides": overrides,
         "splits": splits,
-        "cache_dir": str(study_dir / "cache"),
+        "cache_dir": str(storage.local(study_dir / "cache")),
+        "storage": storage.uri,
+        "study_dir": str(study_dir),
+        "local_root": str(storage.local_root),
     }
     # the trial's hyperparameters, and the node it ran on (a multi-worker trial's workers may
     # be elsewhere), go into every report: the study records both
     reported = {f"param:{k.removeprefix('param:')}": v for k, v in config.items() if "__" in k}
     reported["node"] = ray.get_runtime_context().get_node_id()
     try:
-        result = execute(trial_config, str(study_dir / "ray"))
+        result = execute(trial_config, storage.path_of("ray"))
     except TrialFailed as e:  # deterministic: report it instead of retrying it
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "failure.txt").write_text(str(e))
+        local.mkdir(parents=True, exist_ok=True)
+        (local / "failure.txt").write_text(str(e))
+        storage.push(local / "failure.txt")
         tune.report(
             {"selection_metric": FAILED_METRIC, "failed": True, "out_dir": str(out_dir), **reported}
         )

@@ -28,6 +28,7 @@ from rankstudy.cost import eval_flops, model_shape, train_flops
 from rankstudy.engine import build_engine, init_distributed, precision, use_gpu
 from rankstudy.metrics import aurac
 from rankstudy.spec import StudySpec, parse_spec
+from rankstudy.storage import publish_checkpoint, trial_storage
 from rankstudy.tasks.base import Task
 
 
@@ -138,6 +139,11 @@ def run_trial(config: dict) -> dict:
     device = engine.device
 
     ckpt_dir = out_dir / "checkpoints"
+    storage = trial_storage(config)
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # started on a node that lacks its files
+        storage.pull_latest_checkpoint(out_dir)
+    if world > 1:
+        dist.barrier()
     state = load_checkpoint(engine, ckpt_dir) or {
         "step": 0,
         "losses": [],
@@ -159,6 +165,11 @@ def run_trial(config: dict) -> dict:
 
     def wall() -> float:
         return prior_wall + time.perf_counter() - invoked
+
+    def checkpoint() -> None:
+        state["wall_seconds"] = wall()
+        save_checkpoint(engine, ckpt_dir, state["step"], state)
+        publish_checkpoint(storage, ckpt_dir, state["step"], rank, world)
 
     micro, accum = t.micro_batch_size, t.grad_accum
     global_batch = micro * accum * world
@@ -228,12 +239,10 @@ def run_trial(config: dict) -> dict:
             curve = validate()[rules[0]]
             state["validation"].append({"step": state["step"], "scores": curve})
         if t.checkpoint_every and state["step"] % t.checkpoint_every == 0:
-            state["wall_seconds"] = wall()
-            save_checkpoint(engine, ckpt_dir, state["step"], state)
+            checkpoint()
 
     if latest_step(ckpt_dir) != state["step"]:
-        state["wall_seconds"] = wall()
-        save_checkpoint(engine, ckpt_dir, state["step"], state)
+        checkpoint()
 
     splits = config.get("splits", SPLITS)
     previous = _previous_result(out_dir) if "validation" not in splits else None
@@ -261,6 +270,7 @@ def run_trial(config: dict) -> dict:
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "result.json").write_text(json.dumps(result, indent=2))
+        storage.push(out_dir / "result.json")
     return result
 
 

@@ -1,0 +1,145 @@
+"""The study's storage: where trial directories (results, checkpoints, adapters) live for every
+node, when the nodes share no disk.
+
+A trial works in its local directory under the study's folder on the node that runs it, and
+pushes what it wrote to the storage: each checkpoint as it is saved, the result at the end. A
+trial that starts where its directory is not (a retry on another node, a test pass resuming
+the chosen trial's final checkpoint, a seed repeat) pulls it first, and the driver reads results
+from the storage. The storage is a URI that pyarrow's filesystems open (s3://bucket/prefix,
+gs://..., or a path on shared disk); without one, the study's folder is the storage itself and
+nothing is copied (one machine, or a folder every node mounts at the same path).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+SCHEMES = ("s3://", "gs://", "gcs://", "hdfs://", "file://")
+
+
+class TrialStorage:
+    """uri: the storage (None: the study's folder is the storage). study_dir: the study's
+    folder, as the driver names it. local_root: where this node keeps its working copy
+    (default the study's folder; $RANKSTUDY_SCRATCH on a node with fast local disk)."""
+
+    def __init__(
+        self, uri: str | None, study_dir: str | Path, local_root: str | Path | None = None
+    ) -> None:
+        self.uri = uri
+        self.study_dir = Path(study_dir)
+        self.local_root = Path(local_root) if uri is not None and local_root else self.study_dir
+        self._fs = None
+
+    @property
+    def shared(self) -> bool:
+        """True when trials write straight into the storage (no copies)."""
+        return self.uri is None
+
+    def path_of(self, name: str) -> str:
+        """A folder of the study in the storage, as Ray Tune and Ray Train take it."""
+        return str(self.study_dir / name) if self.shared else f"{self.uri.rstrip('/')}/{name}"
+
+    def local(self, path: str | Path) -> Path:
+        """This node's working copy of a path of the study."""
+        return self.local_root / Path(path).relative_to(self.study_dir)
+
+    def _remote(self, local: Path) -> tuple[object, str]:
+        from pyarrow import fs
+
+        if self._fs is None:
+            self._fs, self._base = fs.FileSystem.from_uri(self.uri)
+        rel = Path(local).relative_to(self.local_root)
+        return self._fs, f"{self._base.rstrip('/')}/{rel.as_posix()}"
+
+    def push(self, local: Path) -> None:
+        """Copy a file or folder of this node's working copy to its place in the storage."""
+        if self.shared:
+            return
+        from pyarrow import fs
+
+        remote_fs, remote = self._remote(local)
+        folder = remote if Path(local).is_dir() else remote.rsplit("/", 1)[0]
+        remote_fs.create_dir(folder, recursive=True)
+        fs.copy_files(str(local), remote, destination_filesystem=remote_fs)
+
+    def pull(self, local: Path) -> bool:
+        """Copy a file or folder from the storage into this node's working copy; False when
+        the storage does not hold it."""
+        if self.shared:
+            return Path(local).exists()
+        from pyarrow import fs
+
+        remote_fs, remote = self._remote(local)
+        kind = remote_fs.get_file_info(remote).type
+        if kind == fs.FileType.NotFound:
+            return False
+        folder = Path(local) if kind == fs.FileType.Directory else Path(local).parent
+        folder.mkdir(parents=True, exist_ok=True)  # copy_files wants its destination's folder
+        fs.copy_files(remote, str(local), source_filesystem=remote_fs)
+        return True
+
+    def read_text(self, path: str | Path) -> str:
+        """A file of the study (named as the driver names it) as the storage holds it: the
+        driver's view of every node."""
+        if self.shared:
+            return Path(path).read_text()
+        text = self._remote_text(self.local(path))
+        if text is None:
+            raise FileNotFoundError(f"{path}: not in the storage {self.uri}")
+        return text
+
+    def read_json(self, path: str | Path) -> dict:
+        return json.loads(self.read_text(path))
+
+    def _remote_text(self, local: Path) -> str | None:
+        from pyarrow import fs
+
+        remote_fs, remote = self._remote(local)
+        if remote_fs.get_file_info(remote).type == fs.FileType.NotFound:
+            return None
+        with remote_fs.open_input_stream(remote) as f:
+            return f.read().decode()
+
+    def pull_latest_checkpoint(self, out_dir: Path) -> None:
+        """Before a trial starts (out_dir: its working copy): its result and its latest
+        checkpoint from the storage, unless this node holds that same checkpoint (earlier
+        steps are not needed to resume)."""
+        if self.shared:
+            return
+        self.pull(out_dir / "result.json")
+        latest = out_dir / "checkpoints" / "latest"
+        tag = self._remote_text(latest)
+        if tag is None or (latest.is_file() and latest.read_text() == tag):
+            return
+        self.pull(latest.parent / tag.strip())
+        latest.write_text(tag)
+
+
+def trial_storage(config: dict) -> TrialStorage:
+    """The storage a trial config names (a trial outside a study has none)."""
+    return TrialStorage(
+        config.get("storage"),
+        config.get("study_dir") or config["out_dir"],
+        config.get("local_root"),
+    )
+
+
+def publish_checkpoint(storage: TrialStorage, ckpt_dir: Path, step: int, rank: int, world: int):
+    """After every rank saved checkpoint `step`: each node pushes the files it wrote (ZeRO
+    shards are per rank), then rank 0 moves the storage's `latest` to it, so a reader never
+    finds a `latest` that names a half-pushed step."""
+    if storage.shared:
+        return
+    import os
+
+    import torch.distributed as dist
+
+    if world > 1:
+        dist.barrier()
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        storage.push(ckpt_dir / f"step{step}")
+    if world > 1:
+        dist.barrier()
+    if rank == 0:
+        storage.push(ckpt_dir / "latest")
