@@ -74,3 +74,27 @@ def test_concurrent_trials_follow_the_gpus(tmp_path, monkeypatch, overrides, clu
     study = Study(str(PAPER), overrides, str(tmp_path / "o"), resume=False)
     assert study.slots() == slots
     assert study.max_concurrent() == (slots if "resources.workers=8" in overrides else None)
+
+
+@pytest.mark.slow
+def test_the_prepared_gpu_check_runs_its_code_on_this_cpu(tmp_path):
+    """benchmarks/gpu_check.py is what a lent GPU machine runs; --small runs the same code here
+    so that it cannot rot between GPU sessions."""
+    import json
+    import subprocess
+    import sys
+
+    figures = tmp_path / "gpu.json"
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/gpu_check.py", "--small", "--steps", "2", "--json", figures],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "tiny trial (planted, matryoshka, cpu, ZeRO-2, fp32): AURAC log2" in proc.stdout
+    out = json.loads(figures.read_text())
+    assert [r["arm"] for r in out["throughput"]] == ["lora_r64", "matryoshka"]
+    assert all(r["tokens_per_s"] > 0 and r["tflops_per_s"] > 0 for r in out["throughput"])
+    assert out["tiny_trial"]["train_tokens"] == 30 * 32 * 32  # steps x micro-batch x seq_len

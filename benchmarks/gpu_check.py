@@ -1,0 +1,148 @@
+"""The GPU path in one short run: a tiny trial end to end (bf16, ZeRO-2, the study's own trial
+code), then training throughput of a 1B-class Llama built locally (Llama-3.2-1B's shape, random
+weights, nothing downloaded): tokens/s and model FLOPs utilisation for the LoRA and Matryoshka
+arms, measured side by side in one DeepSpeed engine each.
+
+    .venv/bin/python benchmarks/gpu_check.py              # on a GPU machine
+    .venv/bin/python benchmarks/gpu_check.py --small      # the same code on a CPU, small sizes
+
+MFU is model FLOPs (rankstudy.cost, the numbers the study records) per second over the
+device's dense bf16 peak (--peak-tflops, else a table of known GPUs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+
+import torch
+
+from rankstudy.arms import parse_arm
+from rankstudy.build import attach_arm
+from rankstudy.cost import model_shape, train_flops
+from rankstudy.engine import build_engine, init_distributed, use_gpu
+from rankstudy.spec import load_spec
+from rankstudy.trial import run_trial
+
+SPEC = "jobs/specs/planted-cpu.yaml"
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}
+LLAMA_1B = dict(
+    hidden_size=2048,
+    intermediate_size=8192,
+    num_hidden_layers=16,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    vocab_size=128256,
+    max_position_embeddings=4096,
+    rope_theta=500000.0,
+    tie_word_embeddings=True,
+)
+SMALL = dict(LLAMA_1B, hidden_size=128, intermediate_size=256, num_hidden_layers=2, vocab_size=512)
+
+
+def tiny_trial(gpu_overrides: list[str], steps: int) -> dict:
+    """The planted default's matryoshka arm through run_trial, on this machine's device."""
+    with tempfile.TemporaryDirectory() as out:
+        config = {"spec": load_spec(SPEC).model_dump(mode="json"), "arm": "matryoshka"}
+        config |= {"out_dir": out, "overrides": [*gpu_overrides, f"training.steps={steps}"]}
+        return run_trial(config)
+
+
+def throughput(spec, arm_name: str, sizes: dict, seq: int, batch: int, steps: int) -> dict:
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    gpu = use_gpu(spec)
+    device = torch.device("cuda" if gpu else "cpu")
+    dtype = torch.bfloat16 if gpu else torch.float32
+    config = LlamaConfig(**sizes, attn_implementation="sdpa")
+    with device:
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    arm = parse_arm(arm_name, spec)
+    attach_arm(model, spec, arm)
+    engine, _, _ = build_engine(model, spec, 1, gpu, lambda step: 1.0)
+    tokens = torch.randint(0, sizes["vocab_size"], (batch, seq), device=engine.device)
+    times = []
+    for i in range(steps + 2):  # two warm-up steps
+        if gpu:
+            torch.cuda.synchronize()
+        tic = time.perf_counter()
+        loss = engine(input_ids=tokens, labels=tokens).loss
+        engine.backward(loss)
+        engine.step()
+        if gpu:
+            torch.cuda.synchronize()
+        if i >= 2:
+            times.append(time.perf_counter() - tic)
+    step = statistics.median(times)
+    flops = train_flops(
+        model_shape(model), batch * seq, seq, arm.method, arm.max_rank, arm.train_ranks
+    )
+    out = {
+        "arm": arm_name,
+        "tokens_per_s": batch * seq / step,
+        "tflops_per_s": flops / step / 1e12,
+        "ms_per_step": 1000 * step,
+        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if gpu else None,
+    }
+    del engine, model
+    if gpu:
+        torch.cuda.empty_cache()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", action="store_true", help="small sizes (a CPU smoke run)")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak")
+    parser.add_argument("--json", help="also write the figures here")
+    args = parser.parse_args()
+    on_gpu = torch.cuda.is_available()
+    name = torch.cuda.get_device_name() if on_gpu else "cpu"
+    overrides = ["resources.use_gpu=true", "deepspeed.zero_stage=2"]
+    overrides += ["deepspeed.precision=bf16"] if on_gpu else []
+    init_distributed(on_gpu)
+    print(f"device: {name}; torch {torch.__version__}")
+
+    trial = tiny_trial(overrides, 30 if args.small else 300)
+    cost = trial["cost"]
+    print(
+        f"tiny trial (planted, matryoshka, {cost['device_type']}, ZeRO-2, "
+        f"{'bf16' if on_gpu else 'fp32'}): AURAC log2 {trial['aurac']['log2']:.3f}, "
+        f"{cost['train_tokens'] / cost['train_seconds']:,.0f} train tokens/s"
+    )
+
+    spec = load_spec(
+        SPEC,
+        [
+            *overrides,
+            "training.micro_batch_size=8",
+            "adapters.max_rank=64",
+            "adapters.train_ranks=[1,2,4,8,16,32,64]",
+            'adapters.target_modules=["q_proj","k_proj","v_proj","o_proj",'
+            '"gate_proj","up_proj","down_proj"]',
+        ],
+    )
+    sizes, seq = (SMALL, 64) if args.small else (LLAMA_1B, 1024)
+    peak = args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+    rows = [throughput(spec, a, sizes, seq, 8, args.steps) for a in ("lora_r64", "matryoshka")]
+    print(f"{'1B-class' if not args.small else 'small'} Llama, batch 8 x {seq}, ZeRO-2:")
+    for r in rows:
+        r["mfu"] = r["tflops_per_s"] / peak if peak else None
+        mfu = f"{r['mfu']:.1%}" if peak else "n/a (no peak known)"
+        memory = f", peak {r['peak_memory_gib']:.1f} GiB" if r["peak_memory_gib"] else ""
+        print(
+            f"  {r['arm']:<11} {r['tokens_per_s']:>10,.0f} tokens/s  {r['ms_per_step']:8.1f} ms"
+            f"/step  {r['tflops_per_s']:7.1f} TFLOP/s  MFU {mfu}{memory}"
+        )
+    print(f"  matryoshka / lora step time: {rows[1]['ms_per_step'] / rows[0]['ms_per_step']:.3f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": name, "tiny_trial": cost, "throughput": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
