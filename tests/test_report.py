@@ -2,10 +2,15 @@
 no console error, no request leaving the file, tables holding what MLflow holds, and a study
 with a failed arm or a missing method reported as such instead of crashing."""
 
+import contextlib
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -246,3 +251,58 @@ def test_a_large_study_stays_a_small_page(tmp_path):
     assert shown.errors == [] and len(shown.charts) == 3
     assert len(shown.tables["rank-table"]) == 1 + 10 + 1  # header, methods, reference
     assert shown.best["rank-table"] == ["m9"] * 10
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real MLflow tracking server on localhost (its own process group, ended by group id),
+    serving artifacts as a cluster's head does."""
+    from test_study import free_port
+
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            *(str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1"),
+            *("--port", str(port), "--workers", "1"),
+            *("--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}"),
+            *("--artifacts-destination", str(tmp_path / "artifacts")),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(1)
+        else:
+            pytest.fail("the MLflow server did not come up")
+        yield uri
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            server.wait(timeout=20)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)
+
+
+def test_report_from_a_tracking_server_over_http(tmp_path, mlflow_server):
+    """Written to and read from a served store, artifacts included, as on a cluster's head."""
+    summaries = fill_study(mlflow_server, "served", 2, [1, 2, 4], [0, 1], 2, 20)
+    page = build_report(mlflow_server, tmp_path / "report", experiment="served")
+    html = page.read_text()
+    for method, summary in summaries.items():
+        assert f"<td>{method}</td>" in html
+        assert f"{summary['aurac_log2']:.3f}" in html
+    client = MlflowClient(mlflow_server)
+    parent = client.search_runs(
+        [client.get_experiment_by_name("served").experiment_id], "tags.`rankstudy.kind` = 'study'"
+    )[0]
+    assert "report/report.html" in {
+        a.path for a in client.list_artifacts(parent.info.run_id, "report")
+    }

@@ -4,10 +4,12 @@ MLflow, so a report can be built anywhere the tracking URI reaches."""
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from mlflow.artifacts import load_dict
 from mlflow.tracking import MlflowClient
 
 from rankstudy.scoring import METHOD_ARMS
@@ -183,7 +185,10 @@ def collect(tracking_uri: str, experiment: str | None = None, run_id: str | None
     """Read one study from MLflow into a StudyView."""
     client = MlflowClient(tracking_uri)
     parent = find_study(client, experiment, run_id)
-    spec = load_dict(f"{parent.info.artifact_uri}/spec.json")
+    with tempfile.TemporaryDirectory() as tmp:  # through this client's store, local or served
+        spec = json.loads(
+            Path(client.download_artifacts(parent.info.run_id, "spec.json", tmp)).read_text()
+        )
     runs = children(client, parent)
     by_kind: dict[str, list] = {}
     for run in runs:
