@@ -4,6 +4,7 @@ network), text kept as text so the files stay small and searchable."""
 from __future__ import annotations
 
 import io
+import math
 
 import matplotlib
 
@@ -40,6 +41,15 @@ def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
         )
     ]
     return sorted(front, key=lambda n: points[n])
+
+
+def log_ticks(ax, count: int = 4) -> None:
+    """Evenly spaced labelled ticks on a log x axis, whatever its span: matplotlib's own leave a
+    span under a decade unlabelled or crowd it with long minor labels."""
+    low, high = (math.log10(v) for v in ax.get_xlim())
+    ticks = [float(f"{10 ** (low + (high - low) * (i + 0.5) / count):.2g}") for i in range(count)]
+    ax.set_xticks(ticks, [f"{t:.2g}" for t in ticks])
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def svg(fig) -> str:
@@ -120,7 +130,7 @@ def cost_front(view: StudyView) -> str:
                 )
                 ax.annotate(n, (c, s), textcoords="offset points", xytext=(5, 4), fontsize=7)
             ax.set_xscale("log")
-            ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide on short spans
+            log_ticks(ax)
             ax.set_xlabel(label)
         axes[0].set_ylabel("AURAC (log2 rank axis)")
         axes[0].set_title("AURAC against cost (ringed: Pareto front)", loc="left")
