@@ -55,6 +55,8 @@ def throughput(spec, arm_name: str, sizes: dict, seq: int, batch: int, steps: in
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     gpu = use_gpu(spec)
+    if gpu:
+        torch.cuda.reset_peak_memory_stats()  # this arm's peak, not the previous one's
     device = torch.device("cuda" if gpu else "cpu")
     dtype = torch.bfloat16 if gpu else torch.float32
     config = LlamaConfig(**sizes, attn_implementation="sdpa")

@@ -22,9 +22,14 @@ fi
 export RAY_ADDRESS=${RAY_ADDRESS:-http://127.0.0.1:8265}
 
 # Output goes to absolute paths: the job runs in a copy of this folder.
+# A study that could not score every method still writes its summary and report: say where,
+# then exit with its status.
+status=0
 ray job submit --working-dir . \
-    --runtime-env-json '{"excludes": [".venv", "runs", ".git", "*.db", "mlruns"]}' \
-    -- "$root/.venv/bin/python" jobs/study.py --spec "$spec" --out "$root/runs/$name" "$@"
+    --runtime-env-json '{"excludes": [".venv", "runs", ".git", "*.db", "mlruns", "test-artifacts"]}' \
+    -- "$root/.venv/bin/python" jobs/study.py --spec "$spec" --out "$root/runs/$name" "$@" \
+    || status=$?
 echo "submit: summary $root/runs/$name/study_summary.json"
 echo "submit: report  $root/runs/$name/report/report.html (open it in a browser)"
 echo "submit: MLflow UI: $root/.venv/bin/mlflow ui --backend-store-uri sqlite:///$root/runs/$name/mlflow.db"
+exit $status

@@ -29,6 +29,7 @@ def trial_result(method: int, ranks: list[int], seed: int, steps: int, test: boo
         "validation_scores_by_rule": {"scaled": curve},
         "validation_curve": [{"step": steps, "scores": curve}],
         "selection_metric": aurac(ranks, list(curve.values())),
+        "selection_metric_by_rule": {"scaled": aurac(ranks, list(curve.values()))},
         "cost": {
             "device_seconds": 60.0 * (method + 1),
             "train_seconds": 50.0 * (method + 1),
@@ -83,8 +84,12 @@ def fill_study(
             key = f"{arm}/t0" if s == 0 else f"{arm}/t0-seed{seed}"
             record = base | {"key": key, "trial": 0, "params": {}, "failure": None}
             record |= {"seed": seed, "rules": ["scaled"]}
-            tracker.log_trial(record, trial_result(i, ranks, seed, steps, test=True))
-            spent.append(trial_result(i, ranks, seed, steps, test=True))
+            tested = trial_result(i, ranks, seed, steps, test=True)
+            tracker.log_trial(record, tested)
+            if s == 0:  # the first seed's test pass resumes trial 0 in its folder: one run
+                spent[0] = tested
+            else:
+                spent.append(tested)
         by_seed = {str(seed): [score(i, r, seed) for r in ranks] for seed in seeds}
         per_seed = [aurac(ranks, c) for c in by_seed.values()]
         mean = sum(per_seed) / len(per_seed)

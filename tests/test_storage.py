@@ -42,7 +42,9 @@ def test_without_storage_the_study_folder_is_the_storage(tmp_path):
     shared.push(tmp_path / "nothing-to-copy")  # a no-op
 
 
-def test_a_test_pass_on_another_node_resumes_the_final_checkpoint_from_storage(tmp_path):
+def test_a_test_pass_on_another_node_resumes_the_final_checkpoint_from_storage(
+    tmp_path, monkeypatch
+):
     """Node A trains and validates; node B, which never saw A's disk, scores it on test from
     the storage: it resumes at the last step (no training) and scores exactly what a run that
     stayed on one node scores."""
@@ -50,10 +52,10 @@ def test_a_test_pass_on_another_node_resumes_the_final_checkpoint_from_storage(t
     canonical = study / "trials" / "dylora" / "t0"
 
     def on(node: str, splits: list[str]) -> dict:
-        local = tmp_path / node
+        monkeypatch.setenv("RANKSTUDY_SCRATCH", str(tmp_path / node))  # this node's own disk
         config = {"spec": SMALL, "arm": "dylora", "overrides": [], "splits": splits}
-        config |= {"storage": store, "study_dir": str(study), "local_root": str(local)}
-        return run_trial(config | {"out_dir": str(local / canonical.relative_to(study))})
+        config |= {"storage": store, "study_dir": str(study), "out_dir": str(canonical)}
+        return run_trial(config)
 
     searched = on("a", ["validation"])
     tested = on("b", ["test"])
@@ -66,6 +68,7 @@ def test_a_test_pass_on_another_node_resumes_the_final_checkpoint_from_storage(t
     one_node = {"spec": SMALL, "arm": "dylora", "overrides": [], "out_dir": str(tmp_path / "c")}
     run_trial(one_node | {"splits": ["validation"]})
     assert run_trial(one_node | {"splits": ["test"]})["scores_by_rule"] == stored["scores_by_rule"]
+    assert not study.exists()  # neither node worked in the study's own folder
     shutil.rmtree(tmp_path / "a")  # B's copy and the storage are all that is left
     assert (tmp_path / "store" / "trials/dylora/t0/checkpoints/latest").read_text() == (
         f"step{SMALL['training']['steps']}"
@@ -78,3 +81,22 @@ def test_storage_that_is_not_a_uri_or_path_is_refused(tmp_path):
     with pytest.raises(SpecError, match=r"storage.*'bucket/prefix' is neither a storage URI"):
         load_spec(str(path), ["storage=bucket/prefix"])
     assert load_spec(str(path), ["storage=s3://bucket/prefix"]).storage == "s3://bucket/prefix"
+
+
+def test_each_study_gets_its_own_folder_and_resumes_only_with_it(tmp_path, monkeypatch):
+    from rankstudy.study import Study, StudyError
+    from test_study import TINY, write_spec
+
+    spec = str(write_spec(tmp_path, TINY | {"storage": "s3://bucket/studies"}))
+    one = Study(spec, [], str(tmp_path / "one"), resume=False)
+    two = Study(spec, [], str(tmp_path / "two"), resume=False)
+    assert one.storage.uri.startswith("s3://bucket/studies/tiny-study-")
+    assert one.storage.uri != two.storage.uri  # same name, same bucket: never the same path
+    one.save_state()
+    again = Study(spec, [], str(tmp_path / "one"), resume=True)
+    assert again.storage.uri == one.storage.uri
+    with pytest.raises(StudyError, match="storage: this study keeps its trials under"):
+        Study(spec, ["storage=s3://other/place"], str(tmp_path / "one"), resume=True)
+    monkeypatch.setenv("RANKSTUDY_STORAGE", "")  # as cluster.yaml exports it with no bucket
+    plain = Study(str(write_spec(tmp_path, TINY, "plain.yaml")), [], str(tmp_path / "p"), False)
+    assert plain.storage.shared and plain.storage.path_of("tune") == str(tmp_path / "p" / "tune")

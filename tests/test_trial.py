@@ -251,6 +251,6 @@ def test_the_planted_calibration_is_charged_to_the_study_not_the_first_arm(tmp_p
     build._PLANTED.clear()  # a new trial process reads the calibration from the cache
     fresh = cost("lora_r4")
     assert first["shared_setup_seconds"] > 0 and again["shared_setup_seconds"] == 0
-    assert fresh["shared_setup_seconds"] >= 0 and list((tmp_path / "cache").glob("planted-*.json"))
+    assert list((tmp_path / "cache").glob("planted-*.json"))  # what `fresh` read instead
     for c in (first, again, fresh):
         assert c["device_seconds"] == pytest.approx(c["wall_seconds"] - c["shared_setup_seconds"])

@@ -113,10 +113,10 @@ from rankstudy.storage import TrialStorage
 state = json.loads(Path(sys.argv[2]).read_text())
 
 @ray.remote(num_cpus=0)
-def reach(state, storage, study):
+def reach(state, study):
     client = MlflowClient(state["tracking_uri"])
     runs = client.search_runs([state["experiment_id"]], max_results=1000)
-    store = TrialStorage(storage, study)
+    store = TrialStorage(state["storage"], study)
     dirs = [Path(t["out_dir"]) for t in state["trials"].values()]
     return {
         "node": ray.get_runtime_context().get_node_id(),
@@ -128,7 +128,7 @@ def reach(state, storage, study):
 ray.init(address=sys.argv[1], logging_level="ERROR")
 tasks = [
     reach.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote(
-        state, sys.argv[4], sys.argv[5]
+        state, sys.argv[4]
     )
     for n in json.loads(sys.argv[3])
 ]
@@ -166,6 +166,7 @@ def test_study_spans_two_nodes(tmp_path, two_nodes):
     state = json.loads((out / "study_state.json").read_text())
     trials = [*state["trials"].values(), *state["tests"].values()]
     assert {t["node"] for t in trials} == set(ids)  # every node ran trials
+    assert state["storage"].startswith(f"{storage}/{TINY['name']}-")  # the study's own folder
     # each node worked in its own scratch; the driver's folder holds no trial at all
     for scratch in ("scratch-head", "scratch-2"):
         assert list((logs / scratch / "trials").glob("*/*/checkpoints/latest"))
@@ -174,7 +175,7 @@ def test_study_spans_two_nodes(tmp_path, two_nodes):
     proc = subprocess.run(
         [
             *(sys.executable, "-c", REACH, address, str(out / "study_state.json")),
-            *(json.dumps(ids), storage, str(out)),
+            *(json.dumps(ids), str(out)),
         ],
         capture_output=True,
         text=True,

@@ -78,6 +78,11 @@ def params_of(view: StudyView) -> list[str]:
     return sorted({k for t in view.trials for k in t.params})
 
 
+def rules_of(view: StudyView) -> list[str]:
+    """The inference rules trials were validated under, the paper's first."""
+    return sorted({r for t in view.trials for r in t.validation}, key=lambda r: (r != "scaled", r))
+
+
 def render(view: StudyView, figures: dict[str, str]) -> str:
     env = Environment(
         loader=PackageLoader("rankstudy_report"), autoescape=select_autoescape(["html", "j2"])
@@ -97,6 +102,7 @@ def render(view: StudyView, figures: dict[str, str]) -> str:
         priced=any(m.cost.get("money") is not None for m in view.methods.values()),
         arms=arms,
         params=params_of(view),
+        rules=rules_of(view),
         spec_yaml=yaml.safe_dump(view.spec, sort_keys=False),
         started=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(view.started / 1000)),
         built=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

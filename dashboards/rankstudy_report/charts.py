@@ -47,8 +47,12 @@ def log_ticks(ax, count: int = 4) -> None:
     """Evenly spaced labelled ticks on a log x axis, whatever its span: matplotlib's own leave a
     span under a decade unlabelled or crowd it with long minor labels."""
     low, high = (math.log10(v) for v in ax.get_xlim())
-    ticks = [float(f"{10 ** (low + (high - low) * (i + 0.5) / count):.2g}") for i in range(count)]
-    ax.set_xticks(ticks, [f"{t:.2g}" for t in ticks])
+    spots = [10 ** (low + (high - low) * (i + 0.5) / count) for i in range(count)]
+    digits = next(  # as few digits as keep the labels apart
+        (d for d in range(2, 7) if len({f"{t:.{d}g}" for t in spots}) == count), 7
+    )
+    ticks = [float(f"{t:.{digits}g}") for t in spots]
+    ax.set_xticks(ticks, [f"{t:.{digits}g}" for t in ticks])
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 

@@ -47,7 +47,8 @@ class TrialRun:
     seed: str | None
     status: str  # ok, failed or chosen
     params: dict[str, str]
-    validation: float | None
+    validation: dict[str, float]  # inference rule -> the validation score the search compared
+    chosen_for: str  # the rules it was chosen and tested for ("" unless chosen)
     failure: str | None
     loss: dict[int, float] = field(default_factory=dict)  # step -> training loss, chosen only
 
@@ -66,6 +67,7 @@ class StudyView:
     missing: dict[str, str]  # method the spec asks for -> why it has no result
     reference: dict[int, float] | None
     trials: list[TrialRun]
+    shared_setup_seconds: float | None  # device time of set-up every trial reused
 
 
 def find_study(client: MlflowClient, experiment: str | None, run_id: str | None):
@@ -146,7 +148,12 @@ def trial_run(run) -> TrialRun:
         seed=tags.get("seed"),
         status=tags.get("status", "failed" if run.info.status == "FAILED" else "ok"),
         params=dict(run.data.params),
-        validation=run.data.metrics.get("selection_metric"),
+        validation={
+            k.removeprefix("selection_metric_"): v
+            for k, v in run.data.metrics.items()
+            if k.startswith("selection_metric_")
+        },
+        chosen_for=tags.get("chosen_for", ""),
         failure=tags.get("failure"),
     )
 
@@ -221,4 +228,5 @@ def collect(tracking_uri: str, experiment: str | None = None, run_id: str | None
         missing={m: why_missing(m, trials, status) for m in order if m not in found},
         reference=reference,
         trials=trials,
+        shared_setup_seconds=parent.data.metrics.get("shared_setup_seconds"),
     )

@@ -20,12 +20,6 @@ def latest_tag(ckpt_dir: Path) -> str | None:
     return latest.read_text().strip() if latest.is_file() else None
 
 
-def latest_step(ckpt_dir: Path) -> int | None:
-    """The optimizer step of the latest checkpoint, or None."""
-    tag = latest_tag(ckpt_dir)
-    return int(tag.removeprefix("step")) if tag else None
-
-
 def save_checkpoint(engine, ckpt_dir: Path, step: int, loop_state: dict) -> None:
     """Every rank calls this (ZeRO shards are written per rank)."""
     schedule = get_schedule(engine.module)

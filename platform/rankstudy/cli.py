@@ -142,8 +142,8 @@ def _study(args: argparse.Namespace) -> int:
         experiment = study.tracker.client.get_experiment(summary["mlflow"]["experiment_id"]).name
         print(
             f"wrote {study.out_dir / 'study_summary.json'}\n"
-            f"report: {summary['report']}\n"
-            f"MLflow: mlflow ui --backend-store-uri {uri}  (experiment {experiment})"
+            + (f"report: {summary['report']}\n" if summary["report"] else "")
+            + f"MLflow: mlflow ui --backend-store-uri {uri}  (experiment {experiment})"
         )
         if summary["missing"]:
             incomplete.append(f"{study.spec.name}: {', '.join(summary['missing'])}")

@@ -8,7 +8,6 @@ started from a Tune function, never handed to a Tuner).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from rankstudy.spec import StudySpec, parse_spec
 from rankstudy.storage import trial_storage
@@ -45,6 +44,7 @@ def fit_trial(config: dict, storage_path: str, name: str) -> dict:
     outcome = trainer.fit()
     if outcome.error is not None:
         raise outcome.error
-    result = Path(config["out_dir"]) / "result.json"
-    trial_storage(config).pull(result)  # rank 0 may have run on another node
+    storage = trial_storage(config)
+    result = storage.local(config["out_dir"]) / "result.json"
+    storage.pull(result)  # rank 0 may have run on another node
     return json.loads(result.read_text())

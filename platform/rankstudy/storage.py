@@ -13,6 +13,7 @@ nothing is copied (one machine, or a folder every node mounts at the same path).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 SCHEMES = ("s3://", "gs://", "gcs://", "hdfs://", "file://")
@@ -26,9 +27,9 @@ class TrialStorage:
     def __init__(
         self, uri: str | None, study_dir: str | Path, local_root: str | Path | None = None
     ) -> None:
-        self.uri = uri
+        self.uri = uri or None  # an empty $RANKSTUDY_STORAGE is none
         self.study_dir = Path(study_dir)
-        self.local_root = Path(local_root) if uri is not None and local_root else self.study_dir
+        self.local_root = Path(local_root) if self.uri and local_root else self.study_dir
         self._fs = None
 
     @property
@@ -41,7 +42,10 @@ class TrialStorage:
         return str(self.study_dir / name) if self.shared else f"{self.uri.rstrip('/')}/{name}"
 
     def local(self, path: str | Path) -> Path:
-        """This node's working copy of a path of the study."""
+        """This node's working copy of a path of the study (the path itself without a
+        storage)."""
+        if self.shared:
+            return Path(path)
         return self.local_root / Path(path).relative_to(self.study_dir)
 
     def _remote(self, local: Path) -> tuple[object, str]:
@@ -117,11 +121,13 @@ class TrialStorage:
 
 
 def trial_storage(config: dict) -> TrialStorage:
-    """The storage a trial config names (a trial outside a study has none)."""
+    """The storage a trial config names (a trial outside a study has none), with this node's
+    working copies under its own $RANKSTUDY_SCRATCH: each process works it out where it runs,
+    since a Ray Train worker may be on another node than the trial that started it."""
     return TrialStorage(
         config.get("storage"),
         config.get("study_dir") or config["out_dir"],
-        config.get("local_root"),
+        os.environ.get("RANKSTUDY_SCRATCH"),
     )
 
 
@@ -131,8 +137,6 @@ def publish_checkpoint(storage: TrialStorage, ckpt_dir: Path, step: int, rank: i
     finds a `latest` that names a half-pushed step."""
     if storage.shared:
         return
-    import os
-
     import torch.distributed as dist
 
     if world > 1:

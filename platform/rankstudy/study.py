@@ -15,6 +15,7 @@ import json
 import os
 import threading
 import time
+import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -108,10 +109,6 @@ class Study:
         self.overrides = [*overrides, f"adapters.inference_rules={rules}"]
         self.out_dir = Path(out_dir or f"runs/{self.spec.name}").resolve()
         self.state_path = self.out_dir / STATE_FILE
-        storage = self.spec.storage or os.environ.get("RANKSTUDY_STORAGE")
-        if storage and not storage.startswith((*STORAGE_SCHEMES, "/")):
-            raise StudyError(f"RANKSTUDY_STORAGE: {storage!r} is not a storage URI or path")
-        self.storage = TrialStorage(storage, self.out_dir)
         if self.state_path.exists() and not resume:
             raise StudyError(
                 f"--out: {self.out_dir} already holds a study; pass --resume to "
@@ -122,11 +119,29 @@ class Study:
         self.state = (
             json.loads(self.state_path.read_text()) if resume else {"trials": {}, "tests": {}}
         )
+        self.storage = TrialStorage(self.storage_of_study(), self.out_dir)
         self.seeds = self.spec.seeds or [self.spec.seed]
         self.resume = resume
         # MLflow writes go to one background thread in order: Tune calls the recorder inside its
         # scheduling loop, and a trial actor would idle while the driver talks to the store.
         self.writer = _Writer()
+
+    def storage_of_study(self) -> str | None:
+        """This study's own folder in the storage (spec, else $RANKSTUDY_STORAGE): named after
+        the study and made unique, so studies sharing a bucket never share a path; kept in the
+        state, so a resumed study finds it again."""
+        base = self.spec.storage or os.environ.get("RANKSTUDY_STORAGE") or None
+        if base and not base.startswith((*STORAGE_SCHEMES, "/")):
+            raise StudyError(f"RANKSTUDY_STORAGE: {base!r} is not a storage URI or path")
+        if self.state.get("storage_base", base) != base:
+            raise StudyError(
+                f"storage: this study keeps its trials under {self.state['storage_base']!r}; "
+                f"resume it with that storage, not {base!r}"
+            )
+        if base and "storage" not in self.state:
+            self.state["storage"] = f"{base.rstrip('/')}/{self.spec.name}-{uuid.uuid4().hex[:8]}"
+        self.state["storage_base"] = base
+        return self.state.get("storage")
 
     def save_state(self) -> None:
         with self.writer.lock:
@@ -201,7 +216,14 @@ class Study:
             raise
         summary = self.summarise(chosen, missing, time.perf_counter() - start)
         self.tracker.finish_study(summary, "FAILED" if summary["missing"] else "FINISHED")
-        summary["report"] = self.report()
+        try:
+            summary["report"] = self.report()
+        except Exception as e:  # everything is recorded; the report can be built again later
+            summary["report"] = None
+            self.log(
+                f"report: not built ({type(e).__name__}: {e}); build it with "
+                f"rankstudy report --run {parent} --tracking-uri {self.state['tracking_uri']}"
+            )
         (self.out_dir / "study_summary.json").write_text(json.dumps(summary, indent=2))
         return summary
 
@@ -367,7 +389,8 @@ class Study:
                 complete = len(chosen.get((arm, rule), {})) == len(self.seeds)
                 if not complete and (arm, rule) not in missing:
                     missing[(arm, rule)] = (
-                        f"arm {arm}: no trial succeeded; see {self.out_dir / 'trials' / arm}"
+                        f"arm {arm}: no trial succeeded; see "
+                        f"{self.storage.path_of(f'trials/{arm}')}"
                     )
         return chosen, missing
 
@@ -379,7 +402,11 @@ class Study:
             for t in self.state["trials"].values()
             if t["arm"] == arm and t["status"] == "ok"
         }
-        dirs |= {t["out_dir"] for t in self.state["tests"].values() if t["arm"] == arm}
+        dirs |= {
+            t["out_dir"]
+            for t in self.state["tests"].values()
+            if t["arm"] == arm and t["status"] == "ok"
+        }
         return [self.result(d) for d in sorted(dirs)]
 
     def summarise(self, chosen: dict, missing: dict, wall: float) -> dict:
@@ -409,11 +436,16 @@ class Study:
             ),
             None,
         )
+        every = [r for arm in study_arms(self.spec) for r in self.spent(arm)]
         summary = {
             "study": self.spec.name,
             "spec": str(Path(self.spec_path).resolve()),
             "seeds": self.seeds,
             "wall_seconds": wall,
+            # device time set-up took that every trial reuses (the planted task's calibration)
+            "shared_setup_seconds": sum(
+                r["cost"].get("shared_setup_seconds", 0.0) * r["cost"]["devices"] for r in every
+            ),
             "methods": methods,
             "missing": gaps,
             "mlflow": {
@@ -446,6 +478,11 @@ def summary_table(summary: dict) -> str:
             f"{name:<30}{m['aurac_log2']:>11.3f}{m['aurac_linear']:>8.3f}"
             f"{m['trials']:>7}{m['cost']['flops']:>10.2e}"
             f"{m['cost']['device_seconds']:>10.1f}{spread}"
+        )
+    if summary.get("shared_setup_seconds"):
+        lines.append(
+            f"task set-up shared by every trial (in no method's cost): "
+            f"{summary['shared_setup_seconds']:.1f} device-s"
         )
     for name, why in summary.get("missing", {}).items():
         lines.append(f"{name:<30}   not scored: {why}")

@@ -77,6 +77,15 @@ class StudyTracker:
         )
 
     def finish_study(self, summary: dict, status: str = "FINISHED") -> None:
+        """The summary as an artifact, the study's wall time and the set-up its trials shared
+        (no method's cost) as metrics."""
+        now = int(time.time() * 1000)
+        totals = [
+            Metric(k, float(summary[k]), now, 0)
+            for k in ("wall_seconds", "shared_setup_seconds")
+            if k in summary
+        ]
+        self._log(self.parent_id, metrics=totals)
         self.client.log_dict(self.parent_id, summary, "study_summary.json")
         self.client.set_terminated(self.parent_id, status)
 
@@ -203,6 +212,8 @@ def trial_metrics(result: dict) -> list[Metric]:
         for k, v in point["scores"].items():
             out.append(Metric(f"val_score_r{k}", float(v), now, int(point["step"])))
     out.append(Metric("selection_metric", float(result["selection_metric"]), now, 0))
+    for rule, v in result.get("selection_metric_by_rule", {}).items():  # what chose it, per rule
+        out.append(Metric(f"selection_metric_{rule}", float(v), now, 0))
     for k, v in result.get("aurac", {}).items():
         out.append(Metric(f"aurac_{k}", float(v), now, 0))
     for k, v in result["cost"].items():

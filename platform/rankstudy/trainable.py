@@ -8,14 +8,13 @@ imports once, and on a small machine those seconds are a study's overhead.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import ray
 from ray import tune
 
 from rankstudy.spec import StudySpec, parse_spec
-from rankstudy.storage import TrialStorage
+from rankstudy.storage import trial_storage
 
 FAILED_METRIC = -1.0  # what a deterministically failed trial reports to the searcher
 
@@ -48,7 +47,7 @@ def tune_trial(config: dict) -> None:
     from rankstudy.trial import TrialFailed
 
     study_dir = Path(config["study_dir"])
-    storage = TrialStorage(config.get("storage"), study_dir, os.environ.get("RANKSTUDY_SCRATCH"))
+    storage = trial_storage(config)
     overrides = [*config["overrides"], *search_overrides(config)]
     if config["phase"] == "search":
         out_dir = study_dir / "trials" / config["arm"] / tune.get_context().get_trial_id()
@@ -59,17 +58,15 @@ def tune_trial(config: dict) -> None:
         out_dir = Path(f"{config['test_of']}-seed{config['seed']}")
         overrides.append(f"seed={config['seed']}")
         splits = ["validation", "test"]
-    local = storage.local(out_dir)  # this node's working copy of the trial's folder
-    trial_config = {
+    trial_config = {  # paths as the study names them; each process maps them to its copy
         "spec": config["spec"],
         "arm": config["arm"],
-        "out_dir": str(local),
+        "out_dir": str(out_dir),
         "overrides": overrides,
         "splits": splits,
-        "cache_dir": str(storage.local(study_dir / "cache")),
+        "cache_dir": str(study_dir / "cache"),
         "storage": storage.uri,
         "study_dir": str(study_dir),
-        "local_root": str(storage.local_root),
     }
     # the trial's hyperparameters, and the node it ran on (a multi-worker trial's workers may
     # be elsewhere), go into every report: the study records both
@@ -78,6 +75,7 @@ def tune_trial(config: dict) -> None:
     try:
         result = execute(trial_config, storage.path_of("ray"))
     except TrialFailed as e:  # deterministic: report it instead of retrying it
+        local = storage.local(out_dir)
         local.mkdir(parents=True, exist_ok=True)
         (local / "failure.txt").write_text(str(e))
         storage.push(local / "failure.txt")

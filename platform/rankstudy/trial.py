@@ -23,7 +23,7 @@ import torch.distributed as dist
 from rankstudy.adapters import get_schedule, set_rank
 from rankstudy.arms import TWO_RULES, Arm, parse_arm
 from rankstudy.build import attach_arm, build_task, load_model
-from rankstudy.checkpoint import latest_step, load_checkpoint, save_checkpoint
+from rankstudy.checkpoint import load_checkpoint, save_checkpoint
 from rankstudy.cost import eval_flops, model_shape, train_flops
 from rankstudy.engine import build_engine, init_distributed, precision, use_gpu
 from rankstudy.metrics import aurac
@@ -119,7 +119,8 @@ def run_trial(config: dict) -> dict:
     invoked = time.perf_counter()  # the devices are held from here: set-up counts as cost
     spec = parse_spec(config["spec"], config.get("overrides", ()))
     arm = parse_arm(config["arm"], spec)
-    out_dir = Path(config["out_dir"])
+    storage = trial_storage(config)
+    out_dir = storage.local(config["out_dir"])  # this node's working copy of the trial's folder
     gpu = use_gpu(spec)
     rank, world = init_distributed(gpu)
     torch.set_num_threads(spec.resources.cpus_per_worker)
@@ -127,7 +128,8 @@ def run_trial(config: dict) -> dict:
     torch.manual_seed(spec.seed)
 
     model, tokenizer = load_model(spec.model, torch.float32)
-    task = build_task(spec, model, tokenizer, arm, spec.seed, config.get("cache_dir"))
+    cache = config.get("cache_dir")
+    task = build_task(spec, model, tokenizer, arm, spec.seed, cache and storage.local(cache))
     task.synced_gpus = world > 1 and spec.deepspeed.zero_stage == 3
     a, t = spec.adapters, spec.training
     attach_arm(model, spec, arm)
@@ -139,7 +141,6 @@ def run_trial(config: dict) -> dict:
     device = engine.device
 
     ckpt_dir = out_dir / "checkpoints"
-    storage = trial_storage(config)
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # started on a node that lacks its files
         storage.pull_latest_checkpoint(out_dir)
     if world > 1:
@@ -166,7 +167,13 @@ def run_trial(config: dict) -> dict:
     def wall() -> float:
         return prior_wall + time.perf_counter() - invoked
 
+    # The step of the last checkpoint, the same on every rank (DeepSpeed writes `latest` on
+    # rank 0 alone: other nodes cannot read it off their disks).
+    saved = state["step"]
+
     def checkpoint() -> None:
+        nonlocal saved
+        saved = state["step"]
         state["wall_seconds"] = wall()
         save_checkpoint(engine, ckpt_dir, state["step"], state)
         publish_checkpoint(storage, ckpt_dir, state["step"], rank, world)
@@ -241,7 +248,7 @@ def run_trial(config: dict) -> dict:
         if t.checkpoint_every and state["step"] % t.checkpoint_every == 0:
             checkpoint()
 
-    if latest_step(ckpt_dir) != state["step"]:
+    if saved != state["step"]:
         checkpoint()
 
     splits = config.get("splits", SPLITS)
