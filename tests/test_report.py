@@ -2,15 +2,10 @@
 no console error, no request leaving the file, tables holding what MLflow holds, and a study
 with a failed arm or a missing method reported as such instead of crashing."""
 
-import contextlib
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -258,38 +253,18 @@ def test_a_large_study_stays_a_small_page(tmp_path):
 def mlflow_server(tmp_path):
     """A real MLflow tracking server on localhost (its own process group, ended by group id),
     serving artifacts as a cluster's head does."""
-    from test_study import free_port
+    from test_study import free_port, service
 
     port = free_port()
-    server = subprocess.Popen(
-        [
-            *(str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1"),
-            *("--port", str(port), "--workers", "1"),
-            *("--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}"),
-            *("--artifacts-destination", str(tmp_path / "artifacts")),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    command = [
+        *(str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1"),
+        *("--port", str(port), "--workers", "1"),
+        *("--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}"),
+        *("--artifacts-destination", str(tmp_path / "artifacts")),
+    ]
     uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(1)
-        else:
-            pytest.fail("the MLflow server did not come up")
+    with service(command, f"{uri}/health", "the MLflow server"):
         yield uri
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            server.wait(timeout=20)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGKILL)
 
 
 def test_report_from_a_tracking_server_over_http(tmp_path, mlflow_server):

@@ -63,42 +63,57 @@ def ray_head():
         "RAY_USAGE_STATS_ENABLED": "0",
         "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
     }
-    head = subprocess.Popen(
-        [
-            str(VENV_BIN / "ray"),
-            "start",
-            "--head",
-            "--block",
-            f"--port={port}",
-            f"--dashboard-port={dashboard}",
-            "--dashboard-host=127.0.0.1",
-            "--node-ip-address=127.0.0.1",
-            "--num-cpus=2",
-            f"--temp-dir={temp}",
-            "--disable-usage-stats",
-        ],
+    command = [
+        str(VENV_BIN / "ray"),
+        "start",
+        "--head",
+        "--block",
+        f"--port={port}",
+        f"--dashboard-port={dashboard}",
+        "--dashboard-host=127.0.0.1",
+        "--node-ip-address=127.0.0.1",
+        "--num-cpus=2",
+        f"--temp-dir={temp}",
+        "--disable-usage-stats",
+    ]
+    address = f"http://127.0.0.1:{dashboard}"
+    with service(command, f"{address}/api/version", "the Ray head", env):
+        yield address
+
+
+@contextlib.contextmanager
+def service(command: list[str], url: str, what: str, env: dict | None = None):
+    """A server in its own process group, up once `url` answers, ended by group id."""
+    proc = subprocess.Popen(
+        command,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    address = f"http://127.0.0.1:{dashboard}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"{address}/api/version", timeout=2)
-            break
-        except OSError:
-            time.sleep(1)
-    else:
-        os.killpg(head.pid, signal.SIGKILL)
-        pytest.fail("the Ray head did not come up")
-    yield address
-    os.killpg(head.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        head.wait(timeout=20)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                if time.time() > deadline:
+                    pytest.fail(f"{what} did not come up")
+                time.sleep(1)
+        yield proc
+    finally:
+        end_group(proc)
+
+
+def end_group(proc: subprocess.Popen) -> None:
+    """End a process started in its own session, and everything it started, by group id."""
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(head.pid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=20)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def study_job(out: Path, *args: str, spec: str = "jobs/specs/planted-cpu.yaml"):

@@ -6,10 +6,8 @@ only place they meet. A small study joins them; its trials must land on both nod
 each node a task pinned there must reach the study's MLflow store and every trial's result and
 checkpoint through the storage."""
 
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -18,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from test_study import TINY, VENV_BIN, free_port, write_spec
+from test_study import TINY, VENV_BIN, end_group, free_port, write_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,15 +35,6 @@ def start_node(args: list[str], log: Path, scratch: Path) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-
-
-def end(proc: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=20)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def ray_nodes(address: str) -> list[str]:
@@ -98,7 +87,7 @@ def two_nodes(tmp_path_factory):
         yield address, ids, logs
     finally:
         for proc in reversed(nodes):
-            end(proc)
+            end_group(proc)
 
 
 REACH = """
