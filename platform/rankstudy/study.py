@@ -46,16 +46,12 @@ class StudyError(RuntimeError):
 
 
 class _Writer:
-    """One background thread for the driver's MLflow writes, in order. Tune pickles its
-    callbacks (and with them the study) into its experiment state: a copy starts empty."""
+    """One background thread for the driver's MLflow writes, in order."""
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow")
         self.pending: list[Future] = []
-
-    def __reduce__(self):
-        return (_Writer, ())
 
     def submit(self, job) -> None:
         self.pending.append(self.pool.submit(job))
@@ -67,12 +63,24 @@ class _Writer:
         self.pending.clear()
 
 
-class _Recorder(tune.Callback):
-    """Logs each trial to MLflow as it ends, from the driver, and prints a progress line."""
+# The studies running in this process, by output folder (see _Recorder).
+_LIVE: dict[str, Study] = {}
 
-    def __init__(self, study: Study) -> None:
-        self.study = study
+
+class _Recorder(tune.Callback):
+    """Logs each trial to MLflow as it ends, from the driver, and prints a progress line.
+
+    Tune pickles its callbacks into the experiment state and a restored Tuner unpickles them:
+    the recorder keeps only the study's folder and finds the running Study by it, so a resumed
+    study records into itself, never into a stale copy writing the same state file."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = str(out_dir)
         self.done = 0
+
+    @property
+    def study(self) -> Study:
+        return _LIVE[self.out_dir]
 
     def _ended(self, trial, error: str | None) -> None:
         record = self.study.record(trial.config, trial.last_result or {}, error)
@@ -193,6 +201,7 @@ class Study:
 
     # -- the study -----------------------------------------------------------------------------
     def run(self) -> dict:
+        _LIVE[str(self.out_dir)] = self
         self.out_dir.mkdir(parents=True, exist_ok=True)
         uri = tracking_uri(self.spec.tracking.uri, self.out_dir)
         self.tracker = StudyTracker(uri, self.spec.tracking.experiment or self.spec.name)
@@ -269,7 +278,7 @@ class Study:
                     storage_path=self.storage.path_of("tune"),
                     verbose=0,
                     failure_config=tune.FailureConfig(max_failures=2),
-                    callbacks=[_Recorder(self)],
+                    callbacks=[_Recorder(self.out_dir)],
                 ),
             )
         # Tune keeps one trial pending at a time behind a custom searcher, so the second slot's
