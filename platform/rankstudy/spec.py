@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from rankstudy.adapters.attach import powers_of_two
+from rankstudy.storage import check_storage_uri
 from rankstudy.tokenizer import BYTE_VOCAB_SIZE
 
 
@@ -261,16 +262,6 @@ class TrackingSpec(Strict):
         return uri
 
 
-def _storage_uri(uri: str | None) -> str | None:
-    from rankstudy.storage import SCHEMES
-
-    if uri is not None and not (uri.startswith(SCHEMES) or uri.startswith("/")):
-        raise ValueError(
-            f"{uri!r} is neither a storage URI ({', '.join(SCHEMES)}) nor an absolute path"
-        )
-    return uri
-
-
 class ThroughputSpec(Strict):
     """A measured training throughput, for `rankstudy plan`: tokens a second that one device
     trains the max-rank LoRA arm at. Other arms scale by their FLOPs."""
@@ -296,7 +287,7 @@ class StudySpec(Strict):
     # URI or a shared path; None means the study's output folder, which every node must see.
     storage: str | None = None
     price_per_device_hour: float | None = Field(None, ge=0)
-    _storage_scheme = field_validator("storage")(lambda cls, v: _storage_uri(v))
+    _storage_scheme = field_validator("storage")(lambda cls, v: check_storage_uri(v))
     throughput: ThroughputSpec | None = None
     sweep: dict[str, list[float | int | str | bool]] | None = Field(
         None, description="run the whole study once per value of a spec field"

@@ -4,8 +4,8 @@ node, when the nodes share no disk.
 A trial works in its local directory under the study's folder on the node that runs it, and
 pushes what it wrote to the storage: each checkpoint as it is saved, the result at the end. A
 trial that starts where its directory is not (a retry on another node, a test pass resuming
-the chosen trial's final checkpoint, a seed repeat) pulls it first, and the driver reads results
-from the storage. The storage is a URI that pyarrow's filesystems open (s3://bucket/prefix,
+the chosen trial's final checkpoint, a Ray Train worker on another node) pulls it first, and the
+driver reads results from the storage. The storage is a URI that pyarrow's filesystems open (s3://bucket/prefix,
 gs://..., or a path on shared disk); without one, the study's folder is the storage itself and
 nothing is copied (one machine, or a folder every node mounts at the same path).
 """
@@ -17,6 +17,15 @@ import os
 from pathlib import Path
 
 SCHEMES = ("s3://", "gs://", "gcs://", "hdfs://", "file://")
+
+
+def check_storage_uri(uri: str | None) -> str | None:
+    """A storage URI or absolute path (or None), else a ValueError saying what was wrong."""
+    if uri is not None and not uri.startswith((*SCHEMES, "/")):
+        raise ValueError(
+            f"{uri!r} is neither a storage URI ({', '.join(SCHEMES)}) nor an absolute path"
+        )
+    return uri
 
 
 class TrialStorage:

@@ -33,8 +33,7 @@ from rankstudy.scoring import (
     study_rules,
 )
 from rankstudy.spec import load_spec
-from rankstudy.storage import SCHEMES as STORAGE_SCHEMES
-from rankstudy.storage import TrialStorage
+from rankstudy.storage import TrialStorage, check_storage_uri
 from rankstudy.tracking import StudyTracker, tracking_uri
 from rankstudy.trainable import FAILED_METRIC, trial_resources, tune_trial
 
@@ -139,8 +138,10 @@ class Study:
         the study and made unique, so studies sharing a bucket never share a path; kept in the
         state, so a resumed study finds it again."""
         base = self.spec.storage or os.environ.get("RANKSTUDY_STORAGE") or None
-        if base and not base.startswith((*STORAGE_SCHEMES, "/")):
-            raise StudyError(f"RANKSTUDY_STORAGE: {base!r} is not a storage URI or path")
+        try:
+            check_storage_uri(base)
+        except ValueError as e:
+            raise StudyError(f"RANKSTUDY_STORAGE: {e}") from None
         if self.state.get("storage_base", base) != base:
             raise StudyError(
                 f"storage: this study keeps its trials under {self.state['storage_base']!r}; "
@@ -421,6 +422,7 @@ class Study:
     def summarise(self, chosen: dict, missing: dict, wall: float) -> dict:
         """Score every method whose arms have chosen, tested trials; name the others and why."""
         methods, gaps = {}, {}
+        spent = {arm: self.spent(arm) for arm in study_arms(self.spec)}  # read each result once
         for m in self.spec.methods:
             arms = method_arms(m, self.spec)
             why = [missing[(a, method_rule(m))] for a in arms if (a, method_rule(m)) in missing]
@@ -429,7 +431,7 @@ class Study:
                 self.log(f"{m}: not scored: {gaps[m]}")
                 continue
             methods[m] = score_method(
-                m, self.spec, chosen, [r for a in arms for r in self.spent(a)], self.seeds
+                m, self.spec, chosen, [r for a in arms for r in spent[a]], self.seeds
             )
             methods[m]["trials"] = sum(
                 1
@@ -445,7 +447,6 @@ class Study:
             ),
             None,
         )
-        every = [r for arm in study_arms(self.spec) for r in self.spent(arm)]
         summary = {
             "study": self.spec.name,
             "spec": str(Path(self.spec_path).resolve()),
@@ -453,7 +454,9 @@ class Study:
             "wall_seconds": wall,
             # device time set-up took that every trial reuses (the planted task's calibration)
             "shared_setup_seconds": sum(
-                r["cost"].get("shared_setup_seconds", 0.0) * r["cost"]["devices"] for r in every
+                r["cost"].get("shared_setup_seconds", 0.0) * r["cost"]["devices"]
+                for results in spent.values()
+                for r in results
             ),
             "methods": methods,
             "missing": gaps,
