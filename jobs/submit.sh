@@ -21,13 +21,14 @@ if [ -z "${RAY_ADDRESS:-}" ] && ! ray status >/dev/null 2>&1; then
 fi
 export RAY_ADDRESS=${RAY_ADDRESS:-http://127.0.0.1:8265}
 
-# Output goes to absolute paths: the job runs in a copy of this folder.
+# The spec and the output go by absolute paths: the job runs in a copy of this folder, and a
+# spec's relative paths (its data) are relative to the spec file.
 # A study that could not score every method still writes its summary and report: say where,
 # then exit with its status.
 status=0
 ray job submit --working-dir . \
     --runtime-env-json '{"excludes": [".venv", "runs", ".git", "*.db", "mlruns", "test-artifacts"]}' \
-    -- "$root/.venv/bin/python" jobs/study.py --spec "$spec" --out "$root/runs/$name" "$@" \
+    -- "$root/.venv/bin/python" jobs/study.py --spec "$(realpath "$spec")" --out "$root/runs/$name" "$@" \
     || status=$?
 echo "submit: summary $root/runs/$name/study_summary.json"
 echo "submit: report  $root/runs/$name/report/report.html (open it in a browser)"

@@ -97,6 +97,7 @@ def render(view: StudyView, figures: dict[str, str]) -> str:
         figures=figures,
         cards=headline(view),
         ranks=ranks,
+        extra_metrics=sorted({k for m in view.methods.values() for k in m.extra}),
         best=best_by_rank(view),
         best_aurac=max((m.aurac.get("log2", -1) for m in view.methods.values()), default=None),
         priced=any(m.cost.get("money") is not None for m in view.methods.values()),

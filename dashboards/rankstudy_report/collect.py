@@ -34,6 +34,7 @@ class MethodResult:
     cost: dict[str, float]  # trials, device_seconds, device_hours, flops, train_tokens, money
     trials: int
     run_id: str
+    extra: dict[str, list[float | None]] = field(default_factory=dict)  # metric -> per rank
 
 
 @dataclass
@@ -66,6 +67,8 @@ class StudyView:
     methods: dict[str, MethodResult]
     missing: dict[str, str]  # method the spec asks for -> why it has no result
     reference: dict[int, float] | None
+    base: dict[str, float]  # the base model's test score ("score") and extra metrics
+    metric: str  # what the scores measure
     trials: list[TrialRun]
     shared_setup_seconds: float | None  # device time of set-up every trial reused
 
@@ -135,6 +138,12 @@ def method_result(client: MlflowClient, run) -> MethodResult:
         cost={k.removeprefix("cost_"): v for k, v in metrics.items() if k.startswith("cost_")},
         trials=int(metrics.get("trials", 0)),
         run_id=run.info.run_id,
+        extra={  # extra metrics (token_nll, ...): test_<metric>, step = rank
+            key.removeprefix("test_"): [by_rank.get(r) for r in ranks]
+            for key in sorted(metrics)
+            if key.startswith("test_") and not key.startswith("test_score")
+            for by_rank in [history(client, run.info.run_id, key)]
+        },
     )
 
 
@@ -211,6 +220,9 @@ def collect(tracking_uri: str, experiment: str | None = None, run_id: str | None
             t.loss = history(client, t.run_id, "train_loss")
     status = parent.info.status.lower()
     reference = history(client, parent.info.run_id, "reference_score") or None
+    base = {  # the base model's test scores: base_score (the primary metric), base_<metric>
+        k.removeprefix("base_"): v for k, v in parent.data.metrics.items() if k.startswith("base_")
+    }
     return StudyView(
         name=parent.data.tags.get("mlflow.runName", parent.info.run_id),
         experiment=client.get_experiment(parent.info.experiment_id).name,
@@ -227,6 +239,8 @@ def collect(tracking_uri: str, experiment: str | None = None, run_id: str | None
         methods={m: found[m] for m in order if m in found},
         missing={m: why_missing(m, trials, status) for m in order if m not in found},
         reference=reference,
+        base=base,
+        metric=spec.get("task", {}).get("metric", "teacher agreement"),
         trials=trials,
         shared_setup_seconds=parent.data.metrics.get("shared_setup_seconds"),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -17,9 +18,28 @@ from rankstudy.tasks.base import Task
 from rankstudy.tokenizer import byte_tokenizer, load_tokenizer
 
 
-def load_model(spec: ModelSpec, dtype: torch.dtype) -> tuple[nn.Module, object | None]:
-    """(model, tokenizer). A hub id or local path goes through AutoModelForCausalLM; a tiny
-    config is built from its seed, with the local byte-level tokenizer."""
+class LoadedModel(NamedTuple):
+    model: nn.Module
+    tokenizer: object
+    # one-off set-up every later trial reuses (a GGUF file's dequantisation, or the wait for it)
+    setup_seconds: float = 0.0
+
+
+def model_folder(spec: ModelSpec) -> tuple[str, float]:
+    """(what from_pretrained loads, seconds spent preparing it): the hub id or local path as
+    given, or the dequantised folder of a GGUF file (made once per machine)."""
+    if spec.gguf is None:
+        return spec.name, 0.0
+    from rankstudy.gguf_models import dequantized
+
+    folder, seconds = dequantized(spec.gguf)
+    return str(folder), seconds
+
+
+def load_model(spec: ModelSpec, dtype: torch.dtype) -> LoadedModel:
+    """A hub id, local path or GGUF file goes through AutoModelForCausalLM with the model's own
+    tokenizer; a tiny config is built from its seed, with the local byte-level tokenizer."""
+    seconds = 0.0
     if spec.tiny is not None:
         t = spec.tiny
         model = tiny_model(
@@ -36,17 +56,20 @@ def load_model(spec: ModelSpec, dtype: torch.dtype) -> tuple[nn.Module, object |
         tokenizer = byte_tokenizer()
     else:
         from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # a bar per load fills the study's log
+        name, seconds = model_folder(spec)
         model = AutoModelForCausalLM.from_pretrained(
-            spec.name,
+            name,
             dtype=dtype,
             trust_remote_code=spec.trust_remote_code,
             attn_implementation=spec.attn_implementation,
         )
-        tokenizer = load_tokenizer(spec.name, spec.trust_remote_code)
+        tokenizer = load_tokenizer(name, spec.trust_remote_code)
     if spec.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return model.to(dtype), tokenizer
+    return LoadedModel(model.to(dtype), tokenizer, seconds)
 
 
 _PLANTED: dict[str, Task] = {}

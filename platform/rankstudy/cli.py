@@ -1,4 +1,5 @@
-"""The `rankstudy` command: `study`, `plan`, `report`, `trial` (one arm, no Ray Tune), `demo`."""
+"""The `rankstudy` command: `study`, `plan`, `report`, `export`, `trial` (one arm, no Ray
+Tune), `demo`."""
 
 from __future__ import annotations
 
@@ -9,10 +10,9 @@ from pathlib import Path
 
 
 def _trial(args: argparse.Namespace) -> int:
-    import yaml
 
     from rankstudy.arms import parse_arm
-    from rankstudy.spec import SpecError, load_spec
+    from rankstudy.spec import SpecError, load_spec, read_spec_file
 
     try:  # validate everything before any compute starts
         spec = load_spec(args.spec, args.set)
@@ -24,7 +24,7 @@ def _trial(args: argparse.Namespace) -> int:
 
     out = Path(args.out or f"runs/{spec.name}/{args.arm}")
     config = {
-        "spec": yaml.safe_load(Path(args.spec).read_text()),
+        "spec": read_spec_file(args.spec),
         "arm": args.arm,
         "out_dir": str(out),
         "overrides": list(args.set),
@@ -84,10 +84,9 @@ def sweep_variants(spec) -> list[tuple[str, list[str]]]:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    import yaml
 
     from rankstudy.plan import add_time, calibrate, plan, plan_table, shape_of, split_sizes
-    from rankstudy.spec import SpecError, load_spec
+    from rankstudy.spec import SpecError, load_spec, read_spec_file
 
     try:
         spec = load_spec(args.spec, args.set)
@@ -98,7 +97,7 @@ def _plan(args: argparse.Namespace) -> int:
             shape = shape_of(variant)
             out = plan(variant, shape, split_sizes(variant))
             if args.calibrate:
-                raw = yaml.safe_load(Path(args.spec).read_text())
+                raw = read_spec_file(args.spec)
                 add_time(out, variant, shape, *calibrate(raw, sets, args.calibrate))
             elif variant.throughput is not None:
                 t = variant.throughput
@@ -177,6 +176,26 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from rankstudy.export import ExportError, run_export
+    from rankstudy.spec import SpecError
+
+    if (args.rank is None) == (args.ranks is None):
+        print("rankstudy export: give exactly one of --rank K and --ranks all", file=sys.stderr)
+        return 2
+    try:
+        written = run_export(
+            args.study, args.method, None if args.ranks else [args.rank], args.out, args.seed
+        )
+    except (ExportError, SpecError) as e:
+        print(f"rankstudy export: {e}", file=sys.stderr)
+        return 2
+    for path in written:
+        config = json.loads((path / "adapter_config.json").read_text())
+        print(f"wrote {path} (rank {config['r']}; base {config['base_model_name_or_path']})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="rankstudy", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -228,7 +247,20 @@ def main(argv: list[str] | None = None) -> None:
     report.add_argument(
         "--no-log", action="store_true", help="do not log the report to the study's parent run"
     )
+    export = sub.add_parser(
+        "export", help="a study's chosen trial at a rank, as a standard PEFT LoRA adapter"
+    )
+    export.add_argument("--study", required=True, help="the study's folder (its --out)")
+    export.add_argument(
+        "--method", required=True, help="a method of the study, or a LoRA arm (lora_r<rank>)"
+    )
+    export.add_argument("--rank", type=int, help="the rank to export")
+    export.add_argument("--ranks", choices=["all"], help="every rank the method serves")
+    export.add_argument("--seed", type=int, help="which seed's trial (default: the first)")
+    export.add_argument("--out", required=True, help="folder (one rank) or parent (all)")
     args = parser.parse_args(argv)
+    if args.command == "export":
+        sys.exit(_export(args))
     if args.command == "report":
         sys.exit(_report(args))
     if args.command == "study":

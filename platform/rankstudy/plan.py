@@ -30,12 +30,19 @@ def shape_of(spec: StudySpec) -> ModelShape:
     from rankstudy.build import attach_arm, load_model
 
     if spec.model.tiny is not None:
-        model, _ = load_model(spec.model, torch.float32)
+        model = load_model(spec.model, torch.float32).model
     else:
         from transformers import AutoConfig, AutoModelForCausalLM
 
+        if spec.model.gguf is not None:  # the config is in the file's header
+            from rankstudy.gguf_models import resolve
+
+            path = resolve(spec.model.gguf)
+            source = {"pretrained_model_name_or_path": path.parent, "gguf_file": path.name}
+        else:
+            source = {"pretrained_model_name_or_path": spec.model.name}
         config = AutoConfig.from_pretrained(
-            spec.model.name, trust_remote_code=spec.model.trust_remote_code
+            **source, trust_remote_code=spec.model.trust_remote_code
         )
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(

@@ -41,16 +41,23 @@ def study_rules(spec: StudySpec) -> list[str]:
     return list(dict.fromkeys(["scaled", *(method_rule(m) for m in spec.methods)]))
 
 
-def test_curve(method: str, spec: StudySpec, chosen: dict, seed: int) -> dict[int, float]:
-    """The method's test curve for one seed. chosen[(arm, rule)][seed] is a result.json."""
+def test_curve(
+    method: str, spec: StudySpec, chosen: dict, seed: int, metric: str | None = None
+) -> dict[int, float]:
+    """The method's test curve for one seed: the primary metric's, or an extra `metric`'s.
+    chosen[(arm, rule)][seed] is a result.json."""
     rule = method_rule(method)
+
+    def curve(result: dict) -> dict[str, float]:
+        by_rule = result["scores_by_rule"] if metric is None else result["extra_scores"][metric]
+        return by_rule[rule]
+
     if METHOD_ARMS[method][0] is None:
         return {
-            r: chosen[(f"lora_r{r}", rule)][seed]["scores_by_rule"][rule][str(r)]
-            for r in spec.adapters.rank_set
+            r: curve(chosen[(f"lora_r{r}", rule)][seed])[str(r)] for r in spec.adapters.rank_set
         }
     result = chosen[(method_arms(method, spec)[0], rule)][seed]
-    return {int(k): v for k, v in result["scores_by_rule"][rule].items()}
+    return {int(k): v for k, v in curve(result).items()}
 
 
 def total_cost(results: Iterable[dict], price_per_device_hour: float | None) -> dict:
@@ -74,16 +81,26 @@ def total_cost(results: Iterable[dict], price_per_device_hour: float | None) -> 
 def score_method(
     method: str, spec: StudySpec, chosen: dict, spent: list[dict], seeds: list[int]
 ) -> dict:
-    """ranks, mean scores, AURAC on both axes (mean and population std over seeds), cost."""
+    """ranks, mean scores, AURAC on both axes (mean and population std over seeds), cost; and
+    the mean curve of every extra metric the trials scored."""
     curves = [test_curve(method, spec, chosen, s) for s in seeds]
     ranks = sorted(curves[0])
+    first = next(iter(chosen.values()))[seeds[0]]
+    extra = {
+        m: [test_curve(method, spec, chosen, s, m) for s in seeds]
+        for m in first.get("extra_scores", {})
+    }
     per_seed = {
         axis: [aurac(ranks, [c[r] for r in ranks], axis) for c in curves]
         for axis in ("log2", "linear")
     }
     return {
+        "metric": first.get("metric", "score"),
         "ranks": ranks,
         "scores": [statistics.fmean(c[r] for c in curves) for r in ranks],
+        "extra_scores": {
+            m: [statistics.fmean(c[r] for c in cs) for r in ranks] for m, cs in extra.items()
+        },
         "scores_by_seed": {
             str(s): [c[r] for r in ranks] for s, c in zip(seeds, curves, strict=True)
         },

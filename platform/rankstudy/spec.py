@@ -44,9 +44,11 @@ class TinyModelSpec(Strict):
 
 
 class ModelSpec(Strict):
-    """Exactly one of `name` (a Hugging Face id or local path) and `tiny`."""
+    """Exactly one of `name` (a Hugging Face id or local path), `gguf` (a GGUF file: a path, or
+    `package/file.gguf` inside an installed Python package) and `tiny`."""
 
     name: str | None = None
+    gguf: str | None = None
     tiny: TinyModelSpec | None = None
     trust_remote_code: bool = False
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
@@ -54,9 +56,23 @@ class ModelSpec(Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
-        if (self.name is None) == (self.tiny is None):
-            raise ValueError("give exactly one of `name` (hub id or local path) and `tiny`")
+        if sum(x is not None for x in (self.name, self.gguf, self.tiny)) != 1:
+            raise ValueError(
+                "give exactly one of `name` (hub id or local path), `gguf` (a GGUF file) and `tiny`"
+            )
         return self
+
+    @field_validator("gguf")
+    @classmethod
+    def _gguf_readable(cls, ref: str | None) -> str | None:
+        if ref is not None:  # found and checked here, before any compute
+            from rankstudy.gguf_models import check, resolve
+
+            try:
+                check(resolve(ref))
+            except ValueError as e:  # pydantic puts the field's name in front
+                raise ValueError(str(e).removeprefix("model.gguf: ")) from None
+        return ref
 
 
 class PlantedTaskSpec(Strict):
@@ -80,7 +96,35 @@ def _check_file(path: str | None) -> str | None:
     return path
 
 
-class GSM8KTaskSpec(Strict):
+class TextTaskSpec(Strict):
+    """What every prompt/response task shares: its metrics and how prompts are rendered."""
+
+    metric: Literal["exact_match", "token_accuracy"] = Field(
+        "exact_match", description="selection and AURAC use it"
+    )
+    extra_metrics: list[Literal["exact_match", "token_accuracy", "token_nll"]] = Field(
+        [], description="scored beside `metric` at every rank, recorded and reported"
+    )
+    chat_template: bool = Field(False, description="render prompts with the model's template")
+    max_new_tokens: int = Field(128, gt=0)
+    max_length: int = Field(1024, gt=8)
+    validation_size: int = Field(200, gt=0)
+    max_train: int | None = Field(None, gt=0)
+    max_eval: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _distinct_metrics(self) -> TextTaskSpec:
+        if self.metric in self.extra_metrics or len(set(self.extra_metrics)) < len(
+            self.extra_metrics
+        ):
+            raise ValueError(
+                f"extra_metrics: give each metric once, and not the primary `metric` "
+                f"({self.metric}); got {self.extra_metrics}"
+            )
+        return self
+
+
+class GSM8KTaskSpec(TextTaskSpec):
     kind: Literal["gsm8k"]
     path: str = Field("openai/gsm8k", description="hub id, or a local dir/jsonl")
 
@@ -91,13 +135,11 @@ class GSM8KTaskSpec(Strict):
 
     shots: int = Field(0, ge=0)
     max_new_tokens: int = Field(256, gt=0)
-    max_length: int = Field(1024, gt=8)
-    validation_size: int = Field(200, gt=0)
-    max_train: int | None = Field(None, gt=0)
-    max_eval: int | None = Field(None, gt=0)
+    test_size: int | None = Field(None, gt=0, description="carved from a single jsonl `path`")
+    strip_annotations: bool = Field(False, description="drop calculator notes <<a*b=c>>")
 
 
-class JsonlTaskSpec(Strict):
+class JsonlTaskSpec(TextTaskSpec):
     kind: Literal["jsonl"]
     train: str
     validation: str | None = None
@@ -105,12 +147,6 @@ class JsonlTaskSpec(Strict):
     _files_exist = field_validator("train", "validation", "test")(lambda cls, v: _check_file(v))
     prompt_field: str = "prompt"
     response_field: str = "response"
-    metric: Literal["exact_match", "token_accuracy"] = "exact_match"
-    max_new_tokens: int = Field(128, gt=0)
-    max_length: int = Field(1024, gt=8)
-    validation_size: int = Field(200, gt=0)
-    max_train: int | None = Field(None, gt=0)
-    max_eval: int | None = Field(None, gt=0)
 
 
 TaskSpec = Annotated[PlantedTaskSpec | GSM8KTaskSpec | JsonlTaskSpec, Field(discriminator="kind")]
@@ -367,7 +403,20 @@ def parse_spec(data: dict, overrides: list[str] = ()) -> StudySpec:
         raise SpecError(_format(e)) from None
 
 
-def load_spec(path: str | Path, overrides: list[str] = ()) -> StudySpec:
+# Spec fields that name local files: a relative path ("./x", "../x") in a spec file is taken
+# relative to that file, so a spec works from any working directory (a Ray job runs in a copy).
+PATH_FIELDS = (
+    ("model", "name"),
+    ("model", "gguf"),
+    ("task", "path"),
+    ("task", "train"),
+    ("task", "validation"),
+    ("task", "test"),
+)
+
+
+def read_spec_file(path: str | Path) -> dict:
+    """The raw spec of a YAML file, its relative paths made absolute."""
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"spec: no such file {path}")
@@ -377,4 +426,14 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> StudySpec:
         raise SpecError(f"spec: {path} is not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise SpecError(f"spec: {path} must hold a mapping at the top level")
-    return parse_spec(data, overrides)
+    for section, field in PATH_FIELDS:
+        value = (
+            (data.get(section) or {}).get(field) if isinstance(data.get(section), dict) else None
+        )
+        if isinstance(value, str) and value.startswith(("./", "../")):
+            data[section][field] = str((path.resolve().parent / value).resolve())
+    return data
+
+
+def load_spec(path: str | Path, overrides: list[str] = ()) -> StudySpec:
+    return parse_spec(read_spec_file(path), overrides)

@@ -19,7 +19,6 @@ import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-import yaml
 from ray import tune
 
 from rankstudy.arms import parse_arm
@@ -32,7 +31,7 @@ from rankstudy.scoring import (
     study_arms,
     study_rules,
 )
-from rankstudy.spec import load_spec
+from rankstudy.spec import load_spec, read_spec_file
 from rankstudy.storage import TrialStorage, check_storage_uri
 from rankstudy.tracking import StudyTracker, tracking_uri
 from rankstudy.trainable import FAILED_METRIC, trial_resources, tune_trial
@@ -110,7 +109,7 @@ class Study:
         self, spec_path: str, overrides: list[str], out_dir: str | None, resume: bool
     ) -> None:
         self.spec = load_spec(spec_path, overrides)  # every input error before any compute
-        self.raw = yaml.safe_load(Path(spec_path).read_text())
+        self.raw = read_spec_file(spec_path)
         self.spec_path = spec_path
         rules = json.dumps(study_rules(self.spec))
         self.overrides = [*overrides, f"adapters.inference_rules={rules}"]
@@ -127,6 +126,7 @@ class Study:
             json.loads(self.state_path.read_text()) if resume else {"trials": {}, "tests": {}}
         )
         self.storage = TrialStorage(self.storage_of_study(), self.out_dir)
+        self.state["spec"] = {"raw": self.raw, "overrides": self.overrides}  # for `export`
         self.seeds = self.spec.seeds or [self.spec.seed]
         self.resume = resume
         # MLflow writes go to one background thread in order: Tune calls the recorder inside its
@@ -447,6 +447,15 @@ class Study:
             ),
             None,
         )
+        base = next(  # the base model's test scores, from the one test pass that measured them
+            (
+                r["base_scores"]
+                for by_seed in chosen.values()
+                for r in by_seed.values()
+                if "base_scores" in r
+            ),
+            None,
+        )
         summary = {
             "study": self.spec.name,
             "spec": str(Path(self.spec_path).resolve()),
@@ -469,6 +478,9 @@ class Study:
         if reference is not None:
             summary["reference"] = reference
             self.tracker.log_reference(reference)
+        if base is not None:
+            summary["base_scores"] = base
+            self.tracker.log_base(base)
         (self.out_dir / "study_summary.json").write_text(json.dumps(summary, indent=2))
         for m, s in methods.items():
             figure = curve_figure(m, s, reference, self.out_dir / "figures" / f"{m}.png")
@@ -498,6 +510,14 @@ def summary_table(summary: dict) -> str:
         )
     for name, why in summary.get("missing", {}).items():
         lines.append(f"{name:<30}   not scored: {why}")
+    if summary["methods"]:
+        metric = next(iter(summary["methods"].values())).get("metric", "score")
+        lines.append(f"AURAC of the test {metric} over the evaluation ranks")
+    if "base_scores" in summary:
+        lines.append(
+            "base model (no adapter): "
+            + ", ".join(f"{k} {v:.3f}" for k, v in summary["base_scores"].items())
+        )
     if "reference" in summary:
         ranks = sorted(int(k) for k in summary["reference"])
         scores = [summary["reference"][str(r)] for r in ranks]

@@ -76,6 +76,18 @@ class StudyTracker:
             ],
         )
 
+    def log_base(self, base: dict[str, float]) -> None:
+        """The base model's test scores (adapters off): `base_score` for the primary metric,
+        `base_<metric>` for the others."""
+        now = int(time.time() * 1000)
+        self._log(
+            self.parent_id,
+            metrics=[
+                Metric("base_score" if k == "score" else f"base_{k}", float(v), now, 0)
+                for k, v in base.items()
+            ],
+        )
+
     def finish_study(self, summary: dict, status: str = "FINISHED") -> None:
         """The summary as an artifact, the study's wall time and the set-up its trials shared
         (no method's cost) as metrics."""
@@ -133,7 +145,7 @@ class StudyTracker:
         if result is not None:  # a test pass adds its test curve and the cost it now totals
             metrics = trial_metrics(result)
             if not new:
-                metrics = [m for m in metrics if m.key.startswith(("test_score", "aurac", "cost"))]
+                metrics = [m for m in metrics if m.key.startswith(("test_", "aurac", "cost"))]
             self._log(run_id, metrics=metrics)
         if error is not None:
             self.client.set_tag(run_id, "failure", error[:4000])
@@ -174,6 +186,11 @@ class StudyTracker:
             Metric("test_score", float(s), now, int(r))
             for r, s in zip(summary["ranks"], summary["scores"], strict=True)
         ]
+        rows += [  # extra metrics (token_nll, ...), step = rank like the score
+            Metric(f"test_{m}", float(s), now, int(r))
+            for m, scores in summary.get("extra_scores", {}).items()
+            for r, s in zip(summary["ranks"], scores, strict=True)
+        ]
         rows += [  # each seed's curve: the report draws their spread as a band
             Metric(f"test_score_seed{seed}", float(s), now, int(r))
             for seed, scores in summary["scores_by_seed"].items()
@@ -208,6 +225,12 @@ def trial_metrics(result: dict) -> list[Metric]:
     for rule, curve in result.get("scores_by_rule", {}).items():
         name = "test_score" if rule == result["inference_rule"] else f"test_score_{rule}"
         out += [Metric(name, float(v), now, int(k)) for k, v in curve.items()]
+    for prefix, key in (("val", "validation_extra_scores"), ("test", "extra_scores")):
+        for metric, by_rule in result.get(key, {}).items():
+            for rule, curve in by_rule.items():
+                suffix = "" if rule == result["inference_rule"] else f"_{rule}"
+                name = f"{prefix}_{metric}{suffix}"
+                out += [Metric(name, float(v), now, int(k)) for k, v in curve.items()]
     for point in result["validation_curve"]:
         for k, v in point["scores"].items():
             out.append(Metric(f"val_score_r{k}", float(v), now, int(point["step"])))

@@ -13,6 +13,7 @@ from pathlib import Path
 import ray
 from ray import tune
 
+from rankstudy.scoring import study_arms
 from rankstudy.spec import StudySpec, parse_spec
 from rankstudy.storage import trial_storage
 
@@ -67,6 +68,10 @@ def tune_trial(config: dict) -> None:
         "cache_dir": str(study_dir / "cache"),
         "storage": storage.uri,
         "study_dir": str(study_dir),
+        # the base model's test score, once a study: with the first arm's chosen trial
+        "score_base": config["phase"] == "test"
+        and config["first_seed"]
+        and config["arm"] == study_arms(parse_spec(config["spec"], config["overrides"]))[0],
     }
     # the trial's hyperparameters, and the node it ran on (a multi-worker trial's workers may
     # be elsewhere), go into every report: the study records both

@@ -9,6 +9,7 @@ there are. Rank 0 writes result.json.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from rankstudy.adapters import get_schedule, set_rank
+from rankstudy.adapters import adapters_off, get_schedule, set_rank
 from rankstudy.arms import TWO_RULES, Arm, parse_arm
 from rankstudy.build import attach_arm, build_task, load_model
 from rankstudy.checkpoint import load_checkpoint, save_checkpoint
@@ -44,14 +45,35 @@ def total_steps(spec: StudySpec, task: Task, world: int) -> int:
     return max(1, math.ceil(t.epochs * task.size("train") / global_batch))
 
 
-def example_order(n: int, seed: int, start: int, count: int) -> list[int]:
-    """Positions start..start+count of an endless stream of seeded per-epoch permutations."""
+def example_order(
+    n: int, seed: int, start: int, count: int, lengths: list[int] | None = None, batch: int = 1
+) -> list[int]:
+    """Positions start..start+count of an endless stream of seeded per-epoch orders. With
+    `lengths`, each epoch's permutation is bucketed: within windows of BUCKET_WINDOW batches
+    the examples are sorted by length and cut into batches of `batch`, and the batches are
+    shuffled, so a batch holds similar lengths and little compute goes to padding."""
     out = []
     for pos in range(start, start + count):
         epoch, i = divmod(pos, n)
-        if not out or i == 0 or pos == start:
-            perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
-        out.append(perm[i].item())
+        out.append(_epoch_order(n, seed, epoch, tuple(lengths) if lengths else None, batch)[i])
+    return out
+
+
+BUCKET_WINDOW = 32  # batches sorted together: wider pads less, narrower mixes lengths more
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(n: int, seed: int, epoch: int, lengths: tuple | None, batch: int) -> list[int]:
+    generator = torch.Generator().manual_seed(seed * 7919 + epoch)
+    perm = torch.randperm(n, generator=generator).tolist()
+    if lengths is None:
+        return perm
+    out, width = [], batch * BUCKET_WINDOW
+    for lo in range(0, n, width):
+        window = sorted(perm[lo : lo + width], key=lambda i: lengths[i])
+        batches = [window[j : j + batch] for j in range(0, len(window), batch)]
+        for b in torch.randperm(len(batches), generator=generator).tolist():
+            out.extend(batches[b])
     return out
 
 
@@ -81,24 +103,29 @@ def evaluate(
     arm: Arm,
     rules: list[str],
     batch_size: int,
-    limit: int | None = None,
-) -> dict[str, dict[int, float]]:
-    """{rule: {rank: score}} on the split; every worker scores its shard, then all reduce."""
-    rank, world = dist.get_rank(), dist.get_world_size()
-    n = task.size(split) if limit is None else min(limit, task.size(split))
-    mine = list(range(rank, n, world))
-    was_training = model.training
-    model.eval()
-    scores: dict[str, dict[int, float]] = {}
+) -> dict[str, dict[str, dict[int, float]]]:
+    """{metric: {rule: {rank: score}}} on the split, "score" being the task's primary metric;
+    every worker scores its shard, then all reduce."""
+    scores: dict[str, dict[str, dict[int, float]]] = {}
     # Only the methods with a trained p have a second rule; LoRA at its own rank has one.
     for rule in rules if arm.method in TWO_RULES else rules[:1]:
-        scores[rule] = {}
         for k in arm.eval_ranks:
             set_rank(model, k, rule)
-            scores[rule][k] = reduce(task.score_sum(model, split, mine, batch_size)) / n
+            for metric, value in score_split(model, task, split, batch_size).items():
+                scores.setdefault(metric, {}).setdefault(rule, {})[k] = value
     set_rank(model, None)
-    model.train(was_training)
     return scores
+
+
+def score_split(model, task: Task, split: str, batch_size: int) -> dict[str, float]:
+    """{metric: mean score} of the model as it is set now; every worker scores its shard."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    n = task.size(split)
+    was_training = model.training
+    model.eval()
+    sums = task.score_sums(model, split, list(range(rank, n, world)), batch_size)
+    model.train(was_training)
+    return {metric: reduce(total) / n for metric, total in sums.items()}
 
 
 def selection_metric(arm: Arm, curve: dict[int, float]) -> float:
@@ -127,7 +154,7 @@ def run_trial(config: dict) -> dict:
     dtype = torch.bfloat16 if precision(spec, gpu) == "bf16" else torch.float32
     torch.manual_seed(spec.seed)
 
-    model, tokenizer = load_model(spec.model, torch.float32)
+    model, tokenizer, model_setup = load_model(spec.model, torch.float32)
     cache = config.get("cache_dir")
     task = build_task(spec, model, tokenizer, arm, spec.seed, cache and storage.local(cache))
     task.synced_gpus = world > 1 and spec.deepspeed.zero_stage == 3
@@ -161,7 +188,7 @@ def run_trial(config: dict) -> dict:
         print(f"[{arm.name}] resumed from step {state['step']}", flush=True)
     if 0 < state["step"] < steps:
         state.setdefault("resumed_from", []).append(state["step"])
-    state["shared_seconds"] = state.get("shared_seconds", 0.0) + task.shared_seconds
+    state["shared_seconds"] = state.get("shared_seconds", 0.0) + task.shared_seconds + model_setup
     prior_wall = state.get("wall_seconds", 0.0)
 
     def wall() -> float:
@@ -182,15 +209,20 @@ def run_trial(config: dict) -> dict:
     global_batch = micro * accum * world
     n_train = task.size("train")
     rules = list(a.inference_rules)
+    lengths = task.lengths("train")
 
-    def validate(limit=None):
+    def scored(split: str, base: bool = False):
+        """evaluate() (or the base model's scores), its seconds and tokens added to the cost."""
         start = time.perf_counter()
-        scores = evaluate(engine.module, task, "validation", arm, rules, t.eval_batch_size, limit)
+        if base:
+            with adapters_off(engine.module):
+                scores = score_split(engine.module, task, split, t.eval_batch_size)
+            evaluated = 1
+        else:
+            scores = evaluate(engine.module, task, split, arm, rules, t.eval_batch_size)
+            evaluated = sum(len(curve) for curve in scores["score"].values())  # (rule, rank)
         state["eval_seconds"] += time.perf_counter() - start
-        n = task.size("validation") if limit is None else min(limit, task.size("validation"))
-        state["eval_tokens"] += (
-            n * len(arm.eval_ranks) * len(scores) * task.tokens_per_example("validation")
-        )
+        state["eval_tokens"] += task.size(split) * evaluated * task.tokens_per_example(split)
         return scores
 
     engine.train()
@@ -199,7 +231,9 @@ def run_trial(config: dict) -> dict:
     while state["step"] < steps:
         step = state["step"]
         tic = time.perf_counter()
-        order = example_order(n_train, spec.seed, step * global_batch, global_batch)
+        order = example_order(
+            n_train, spec.seed, step * global_batch, global_batch, lengths, global_batch
+        )
         step_loss, step_tokens = 0.0, 0
         if arm.method == "dylora":
             schedule.resample()
@@ -243,7 +277,7 @@ def run_trial(config: dict) -> dict:
                 flush=True,
             )
         if t.eval_every and state["step"] % t.eval_every == 0 and state["step"] < steps:
-            curve = validate()[rules[0]]
+            curve = scored("validation")["score"][rules[0]]
             state["validation"].append({"step": state["step"], "scores": curve})
         if t.checkpoint_every and state["step"] % t.checkpoint_every == 0:
             checkpoint()
@@ -254,26 +288,29 @@ def run_trial(config: dict) -> dict:
     splits = config.get("splits", SPLITS)
     previous = _previous_result(out_dir) if "validation" not in splits else None
     if previous is not None:  # a test pass after a validation-only run: keep what it measured
-        validation = {r: _unkeyed(c) for r, c in previous["validation_scores_by_rule"].items()}
+        validation = _measured(previous, "validation_scores_by_rule", "validation_extra_scores")
         state["eval_seconds"] = previous["cost"]["eval_seconds"]
         state["eval_tokens"] = previous["cost"]["eval_tokens"]
         prior_wall = previous["cost"]["wall_seconds"]
     else:
-        validation = validate()
-    test = None
-    if "test" in splits:
-        start = time.perf_counter()
-        test = evaluate(engine.module, task, "test", arm, rules, t.eval_batch_size)
-        state["eval_seconds"] += time.perf_counter() - start
-        n_test = task.size("test") * len(arm.eval_ranks) * len(test)
-        state["eval_tokens"] += n_test * task.tokens_per_example("test")
-    seq_len = task.collate("train", [0])["input_ids"].shape[1]
-    flops = train_flops(
-        shape, state["train_tokens"], seq_len, arm.method, arm.max_rank, arm.train_ranks
+        validation = scored("validation")
+    test = scored("test") if "test" in splits else None
+    base = None
+    if config.get("score_base") and "test" in splits:  # the study asks one test pass for it
+        base = scored("test", base=True)
+    seq_len = (
+        statistics.mean(lengths) if lengths else task.collate("train", [0])["input_ids"].shape[1]
     )
-    flops += eval_flops(shape, state["eval_tokens"], seq_len, [statistics.mean(arm.eval_ranks)])
+    flops = {
+        "train": train_flops(
+            shape, state["train_tokens"], seq_len, arm.method, arm.max_rank, arm.train_ranks
+        ),
+        "eval": eval_flops(shape, state["eval_tokens"], seq_len, [statistics.mean(arm.eval_ranks)]),
+    }
     state["wall_seconds"] = wall()
     result = trial_result(spec, arm, config, task, validation, test, state, world, gpu, flops)
+    if base is not None:
+        result["base_scores"] = base
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "result.json").write_text(json.dumps(result, indent=2))
@@ -295,6 +332,12 @@ def _unkeyed(curve: dict[str, float]) -> dict[int, float]:
     return {int(k): v for k, v in curve.items()}
 
 
+def _measured(result: dict, primary: str, extra: str) -> dict[str, dict[str, dict[int, float]]]:
+    """evaluate()'s {metric: {rule: {rank: score}}} back from a result.json."""
+    metrics = {"score": result[primary], **result.get(extra, {})}
+    return {m: {r: _unkeyed(c) for r, c in by_rule.items()} for m, by_rule in metrics.items()}
+
+
 def arm_loss(model, task: Task, batch, arm: Arm) -> torch.Tensor:
     """One micro-batch's loss: the task's, or for nested_multiloss the nested objective taken
     literally, the sum over r in S of the loss at rank r. model: an engine or a plain module."""
@@ -312,10 +355,18 @@ def _keyed(curve: dict[int, float]) -> dict[str, float]:
     return {str(k): v for k, v in curve.items()}
 
 
+def _keyed_metrics(scores: dict[str, dict[str, dict[int, float]]]) -> dict:
+    return {m: {r: _keyed(c) for r, c in by_rule.items()} for m, by_rule in scores.items()}
+
+
 def trial_result(spec, arm, config, task, validation, test, state, world, gpu, flops) -> dict:
-    """result.json. test is None for a validation-only run: scores and aurac stay empty."""
+    """result.json. validation and test: evaluate()'s {metric: {rule: {rank: score}}}; test is
+    None for a validation-only run: scores and aurac stay empty."""
+    extra_validation = {m: v for m, v in validation.items() if m != "score"}
+    extra_test = {m: v for m, v in (test or {}).items() if m != "score"}
+    validation = validation["score"]
+    test = (test or {}).get("score", {})
     primary = next(iter(validation))
-    test = test or {}
     curve = test.get(primary, {})
     reference = task.reference_curve(spec.adapters.evaluation_ranks)
     result = {
@@ -331,10 +382,13 @@ def trial_result(spec, arm, config, task, validation, test, state, world, gpu, f
             "overrides": list(config.get("overrides", ())),
         },
         "inference_rule": primary,
+        "metric": task.metric,  # what `scores` measure
         "scores": _keyed(curve),
         "validation_scores": _keyed(validation[primary]),
         "scores_by_rule": {r: _keyed(c) for r, c in test.items()},
         "validation_scores_by_rule": {r: _keyed(c) for r, c in validation.items()},
+        "extra_scores": _keyed_metrics(extra_test),
+        "validation_extra_scores": _keyed_metrics(extra_validation),
         "selection_metric": selection_metric(arm, validation[primary]),
         "selection_metric_by_rule": {r: selection_metric(arm, c) for r, c in validation.items()},
         "aurac": {
@@ -358,7 +412,8 @@ def trial_result(spec, arm, config, task, validation, test, state, world, gpu, f
             "device_type": "gpu" if gpu else "cpu",
             "train_tokens": state["train_tokens"],
             "eval_tokens": state["eval_tokens"],
-            "flops": flops,
+            "flops": flops["train"] + flops["eval"],
+            "train_flops": flops["train"],  # of it: training (throughput is measured on it)
             "peak_memory_bytes": int(reduce(peak_memory(gpu), dist.ReduceOp.MAX)),
         },
     }

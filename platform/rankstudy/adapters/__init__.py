@@ -5,6 +5,7 @@ Nothing here knows about Ray, DeepSpeed or MLflow.
 
 from rankstudy.adapters.attach import (
     adapter_layers,
+    adapters_off,
     attach_adapters,
     get_schedule,
     powers_of_two,
@@ -33,6 +34,7 @@ __all__ = [
     "NestedLoRA",
     "RankSchedule",
     "adapter_layers",
+    "adapters_off",
     "attach_adapters",
     "export_peft",
     "get_schedule",

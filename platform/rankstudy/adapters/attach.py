@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterable, Sequence
 
@@ -133,3 +134,14 @@ def set_rank(model: nn.Module, k: int | None, rule: str | None = None) -> None:
     if rule is not None:
         schedule.inference_rule = check_choice("rule", rule, INFERENCE_RULES)
     schedule.rank = k
+
+
+@contextlib.contextmanager
+def adapters_off(model: nn.Module):
+    """The base model alone while inside (its score is the baseline every rank improves on)."""
+    schedule = get_schedule(model)
+    schedule.disabled = True
+    try:
+        yield model
+    finally:
+        schedule.disabled = False

@@ -88,9 +88,11 @@ class NestedLoRA(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
-        x = self.dropout(x)
         s = self.schedule
         k = s.rank
+        if s.disabled:  # adapters_off: the base model alone
+            return out
+        x = self.dropout(x)
         if k is not None:  # inference (or nested_multiloss training) at rank k
             if s.uses_trained_p():
                 h = self._down(x, k) * self.trained_p[:k].to(x.dtype)

@@ -92,6 +92,7 @@ class RankSchedule:
     # Set by set_rank (inference at rank k) or by resample (DyLoRA's b for this step).
     rank: int | None = None
     sampled_rank: int | None = None
+    disabled: bool = False  # adapters_off: every layer returns the base output alone
     _rng: random.Random = field(init=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -19,6 +19,10 @@ SPLITS = ("train", "validation", "test")
 class Task(ABC):
     """A task bound to one model and tokenizer, with its data loaded."""
 
+    # The name of what score_sum measures (the primary metric: selection and AURAC use it).
+    metric: str = "score"
+    # Metrics scored beside the primary one (per example, summed like it); see score_sums.
+    extra_metrics: tuple[str, ...] = ()
     # Set by the trial: ZeRO-3 over several workers needs every rank in every generate step.
     synced_gpus: bool = False
     # Seconds this process spent on set-up that the study's later trials reuse (the planted
@@ -42,6 +46,17 @@ class Task(ABC):
         self, model: nn.Module, split: str, indices: Sequence[int], batch_size: int
     ) -> float:
         """Sum over these examples of their scores in [0, 1], at the model's current rank."""
+
+    def score_sums(
+        self, model: nn.Module, split: str, indices: Sequence[int], batch_size: int
+    ) -> dict[str, float]:
+        """Sums of every metric: "score" (the primary), then each of `extra_metrics`."""
+        return {"score": self.score_sum(model, split, indices, batch_size)}
+
+    def lengths(self, split: str) -> list[int] | None:
+        """Tokens of each example, where they differ (the trial batches similar lengths
+        together); None where every example has the same length."""
+        return None
 
     def tokens_per_example(self, split: str) -> float:
         """Mean tokens a training example feeds the model (for cost accounting)."""

@@ -1,4 +1,6 @@
-"""GSM8K: grade-school math word problems, scored by exact match of the final number.
+"""GSM8K: grade-school math word problems, scored by exact match of the final number (the
+paper's metric), or by teacher-forced accuracy of the solution's tokens and their NLL, which
+move with rank and steps on models too small to get the final number right.
 
 Format (the one lm-evaluation-harness uses, and the reference code trains on):
 
@@ -9,7 +11,8 @@ Prompt = "Question: ...\\nAnswer:", response = " " + the worked solution, calcul
 annotations like <<16-3-4=9>> kept unless `strip_annotations`. Training prompts are zero-shot;
 validation and test prompts are preceded by `shots` solved exemplars, each followed by a blank
 line: the first `shots` problems of the train file, in file order (lm-eval's "first_n"), never
-held out for validation and never from test.
+held out for validation and never from test. With `chat_template` the question (and each
+exemplar) is a user turn of the tokenizer's chat template and the solution the assistant's.
 """
 
 from __future__ import annotations
@@ -18,7 +21,13 @@ import json
 import re
 from pathlib import Path
 
-from rankstudy.tasks.text import Example, PromptResponseTask, holdout
+from rankstudy.tasks.text import (
+    Example,
+    PromptResponseTask,
+    chat_prompt,
+    check_metrics,
+    holdout,
+)
 
 HUB_ID = "openai/gsm8k"
 SEPARATOR = "\n\n"  # between exemplars, and where a generation that runs on is cut
@@ -106,7 +115,8 @@ def load_gsm8k(path: str) -> tuple[list[dict], list[dict] | None]:
 
 
 class GSM8KTask(PromptResponseTask):
-    """GSM8K scored by greedy generation and exact match of the final number.
+    """GSM8K scored by `metric` (exact match of the final number by default) and any
+    `extra_metrics` beside it.
 
     Validation is a seeded slice of `validation_size` train problems. With a single jsonl file
     as `path`, a test slice of `test_size` (default `validation_size`) is carved out as well.
@@ -125,8 +135,12 @@ class GSM8KTask(PromptResponseTask):
         max_train: int | None = None,
         max_eval: int | None = None,
         strip_annotations: bool = False,
+        metric: str = "exact_match",
+        extra_metrics: tuple[str, ...] = (),
+        chat_template: bool = False,
         seed: int = 0,
     ) -> None:
+        check_metrics(metric, extra_metrics)  # before any data is read
         if shots < 0:
             raise ValueError(f"shots: must be >= 0, got {shots}")
         train_rows, test_rows = load_gsm8k(path)
@@ -153,14 +167,32 @@ class GSM8KTask(PromptResponseTask):
             "test": test_rows[:max_eval],
         }
         shots_for = {"train": [], "validation": self.exemplars, "test": self.exemplars}
-        examples = {
-            split: [
-                Example(few_shot_prompt(r["question"], shots_for[split]), " " + r["answer"])
-                for r in split_rows
-            ]
-            for split, split_rows in rows.items()
-        }
-        super().__init__(examples, tokenizer, max_length, "generate", max_new_tokens)
+        if chat_template:
+            examples = {
+                split: [
+                    Example(
+                        chat_prompt(
+                            tokenizer,
+                            [(e["question"], e["answer"]) for e in shots_for[split]],
+                            r["question"],
+                        ),
+                        r["answer"],
+                    )
+                    for r in split_rows
+                ]
+                for split, split_rows in rows.items()
+            }
+        else:
+            examples = {
+                split: [
+                    Example(few_shot_prompt(r["question"], shots_for[split]), " " + r["answer"])
+                    for r in split_rows
+                ]
+                for split, split_rows in rows.items()
+            }
+        super().__init__(
+            examples, tokenizer, max_length, metric, max_new_tokens, extra_metrics, chat_template
+        )
 
     def score_generation(self, text: str, example: Example) -> float:
         return score_answer(text, example.response)

@@ -10,9 +10,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rankstudy.tasks.text import Example, PromptResponseTask, holdout
-
-METRICS = {"exact_match": "generate", "token_accuracy": "token_accuracy"}
+from rankstudy.tasks.text import (
+    Example,
+    PromptResponseTask,
+    chat_prompt,
+    check_metrics,
+    holdout,
+)
 
 
 def read_pairs(path: str, field: str, prompt_field: str, response_field: str) -> list[Example]:
@@ -55,6 +59,8 @@ class JsonlTask(PromptResponseTask):
         prompt_field: str = "prompt",
         response_field: str = "response",
         metric: str = "exact_match",
+        extra_metrics: tuple[str, ...] = (),
+        chat_template: bool = False,
         max_new_tokens: int = 128,
         max_length: int = 1024,
         validation_size: int = 200,
@@ -63,8 +69,7 @@ class JsonlTask(PromptResponseTask):
         max_eval: int | None = None,
         seed: int = 0,
     ) -> None:
-        if metric not in METRICS:
-            raise ValueError(f"metric: unknown metric {metric!r}; expected one of {list(METRICS)}")
+        check_metrics(metric, extra_metrics)  # before any data is read
         paths = {"train": train, "validation": validation, "test": test}
         loaded = {
             split: read_pairs(p, split, prompt_field, response_field)
@@ -88,8 +93,14 @@ class JsonlTask(PromptResponseTask):
             split: rows[:max_train] if split == "train" else rows[:max_eval]
             for split, rows in loaded.items()
         }
-        super().__init__(examples, tokenizer, max_length, METRICS[metric], max_new_tokens)
-        self.metric = metric
+        if chat_template:
+            examples = {
+                split: [Example(chat_prompt(tokenizer, [], e.prompt), e.response) for e in rows]
+                for split, rows in examples.items()
+            }
+        super().__init__(
+            examples, tokenizer, max_length, metric, max_new_tokens, extra_metrics, chat_template
+        )
 
     def score_generation(self, text: str, example: Example) -> float:
         """Exact match: the generation equals the response, surrounding whitespace ignored."""

@@ -140,6 +140,8 @@ class PlantedTask(Task):
     delta scale is searched on the validation inputs, never on test.
     """
 
+    metric = "teacher_agreement"  # top-1 agreement with the teacher
+
     def __init__(
         self,
         base: nn.Module,

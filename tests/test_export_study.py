@@ -1,0 +1,118 @@
+"""`rankstudy export`: a study's chosen trial at a rank, as a standard PEFT adapter that
+reproduces the study's own model at that rank; requests the study cannot serve are refused
+with the option named, before any model is loaded."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rankstudy.adapters import load_adapters, set_rank
+from rankstudy.build import load_model
+from rankstudy.checkpoint import latest_tag
+from rankstudy.export import ExportError, plan_exports, study_spec
+from test_study import TINY, run_study, write_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("export")
+    spec = TINY | {
+        "name": "tiny-export",
+        "training": TINY["training"] | {"steps": 10},
+        "methods": ["lora_grid", "matryoshka", "matryoshka_truncated_p"],
+        "search": {"trials_per_arm": 1},
+        "seeds": [0, 1],
+    }
+    run_study(write_spec(tmp, spec), tmp / "out")
+    return tmp / "out"
+
+
+def export(study: Path, out: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable,
+        "-m",
+        "rankstudy.cli",
+        "export",
+        "--study",
+        str(study),
+        "--out",
+        str(out),
+    ]
+    return subprocess.run([*cmd, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def state(study: Path) -> dict:
+    return json.loads((study / "study_state.json").read_text())
+
+
+@pytest.mark.slow
+def test_exported_ranks_reproduce_the_study_model(study, tmp_path):
+    from peft import PeftModel
+
+    done = export(study, tmp_path / "all", "--method", "matryoshka_truncated_p", "--ranks", "all")
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (tmp_path / "all").iterdir()) == [
+        "rank1",
+        "rank2",
+        "rank4",
+        "rank8",
+    ]
+    done = export(study, tmp_path / "grid4", "--method", "lora_grid", "--rank", "4", "--seed", "1")
+    assert done.returncode == 0, done.stderr
+
+    s = state(study)
+    spec = study_spec(s)
+    tokens = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(3))
+    cases = [
+        (tmp_path / "all" / "rank4", "matryoshka", "truncated_p", 0, 4),
+        (tmp_path / "grid4", "lora_r4", "scaled", 1, 4),
+    ]
+    for exported, arm, rule, seed, k in cases:
+        record = next(t for t in s["tests"].values() if t["arm"] == arm and t["seed"] == seed)
+        ckpt = Path(record["out_dir"]) / "checkpoints"
+        ours = load_model(spec.model, torch.float32).model.eval()
+        load_adapters(ours, ckpt / latest_tag(ckpt) / "adapters.safetensors")
+        set_rank(ours, k, rule)
+        theirs = PeftModel.from_pretrained(load_model(spec.model, torch.float32).model, exported)
+        with torch.no_grad():
+            torch.testing.assert_close(
+                theirs.eval()(tokens).logits, ours(tokens).logits, atol=1e-5, rtol=0
+            )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "method,ranks,seed,message",
+    [
+        (
+            "matryoshka",
+            [3],
+            None,
+            "--rank: 3 is not a rank matryoshka serves: .*S = \\[1, 2, 4, 8\\]",
+        ),
+        ("lora_r2", [4], None, "--rank: 4 is not a rank lora_r2 serves: .*trained at rank 2"),
+        ("lora_grid", [16], None, "--rank: 16 is not a rank lora_grid serves"),
+        ("dylora", [4], None, "--method: the study ran no method 'dylora'"),
+        ("lora_r3", [3], None, "--method: the study trained no LoRA arm lora_r3"),
+        ("matryoshka", [4], 7, "--seed: the study ran seeds \\[0, 1\\], not 7"),
+    ],
+)
+def test_requests_the_study_cannot_serve_are_refused(study, method, ranks, seed, message):
+    s = state(study)
+    with pytest.raises(ExportError, match=message):
+        plan_exports(s, study_spec(s), method, ranks, seed)
+
+
+@pytest.mark.slow
+def test_the_command_names_the_option_and_exits_2(study, tmp_path):
+    done = export(study, tmp_path / "x", "--method", "lora_r2", "--rank", "4")
+    assert done.returncode == 2 and "--rank: 4 is not a rank lora_r2 serves" in done.stderr
+    assert not (tmp_path / "x").exists() and "Traceback" not in done.stderr
+    done = export(tmp_path, tmp_path / "x", "--method", "matryoshka", "--rank", "4")
+    assert done.returncode == 2 and "--study:" in done.stderr and "holds no study" in done.stderr
