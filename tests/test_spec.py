@@ -159,3 +159,25 @@ def test_study_command_rejects_bad_spec_and_starts_nothing(tmp_path, args, messa
     proc = study_job(out, *args)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
     assert not out.exists()
+
+
+def test_relative_paths_in_a_spec_file_are_relative_to_that_file(tmp_path, monkeypatch):
+    """A Ray job runs in a copy of the repo: a spec's data must not depend on the working
+    directory. The shipped SmolLM2 spec finds ../shared from any directory."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_text('{"prompt": "a", "response": "b"}\n')
+    (tmp_path / "specs").mkdir()
+    spec = {
+        "name": "rel",
+        "model": {"tiny": {"vocab": 258}},
+        "task": {"kind": "jsonl", "train": "../data/train.jsonl"},
+        "training": {"steps": 1},
+    }
+    (tmp_path / "specs" / "s.yaml").write_text(yaml.safe_dump(spec))
+    monkeypatch.chdir(ROOT)
+    assert load_spec(tmp_path / "specs" / "s.yaml").task.train == str(
+        tmp_path / "data" / "train.jsonl"
+    )
+    monkeypatch.chdir(tmp_path)
+    smol = load_spec(ROOT / "jobs" / "specs" / "smollm2-gsm8k-cpu.yaml")
+    assert Path(smol.task.path) == (ROOT.parent / "shared" / "data" / "gsm8k").resolve()
