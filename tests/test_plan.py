@@ -135,3 +135,19 @@ def test_unreadable_model_is_a_clear_error(tmp_path, capsys):
         main(["plan", "--spec", str(spec), "--set", f"model.name={tmp_path / 'none'}"])
     assert done.value.code == 2
     assert "rankstudy plan: invalid input" in capsys.readouterr().err
+
+
+def test_smollm2_spec_is_planned_from_its_gguf_header():
+    """The GGUF file's header gives the shape, without dequantising: 30 layers of q and o
+    576 x 576, k and v 576 x 192 (3 KV heads of 64), MLP 3 x 576 x 1536, and the tied lm_head
+    576 x 49152; the adapters cover q, k, v and o."""
+    spec = load_spec(ROOT / "jobs" / "specs" / "smollm2-gsm8k-cpu.yaml")
+    shape = shape_of(spec)
+    per_layer = 2 * 576 * 576 + 2 * 576 * 192 + 3 * 576 * 1536
+    assert shape.matmul_params == 30 * per_layer + 576 * 49152 == 134_479_872
+    assert shape.layers == 30 and shape.attn_dim == 576
+    assert shape.adapter_width == 30 * (2 * (576 + 576) + 2 * (576 + 192))
+    sizes = split_sizes(spec)
+    assert sizes == {"train": 7473 - 24, "validation": 24, "test": 48}
+    out = plan(spec, shape, sizes)
+    assert set(out["methods"]) == set(spec.methods)

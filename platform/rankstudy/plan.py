@@ -63,8 +63,10 @@ def split_sizes(spec: StudySpec) -> dict[str, int]:
     from rankstudy.build import build_task
     from rankstudy.tokenizer import byte_tokenizer
 
-    # The byte tokenizer only lets the task split its rows; the counts do not depend on it.
-    built = build_task(spec, None, byte_tokenizer(), parse_arm("lora_r1", spec), spec.seed)
+    # The byte tokenizer only lets the task split its rows; the counts depend neither on it
+    # nor on the chat template (which the byte tokenizer has none of).
+    plain = spec.model_copy(update={"task": task.model_copy(update={"chat_template": False})})
+    built = build_task(plain, None, byte_tokenizer(), parse_arm("lora_r1", spec), spec.seed)
     return {s: built.size(s) for s in ("train", "validation", "test")}
 
 

@@ -52,10 +52,11 @@ def example_order(
     `lengths`, each epoch's permutation is bucketed: within windows of BUCKET_WINDOW batches
     the examples are sorted by length and cut into batches of `batch`, and the batches are
     shuffled, so a batch holds similar lengths and little compute goes to padding."""
+    key = tuple(lengths) if lengths else None
     out = []
     for pos in range(start, start + count):
         epoch, i = divmod(pos, n)
-        out.append(_epoch_order(n, seed, epoch, tuple(lengths) if lengths else None, batch)[i])
+        out.append(_epoch_order(n, seed, epoch, key, batch)[i])
     return out
 
 
