@@ -94,16 +94,7 @@ class PromptResponseTask(Task):
         extra_metrics: Sequence[str] = (),
         chat_template: bool = False,
     ) -> None:
-        if metric not in PRIMARY_METRICS:
-            raise ValueError(
-                f"metric: unknown metric {metric!r}; expected one of {PRIMARY_METRICS}"
-            )
-        unknown = [m for m in extra_metrics if m not in METRICS or m == metric]
-        if unknown:
-            raise ValueError(
-                f"extra_metrics: {unknown} are not metrics besides {metric!r} "
-                f"(known: {', '.join(METRICS)})"
-            )
+        check_metrics(metric, extra_metrics)
         if set(examples) != set(SPLITS):
             raise ValueError(f"examples: need exactly the splits {SPLITS}, got {sorted(examples)}")
         if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
