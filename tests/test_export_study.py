@@ -116,3 +116,25 @@ def test_the_command_names_the_option_and_exits_2(study, tmp_path):
     assert not (tmp_path / "x").exists() and "Traceback" not in done.stderr
     done = export(tmp_path, tmp_path / "x", "--method", "matryoshka", "--rank", "4")
     assert done.returncode == 2 and "--study:" in done.stderr and "holds no study" in done.stderr
+
+
+@pytest.mark.slow
+def test_the_base_model_is_scored_once_and_recorded(study):
+    """One test pass (the first arm's, first seed) scores the base model with its adapters
+    off: on the planted task with shift 0.5 the base agrees with the teacher on about half of
+    the test inputs, by construction. The summary and the parent MLflow run hold it."""
+    from mlflow.tracking import MlflowClient
+
+    summary = json.loads((study / "study_summary.json").read_text())
+    base = summary["base_scores"]["score"]
+    assert base == pytest.approx(0.5, abs=0.08)
+    assert all(min(m["scores"]) > base for m in summary["methods"].values())
+    with_base = [
+        json.loads(p.read_text())
+        for p in study.glob("trials/*/*/result.json")
+        if "base_scores" in json.loads(p.read_text())
+    ]
+    assert len(with_base) == 1 and with_base[0]["arm"] == "lora_r1" and with_base[0]["seed"] == 0
+    client = MlflowClient(summary["mlflow"]["tracking_uri"])
+    parent = client.get_run(summary["mlflow"]["parent_run_id"])
+    assert parent.data.metrics["base_score"] == pytest.approx(base)

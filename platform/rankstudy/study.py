@@ -510,13 +510,16 @@ def summary_table(summary: dict) -> str:
         )
     for name, why in summary.get("missing", {}).items():
         lines.append(f"{name:<30}   not scored: {why}")
+    metric = next(iter(summary["methods"].values()), {}).get("metric", "score")
     if summary["methods"]:
-        metric = next(iter(summary["methods"].values())).get("metric", "score")
         lines.append(f"AURAC of the test {metric} over the evaluation ranks")
     if "base_scores" in summary:
         lines.append(
             "base model (no adapter): "
-            + ", ".join(f"{k} {v:.3f}" for k, v in summary["base_scores"].items())
+            + ", ".join(
+                f"{metric if k == 'score' else k} {v:.3f}"
+                for k, v in summary["base_scores"].items()
+            )
         )
     if "reference" in summary:
         ranks = sorted(int(k) for k in summary["reference"])
