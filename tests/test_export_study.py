@@ -128,7 +128,6 @@ def test_the_base_model_is_scored_once_and_recorded(study):
     summary = json.loads((study / "study_summary.json").read_text())
     base = summary["base_scores"]["score"]
     assert base == pytest.approx(0.5, abs=0.08)
-    assert all(min(m["scores"]) > base for m in summary["methods"].values())
     with_base = [
         json.loads(p.read_text())
         for p in study.glob("trials/*/*/result.json")
