@@ -254,3 +254,31 @@ def test_the_planted_calibration_is_charged_to_the_study_not_the_first_arm(tmp_p
     assert list((tmp_path / "cache").glob("planted-*.json"))  # what `fresh` read instead
     for c in (first, again, fresh):
         assert c["device_seconds"] == pytest.approx(c["wall_seconds"] - c["shared_setup_seconds"])
+
+
+@pytest.mark.parametrize("failing", [False, True])
+def test_a_finished_trial_leaves_no_model_behind(tmp_path, monkeypatch, failing):
+    """Ray Tune reuses trial actors: a trial that ended, well or not, must free its model,
+    or each trial of a study adds a model to the actor's memory (DeepSpeed keeps global
+    references to an engine's parameters until the engine is destroyed)."""
+    import gc
+    import weakref
+
+    import rankstudy.trial as trial_module
+
+    models = []
+    real = trial_module.build_engine
+
+    def spy(model, *args, **kwargs):
+        models.append(weakref.ref(model))
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(trial_module, "build_engine", spy)
+    if failing:
+        with pytest.raises(TrialFailed):
+            overrides = ["adapters.alpha=1e30", "training.lr=1.0", "training.warmup_ratio=0"]
+            trial("lora_r8", tmp_path, overrides)
+    else:
+        trial("lora_r2", tmp_path, ["training.eval_every=0"])
+    gc.collect()
+    assert len(models) == 1 and models[0]() is None

@@ -10,6 +10,7 @@ there are. Rank 0 writes result.json.
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import math
 import os
@@ -144,6 +145,18 @@ def peak_memory(gpu: bool) -> int:
 
 def run_trial(config: dict) -> dict:
     """config: {"spec": dict, "arm": str, "out_dir": str, "overrides": [key=value, ...]}."""
+    engines: list = []
+    try:
+        return _run_trial(config, engines)
+    finally:
+        # DeepSpeed keeps global references to an engine's parameters until it is destroyed:
+        # a reused trial actor would otherwise hold every earlier trial's model.
+        for engine in engines:
+            engine.destroy()
+        gc.collect()
+
+
+def _run_trial(config: dict, engines: list) -> dict:
     invoked = time.perf_counter()  # the devices are held from here: set-up counts as cost
     spec = parse_spec(config["spec"], config.get("overrides", ()))
     arm = parse_arm(config["arm"], spec)
@@ -166,6 +179,7 @@ def run_trial(config: dict) -> dict:
     shape = model_shape(model)
     steps = total_steps(spec, task, world)
     engine, _, _ = build_engine(model.to(dtype), spec, world, gpu, lr_lambda(spec, steps))
+    engines.append(engine)
     device = engine.device
 
     ckpt_dir = out_dir / "checkpoints"
