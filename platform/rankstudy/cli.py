@@ -117,7 +117,7 @@ def _plan(args: argparse.Namespace) -> int:
 
 def _study(args: argparse.Namespace) -> int:
     from rankstudy.spec import SpecError, load_spec
-    from rankstudy.study import Study, StudyError, summary_table
+    from rankstudy.study import Study, StudyError, StudyInterrupted, summary_table
 
     if args.dry_run:
         return _plan(args)
@@ -135,7 +135,11 @@ def _study(args: argparse.Namespace) -> int:
     connect_ray(args.address, extra_cpus=1 if r.workers > 1 and not r.use_gpu else 0)
     incomplete = []
     for study in studies:
-        summary = study.run()
+        try:
+            summary = study.run()
+        except StudyInterrupted as e:
+            print(f"rankstudy study: {e}", file=sys.stderr)
+            return 130
         print(f"\n{study.spec.name}\n" + summary_table(summary))
         uri = summary["mlflow"]["tracking_uri"]
         experiment = study.tracker.client.get_experiment(summary["mlflow"]["experiment_id"]).name

@@ -43,6 +43,10 @@ class StudyError(RuntimeError):
     """A study that cannot start or go on; the message says why."""
 
 
+class StudyInterrupted(StudyError):
+    """Stopped (Ctrl-C, SIGTERM) before every trial ended; --resume continues it."""
+
+
 class _Writer:
     """One background thread for the driver's MLflow writes, in order."""
 
@@ -286,7 +290,11 @@ class Study:
         # actor would start only once the first is up; let every slot's actor start at once.
         os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(self.slots()))
         kept = set()
+        unfinished = 0
         for result in tuner.fit():  # trials that ended before a resume are recorded here
+            if result.error is None and "selection_metric" not in (result.metrics or {}):
+                unfinished += 1  # stopped by an interrupt: a resume runs it again
+                continue
             record = self.record(
                 result.config,
                 result.metrics or {},
@@ -294,6 +302,11 @@ class Study:
             )
             kept.add(record["key"])
         self.drop_superseded(kept)
+        if unfinished:
+            raise StudyInterrupted(
+                f"study interrupted with {unfinished} trial(s) unfinished; continue it with "
+                f"--resume --out {self.out_dir} (and the same --spec and --set)"
+            )
 
     def drop_superseded(self, kept: set[str]) -> None:
         """A kill can land after a trial ended (and was recorded) but before Tune saved that;
