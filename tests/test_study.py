@@ -348,3 +348,33 @@ def test_a_trial_lost_by_a_kill_and_rerun_leaves_search_and_mlflow(tmp_path):
         for r in runs
         if r.data.tags.get("rankstudy.kind") == "trial"
     ) == ["lora_r1/kept"]
+
+
+@pytest.mark.slow
+def test_interrupted_driver_stops_cleanly_and_resumes(tmp_path):
+    """Ctrl-C (SIGINT) to the driver: Tune stops its trials, the study exits 130 naming the
+    --resume command (not a traceback about an unfinished trial's result), its parent run is
+    KILLED, and --resume finishes every arm's trials."""
+    spec = write_spec(tmp_path)
+    cut = tmp_path / "cut"
+    proc = run_study(spec, cut, wait=False)
+    state = cut / "study_state.json"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if state.exists() and len(json.loads(state.read_text()).get("trials", {})) >= 2:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=300) == 130
+    log = (tmp_path / "cut.log").read_text()
+    assert "rankstudy study: study interrupted" in log and "--resume --out" in log
+    assert "FileNotFoundError" not in log
+    parent = json.loads(state.read_text())["parent_run_id"]
+    client = MlflowClient(f"sqlite:///{cut / 'mlflow.db'}")
+    assert client.get_run(parent).info.status == "KILLED"
+
+    run_study(spec, cut, "--resume")
+    resumed = json.loads((cut / "study_summary.json").read_text())
+    _, runs = mlflow_runs(resumed)
+    kinds = [r.data.tags.get("rankstudy.kind") for r in runs]
+    assert kinds.count("trial") == ARMS * 2 and not resumed["missing"]
