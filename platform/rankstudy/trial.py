@@ -9,6 +9,7 @@ there are. Rank 0 writes result.json.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import gc
@@ -162,10 +163,8 @@ def release_freed_memory() -> None:
     """Hand freed heap memory back to the OS (glibc keeps it): a reused trial actor's
     resident memory otherwise climbs with each trial of a real model (7 to 9 GB an actor in
     the SmolLM2 study) until the machine runs out."""
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to do
-        pass
 
 
 def _run_trial(config: dict, engines: list) -> dict:
