@@ -231,6 +231,15 @@ def run_study(spec, out, *args, wait=True):
     return proc
 
 
+def wait_for_trials(proc, state: Path, count: int, timeout: float = 600) -> None:
+    """Until the running study has recorded `count` search trials (or has exited)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if state.exists() and len(json.loads(state.read_text()).get("trials", {})) >= count:
+            return
+        time.sleep(0.2)
+
+
 def scores(summary):
     return {m: (v["scores"], v["aurac_log2"]) for m, v in summary["methods"].items()}
 
@@ -266,11 +275,7 @@ def test_killed_driver_resumes_to_the_uninterrupted_summary(tmp_path):
     cut = tmp_path / "cut"
     proc = run_study(spec, cut, wait=False)
     state = cut / "study_state.json"
-    deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None:
-        if state.exists() and len(json.loads(state.read_text()).get("trials", {})) >= 3:
-            break
-        time.sleep(0.2)
+    wait_for_trials(proc, state, 3)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
     proc.wait(timeout=60)
     assert not (cut / "study_summary.json").exists()
@@ -359,11 +364,7 @@ def test_interrupted_driver_stops_cleanly_and_resumes(tmp_path):
     cut = tmp_path / "cut"
     proc = run_study(spec, cut, wait=False)
     state = cut / "study_state.json"
-    deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None:
-        if state.exists() and len(json.loads(state.read_text()).get("trials", {})) >= 2:
-            break
-        time.sleep(0.2)
+    wait_for_trials(proc, state, 2)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=300) == 130
     log = (tmp_path / "cut.log").read_text()
