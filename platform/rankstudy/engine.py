@@ -12,6 +12,7 @@ import socket
 import sys
 from pathlib import Path
 
+import ninja
 import torch
 from torch import nn
 
@@ -20,6 +21,19 @@ from rankstudy.spec import StudySpec
 # DeepSpeed JIT-builds a CPU comm op on first use; a cache per environment keeps two
 # checkouts (two venvs) from rebuilding it for each other on every start.
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
+# torch builds it with the first `ninja` on PATH. A system ninja (1.11) and the venv's (1.13)
+# hash the build log differently, so every process that found the other one rebuilt the op
+# (25-50 s while every other trial waited on the lock): the venv's ninja goes first everywhere.
+if os.environ.get("PATH", "").split(os.pathsep)[0] != ninja.BIN_DIR:
+    os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, os.environ.get("PATH", "")])
+
+
+def build_comm_op() -> bool:
+    """Build (or find built) DeepSpeed's CPU comm op, as a trial's engine would; False where
+    this accelerator has no such op. `jobs/setup.sh` calls it so no trial pays for the build."""
+    from deepspeed.comm.torch import build_shm_op
+
+    return build_shm_op() is not None
 
 
 def use_gpu(spec: StudySpec) -> bool:
