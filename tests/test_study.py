@@ -5,6 +5,7 @@ mid-training, the driver killed mid-study and resumed."""
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -202,8 +203,20 @@ def test_study_through_ray_job_submit(tmp_path, ray_head):
     )
     assert sum(n.startswith("lora_r4 · lora r4 · trial ") for n in names) == 2
     assert sum(n.endswith(" · seed 0 · chosen") for n in names) == ARMS
+    # one progress line per ended trial, counting up to the exact total with nothing left
+    state = json.loads((out / "study_state.json").read_text())
+    tests = len(state["tests"])
+    progress = re.findall(
+        r"\] (\d+) done \(search (\d+)/12, test passes (\d+)/(<=)?(\d+)\)", proc.stdout
+    )
+    assert [int(p[0]) for p in progress] == list(range(1, 12 + tests + 1))
+    assert progress[-1][1:] == ("12", str(tests), "", str(tests))
+    assert f"test passes {tests}/{tests}), 0 left" in proc.stdout
     # the study built its report at its end, said where, and logged it to its parent run
     assert f"report: {out / 'report' / 'report.html'}" in proc.stdout
+    # and where to see the runs: MLflow's runs page, not its GenAI overview
+    runs_page = f"http://127.0.0.1:5000/#/experiments/{summary['mlflow']['experiment_id']}/runs"
+    assert runs_page in proc.stdout
     experiment = client.get_experiment(summary["mlflow"]["experiment_id"])
     assert experiment.artifact_location == (out / "mlartifacts").as_uri()  # not the job's copy
     report = {a.path for a in client.list_artifacts(parent, "report")}

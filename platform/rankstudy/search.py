@@ -45,6 +45,20 @@ def upper_bound(arms: dict[str, list[str]], trials_per_arm: int, seeds: int) -> 
     return sum(trials_per_arm + len(rules) * seeds for rules in arms.values())
 
 
+def choose(ok: list[dict], rules: list[str]) -> dict[str, list[str]]:
+    """Each rule's best trial on validation: its out_dir -> the rules it was chosen for. ok: an
+    arm's trials that ended well, each with its index, out_dir, selection_metric and
+    selection_<rule>. Ties go to the earlier suggestion, so the choice never depends on
+    finishing order."""
+    chosen: dict[str, list[str]] = {}
+    for rule in rules if ok else []:
+        best = max(
+            ok, key=lambda r: (r.get(f"selection_{rule}", r["selection_metric"]), -r["index"])
+        )
+        chosen.setdefault(best["out_dir"], []).append(rule)
+    return chosen
+
+
 class ArmSearch(Searcher):
     """arms: arm -> the inference rules its methods are served with."""
 
@@ -126,18 +140,9 @@ class ArmSearch(Searcher):
             self.queue_tests(arm)
 
     def queue_tests(self, arm: str) -> None:
-        """Choose the arm's best trial per rule on validation; queue test passes and repeats.
-        Ties go to the earlier suggestion, so the choice never depends on finishing order."""
+        """Queue a test pass per seed for each trial the arm's rules chose (`choose`)."""
         ok = [r for r in self.ended[arm] if r["ok"]]
-        if not ok:
-            return  # the study reports the arm as failed
-        chosen: dict[str, list[str]] = {}
-        for rule in self.rules[arm]:
-            best = max(
-                ok, key=lambda r: (r.get(f"selection_{rule}", r["selection_metric"]), -r["index"])
-            )
-            chosen.setdefault(best["out_dir"], []).append(rule)
-        for out_dir, rules in chosen.items():
+        for out_dir, rules in choose(ok, self.rules[arm]).items():  # none: the arm failed
             best = next(r for r in ok if r["out_dir"] == out_dir)
             for i, seed in enumerate(self.seeds):
                 self.queue.append(

@@ -23,6 +23,7 @@ from ray import tune
 
 from rankstudy.arms import parse_arm
 from rankstudy.figures import curve_figure
+from rankstudy.progress import StudyProgress
 from rankstudy.scoring import (
     METHOD_ARMS,
     method_arms,
@@ -78,26 +79,26 @@ class _Recorder(tune.Callback):
 
     def __init__(self, out_dir: Path) -> None:
         self.out_dir = str(out_dir)
-        self.done = 0
 
     @property
     def study(self) -> Study:
         return _LIVE[self.out_dir]
 
     def _ended(self, trial, error: str | None) -> None:
-        record = self.study.record(trial.config, trial.last_result or {}, error)
+        study = self.study
+        record = study.record(trial.config, trial.last_result or {}, error)
         if trial.config["phase"] == "search":
-            self.done += 1
-            total = len(study_arms(self.study.spec)) * self.study.spec.search.trials_per_arm
-            self.study.log(
-                f"trial {self.done}/{total} {record['key']}: {record['status']}, "
+            study.log(
+                f"search trial {record['key']}: {record['status']}, "
                 f"selection {record['selection_metric']:.4f} {record['params']}"
             )
         else:
-            self.study.log(
+            study.log(
                 f"test pass {record['key']} (seed {trial.config['seed']}, "
                 f"chosen for {', '.join(trial.config['rules'])}): {record['status']}"
             )
+        searched = sum(not t.get("superseded") for t in study.state["trials"].values())
+        study.log(study.progress.line(searched, len(study.state["tests"]), *study.test_passes()))
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self._ended(trial, None)
@@ -259,6 +260,7 @@ class Study:
         arms = study_arms(self.spec)
         rules = {arm: self.arm_rules(arm) for arm in arms}
         self.log(f"{len(arms)} arms x {s.trials_per_arm} trials: {', '.join(arms)}")
+        self.progress = StudyProgress(len(arms) * s.trials_per_arm)
         trainable = tune.with_resources(tune_trial, trial_resources(self.spec))
         path = f"{self.storage.path_of('tune')}/search"
         if self.resume and tune.Tuner.can_restore(path):
@@ -372,6 +374,11 @@ class Study:
             "status": "failed" if failure else "ok",
             "failure": failure,
             "selection_metric": metrics.get("selection_metric", FAILED_METRIC),
+            "selection_by_rule": {
+                k.removeprefix("selection_"): v
+                for k, v in metrics.items()
+                if k.startswith("selection_") and k != "selection_metric"
+            },
             "node": metrics.get("node"),
             "logged": False,
         }
@@ -382,6 +389,35 @@ class Study:
             self.save_state()
         self.log_record(record, result)
         return record
+
+    def test_passes(self) -> tuple[int, bool]:
+        """How many test passes the study runs, and whether that is exact: an arm whose search
+        ended has one per seed for each trial its rules chose (the searcher's own `choose`);
+        an arm still searching counts one per rule and seed, the most it can have."""
+        from rankstudy.search import choose
+
+        total, settled = 0, True
+        for arm in study_arms(self.spec):
+            rules = self.arm_rules(arm)
+            ended = [
+                t
+                for t in self.state["trials"].values()
+                if t["arm"] == arm and not t.get("superseded")
+            ]
+            if len(ended) < self.spec.search.trials_per_arm:
+                total, settled = total + len(rules) * len(self.seeds), False
+                continue
+            ok = [
+                {
+                    "index": t["trial"],
+                    **t,
+                    **{f"selection_{r}": v for r, v in t.get("selection_by_rule", {}).items()},
+                }
+                for t in ended
+                if t["status"] == "ok"
+            ]
+            total += len(choose(ok, rules)) * len(self.seeds)
+        return total, settled
 
     def arm_rules(self, arm: str) -> list[str]:
         """The inference rules the spec's methods serve this arm with."""
