@@ -149,6 +149,17 @@ def test_a_study_with_no_result_yet_still_gets_a_report(tmp_path):
     assert "2 method(s)\nm0, m1" in shown.text  # the headline card
 
 
+def test_one_seed_shows_no_spread_instead_of_a_measured_zero(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    fill_study(uri, "one-seed", 2, RANKS, [0], 2, 50)
+    page = build_report(uri, tmp_path / "report", experiment="one-seed", log=False)
+    shown = render(page, "report-one-seed")
+    for header in ("AURAC log2", "± seeds"):
+        assert set(column(shown.tables["aurac-table"], header)) == {"m0", "m1"}
+    assert set(column(shown.tables["aurac-table"], "± seeds").values()) == {"n/a"}
+    assert float(column(shown.tables["aurac-table"], "AURAC log2")["m0"]) > 0
+
+
 def test_unknown_experiment_is_an_error_naming_the_flag(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     fill_study(uri, "there", 1, [1, 2], [0], 1, 10)

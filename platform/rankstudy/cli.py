@@ -118,6 +118,7 @@ def _plan(args: argparse.Namespace) -> int:
 def _study(args: argparse.Namespace) -> int:
     from rankstudy.spec import SpecError, load_spec
     from rankstudy.study import Study, StudyError, StudyInterrupted, summary_table
+    from rankstudy.tracking import ui_hint
 
     if args.dry_run:
         return _plan(args)
@@ -141,12 +142,10 @@ def _study(args: argparse.Namespace) -> int:
             print(f"rankstudy study: {e}", file=sys.stderr)
             return 130
         print(f"\n{study.spec.name}\n" + summary_table(summary))
-        uri = summary["mlflow"]["tracking_uri"]
-        experiment = study.tracker.client.get_experiment(summary["mlflow"]["experiment_id"]).name
         print(
             f"wrote {study.out_dir / 'study_summary.json'}\n"
             + (f"report: {summary['report']}\n" if summary["report"] else "")
-            + f"MLflow: mlflow ui --backend-store-uri {uri}  (experiment {experiment})"
+            + ui_hint(summary["mlflow"]["tracking_uri"], summary["mlflow"]["experiment_id"])
         )
         if summary["missing"]:
             incomplete.append(f"{study.spec.name}: {', '.join(summary['missing'])}")

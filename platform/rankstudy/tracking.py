@@ -38,6 +38,20 @@ def artifact_location(uri: str) -> str | None:
     return None
 
 
+def ui_hint(uri: str, experiment_id: str, mlflow: str = "mlflow", port: int = 5000) -> str:
+    """How to see a study's runs: the command that serves a local store, and the address of
+    the experiment's runs page. MLflow 3 opens an experiment on its GenAI overview, where
+    training runs stay hidden behind the "Model training" switch; the runs page's own
+    address shows them directly."""
+    page = f"#/experiments/{experiment_id}/runs"
+    if uri.startswith(("http://", "https://")):
+        return f"MLflow runs: {uri.rstrip('/')}/{page}"
+    return (
+        f"MLflow UI: {mlflow} ui --backend-store-uri {uri} --port {port}\n"
+        f"  then open http://127.0.0.1:{port}/{page}"
+    )
+
+
 class StudyTracker:
     def __init__(self, uri: str, experiment: str) -> None:
         self.uri = uri
