@@ -50,6 +50,7 @@ def load_model(spec: ModelSpec, dtype: torch.dtype) -> LoadedModel:
             heads=t.heads,
             intermediate=t.intermediate,
             vocab=t.vocab,
+            max_positions=t.max_positions,
             initializer_range=t.initializer_range,
         )
         model.config._attn_implementation = spec.attn_implementation

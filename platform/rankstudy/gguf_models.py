@@ -11,6 +11,7 @@ quantisation's rounding is part of the base: every arm fine-tunes the same dequa
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.util
@@ -56,9 +57,18 @@ def resolve(ref: str) -> Path:
 
 def check(path: Path) -> None:
     """Parse the file's header and tensor table, and check that every tensor's data lies within
-    the file: a corrupt or truncated download fails here, before any compute."""
+    the file: a corrupt or truncated download fails here, before any compute. Parsing the
+    metadata (a 49k-word vocabulary) takes seconds, and every process that validates a spec
+    checks: a file version that passed is stamped in the cache, so it is parsed once a machine."""
     stat = path.stat()
+    version = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+    stamp = cache_root() / "checked" / hashlib.sha256(version.encode()).hexdigest()[:32]
+    if stamp.is_file():
+        return
     _check(str(path), stat.st_size, stat.st_mtime_ns)
+    with contextlib.suppress(OSError):  # a read-only cache only costs the next parse
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(version)
 
 
 @functools.lru_cache(maxsize=8)
@@ -91,6 +101,18 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def model_folder(path: Path, root: Path | None = None) -> Path:
+    """Where the dequantised model of the GGUF file `path` lives (or will)."""
+    return (root or cache_root()) / f"{path.stem}-{file_digest(path)[:16]}"
+
+
+def converted(ref: str) -> Path | None:
+    """The dequantised folder of `ref` if this machine has it: its config reads in
+    milliseconds, where the GGUF header takes seconds to parse."""
+    folder = model_folder(resolve(ref))
+    return folder if (folder / DONE).is_file() else None
+
+
 def dequantized(ref: str, root: Path | None = None) -> tuple[Path, float]:
     """(the Hugging Face folder of the GGUF model `ref`, seconds this call spent making it or
     waiting for another process that was). 0 seconds when the folder was already there."""
@@ -99,7 +121,7 @@ def dequantized(ref: str, root: Path | None = None) -> tuple[Path, float]:
     path = resolve(ref)
     check(path)
     root = root or cache_root()
-    folder = root / f"{path.stem}-{file_digest(path)[:16]}"
+    folder = model_folder(path, root)
     if (folder / DONE).is_file():
         return folder, 0.0
     start = time.perf_counter()

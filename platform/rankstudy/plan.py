@@ -25,30 +25,37 @@ from rankstudy.scoring import METHOD_ARMS, method_arms, study_arms, study_rules
 from rankstudy.spec import StudySpec
 
 
-def shape_of(spec: StudySpec) -> ModelShape:
-    """The FLOP-relevant shape of the base with the spec's adapters, without its weights."""
-    from rankstudy.build import attach_arm, load_model
+def skeleton(spec: StudySpec) -> torch.nn.Module:
+    """The base model's modules and config without its weights (the meta device); a tiny model
+    is built whole, as it costs nothing."""
+    from rankstudy.build import load_model
 
     if spec.model.tiny is not None:
-        model = load_model(spec.model, torch.float32).model
+        return load_model(spec.model, torch.float32).model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if spec.model.gguf is not None:  # the converted folder's config, else the file's header
+        from rankstudy.gguf_models import converted, resolve
+
+        path = resolve(spec.model.gguf)
+        folder = converted(spec.model.gguf)
+        source = {"pretrained_model_name_or_path": folder or path.parent}
+        source |= {} if folder else {"gguf_file": path.name}
     else:
-        from transformers import AutoConfig, AutoModelForCausalLM
-
-        if spec.model.gguf is not None:  # the config is in the file's header
-            from rankstudy.gguf_models import resolve
-
-            path = resolve(spec.model.gguf)
-            source = {"pretrained_model_name_or_path": path.parent, "gguf_file": path.name}
-        else:
-            source = {"pretrained_model_name_or_path": spec.model.name}
-        config = AutoConfig.from_pretrained(
-            **source, trust_remote_code=spec.model.trust_remote_code
+        source = {"pretrained_model_name_or_path": spec.model.name}
+    config = AutoConfig.from_pretrained(**source, trust_remote_code=spec.model.trust_remote_code)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(
+            config, trust_remote_code=spec.model.trust_remote_code
         )
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(
-                config, trust_remote_code=spec.model.trust_remote_code
-            )
-    return model_shape(attach_arm(model, spec, parse_arm(f"lora_r{spec.adapters.max_rank}", spec)))
+
+
+def shape_of(spec: StudySpec) -> ModelShape:
+    """The FLOP-relevant shape of the base with the spec's adapters, without its weights."""
+    from rankstudy.build import attach_arm
+
+    arm = parse_arm(f"lora_r{spec.adapters.max_rank}", spec)
+    return model_shape(attach_arm(skeleton(spec), spec, arm))
 
 
 def split_sizes(spec: StudySpec) -> dict[str, int]:

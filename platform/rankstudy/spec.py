@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -26,7 +27,8 @@ from rankstudy.tokenizer import BYTE_VOCAB_SIZE
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf and nan are never a setting: a learning rate of inf trains to NaN, silently
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class TinyModelSpec(Strict):
@@ -41,6 +43,28 @@ class TinyModelSpec(Strict):
     initializer_range: float = Field(0.1, gt=0)
     max_positions: int = Field(512, gt=1)
     seed: int = 0
+
+    @field_validator("heads")
+    @classmethod
+    def _heads_split_hidden(cls, heads: int, info: ValidationInfo) -> int:
+        """What the model's attention needs, said before transformers raises it mid-build."""
+        hidden, family = info.data.get("hidden"), info.data.get("family")
+        if hidden is None:
+            return heads  # hidden itself was invalid, and says so
+        if hidden % heads:
+            raise ValueError(f"{heads} heads do not divide hidden ({hidden}) evenly")
+        if family != "gpt2":  # llama and qwen2: rotary positions, grouped key/value heads
+            if (hidden // heads) % 2:
+                raise ValueError(
+                    f"rotary positions need an even head size; hidden {hidden} / {heads} heads "
+                    f"= {hidden // heads}"
+                )
+            if heads % max(1, heads // 2):
+                raise ValueError(
+                    f"{heads} heads cannot share {heads // 2} key/value heads (heads // 2) "
+                    f"evenly; use 1, 3 or an even number"
+                )
+        return heads
 
 
 class ModelSpec(Strict):
@@ -227,6 +251,9 @@ class ResourcesSpec(Strict):
     workers: int = Field(1, gt=0, description="Ray Train workers (processes) per trial")
     use_gpu: bool = False
     cpus_per_worker: int = Field(1, gt=0)
+    wait_timeout_s: float = Field(
+        1800, gt=0, description="give up when trials waited this long for resources, none running"
+    )
 
 
 METHODS = (

@@ -35,6 +35,16 @@ def _target_matcher(target_modules: Targets):
     return lambda name: any(name == t or name.endswith("." + t) for t in names)
 
 
+def adapted_modules(model: nn.Module, target_modules: Targets) -> dict[str, nn.Module]:
+    """The linear modules that target_modules adapt, by name; an error names a target that
+    matches nothing, and lists the names the model has."""
+    matches = _target_matcher(target_modules)
+    linear_names = [n for n, m in model.named_modules() if isinstance(m, ADAPTABLE)]
+    matched = [n for n in linear_names if matches(n)]
+    _check_every_target_matched(target_modules, matched, linear_names)
+    return {n: model.get_submodule(n) for n in matched}
+
+
 def _check_every_target_matched(
     target_modules: Targets, matched: list[str], linear_names: list[str]
 ) -> None:
@@ -106,10 +116,7 @@ def attach_adapters(
         inference_rule=inference_rule,
         seed=seed,
     )
-    matches = _target_matcher(target_modules)
-    linear_names = [n for n, m in model.named_modules() if isinstance(m, ADAPTABLE)]
-    matched = [n for n in linear_names if matches(n)]
-    _check_every_target_matched(target_modules, matched, linear_names)
+    matched = list(adapted_modules(model, target_modules))
 
     for p in model.parameters():
         p.requires_grad_(False)

@@ -1,0 +1,62 @@
+"""The spec against the model it applies to, before any compute.
+
+A field can be valid alone and impossible on its model: a planted rank of 64 on 32-wide
+matrices runs and plants nothing above rank 32; an adapter rank above the matrices it adapts
+trains directions that do not exist; a sequence longer than the model's positions fails deep in
+a forward pass. Each is refused here, naming the field and the model's own figure, from the
+model's skeleton (its config on the meta device, no weights).
+"""
+
+from __future__ import annotations
+
+from rankstudy.adapters.attach import adapted_modules
+from rankstudy.adapters.layer import linear_shape
+from rankstudy.spec import SpecError, StudySpec
+
+
+def model_source(spec: StudySpec) -> str:
+    m = spec.model
+    return "model.tiny" if m.tiny else f"model.gguf {m.gguf}" if m.gguf else f"model {m.name}"
+
+
+def positions(config) -> int | None:
+    """How many positions the model embeds (None: the config does not say)."""
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        if isinstance(getattr(config, key, None), int):
+            return getattr(config, key)
+    return None
+
+
+def check_fits_model(spec: StudySpec) -> None:
+    """Raise SpecError listing every field the model cannot take."""
+    from rankstudy.plan import sequence_tokens, skeleton
+
+    source = model_source(spec)
+    try:
+        model = skeleton(spec)
+    except (OSError, ValueError) as e:  # transformers' own words on an unreadable config
+        raise SpecError(f"{source}: cannot read the model's config: {e}") from None
+    problems = []
+    try:
+        adapted = adapted_modules(model, spec.adapters.target_modules)
+    except ValueError as e:
+        raise SpecError(f"adapters.{e}") from None
+    side, name = min((min(linear_shape(m)), n) for n, m in adapted.items())
+    where = f"the smallest adapted matrix ({name}) has {side} rows or columns"
+    if spec.adapters.max_rank > side:
+        problems.append(
+            f"adapters.max_rank: {spec.adapters.max_rank} exceeds the rank any adapter can reach "
+            f"on {source}: {where}"
+        )
+    if spec.task.kind == "planted" and spec.task.planted_rank > side:
+        problems.append(
+            f"task.planted_rank: {spec.task.planted_rank} cannot be planted in {source}: {where}"
+        )
+    limit = positions(model.config)
+    tokens = sequence_tokens(spec)
+    if limit is not None and tokens > limit:
+        field = "task.seq_len" if spec.task.kind == "planted" else "task.max_length"
+        own = " (model.tiny.max_positions)" if spec.model.tiny else ""
+        problems.append(f"{field}: {tokens} tokens exceed the {limit} positions of {source}{own}")
+    if problems:
+        raise SpecError("\n".join(problems))
