@@ -8,6 +8,7 @@ states the loop uses (DyLoRA's draws, torch's RNG for dropout) are saved with it
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -35,11 +36,27 @@ def save_checkpoint(engine, ckpt_dir: Path, step: int, loop_state: dict) -> None
         save_adapters(engine.module, ckpt_dir / f"step{step}" / "adapters.safetensors")
 
 
+class CorruptCheckpoint(RuntimeError):
+    """The latest checkpoint cannot be read; it was moved aside, so the next attempt starts
+    the trial from step 0 instead of failing on it again."""
+
+
 def load_checkpoint(engine, ckpt_dir: Path) -> dict | None:
     """Restore the latest checkpoint into the engine; returns the loop state, or None."""
-    if latest_tag(ckpt_dir) is None:
+    tag = latest_tag(ckpt_dir)
+    if tag is None:
         return None
-    _, client_state = engine.load_checkpoint(str(ckpt_dir), load_module_strict=False)
+    try:
+        _, client_state = engine.load_checkpoint(str(ckpt_dir), load_module_strict=False)
+    except (RuntimeError, OSError, EOFError, KeyError, ValueError, pickle.UnpicklingError) as e:
+        aside = ckpt_dir.with_name(f"{ckpt_dir.name}.corrupt-{tag}")
+        if engine.global_rank == 0:
+            ckpt_dir.replace(aside)
+        raise CorruptCheckpoint(
+            f"checkpoint {ckpt_dir / tag} cannot be read ({type(e).__name__}: "
+            f"{str(e)[:200]}); moved it to {aside.name}: the trial's next attempt starts "
+            f"from step 0"
+        ) from e
     if client_state is None:
         return None
     get_schedule(engine.module).set_rng_state(client_state["dylora_rng"])

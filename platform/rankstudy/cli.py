@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -12,14 +13,17 @@ from pathlib import Path
 def _trial(args: argparse.Namespace) -> int:
 
     from rankstudy.arms import parse_arm
+    from rankstudy.model_fit import check_fits_model
     from rankstudy.spec import SpecError, load_spec, read_spec_file
 
     try:  # validate everything before any compute starts
         spec = load_spec(args.spec, args.set)
         parse_arm(args.arm, spec)
+        check_fits_model(spec)
     except (SpecError, ValueError) as e:
         print(f"rankstudy trial: invalid input\n{e}", file=sys.stderr)
         return 2
+    from rankstudy.checkpoint import CorruptCheckpoint
     from rankstudy.trial import TrialFailed, run_trial
 
     out = Path(args.out or f"runs/{spec.name}/{args.arm}")
@@ -38,33 +42,15 @@ def _trial(args: argparse.Namespace) -> int:
         )
         print(f"rankstudy trial: FAILED: {e}", file=sys.stderr)
         return 1
+    except CorruptCheckpoint as e:
+        print(f"rankstudy trial: {e}; run it again", file=sys.stderr)
+        return 1
     curve = "  ".join(f"r={k}: {v:.3f}" for k, v in result["scores"].items())
     print(
         f"{args.arm}: test {curve}  AURAC log2 {result['aurac']['log2']:.3f} "
         f"linear {result['aurac']['linear']:.3f}\nwrote {out / 'result.json'}"
     )
     return 0
-
-
-def connect_ray(address: str | None, extra_cpus: int = 0) -> None:
-    """Join the cluster of `ray job submit` ($RAY_ADDRESS) or --address, else a running local
-    head, else start a local Ray for this process alone. extra_cpus: logical CPUs beyond the
-    cores, for the drivers of multi-worker trials (each holds one while its workers train)."""
-    import os
-
-    import ray
-
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address == "local":
-        ray.init(address="local", num_cpus=os.cpu_count() + extra_cpus, include_dashboard=False)
-        return
-    if address:
-        ray.init(address=address)
-        return
-    try:
-        ray.init(address="auto")
-    except ConnectionError:
-        ray.init(num_cpus=os.cpu_count() + extra_cpus, include_dashboard=False)
 
 
 def sweep_variants(spec) -> list[tuple[str, list[str]]]:
@@ -85,6 +71,7 @@ def sweep_variants(spec) -> list[tuple[str, list[str]]]:
 
 def _plan(args: argparse.Namespace) -> int:
 
+    from rankstudy.model_fit import check_fits_model
     from rankstudy.plan import add_time, calibrate, plan, plan_table, shape_of, split_sizes
     from rankstudy.spec import SpecError, load_spec, read_spec_file
 
@@ -94,6 +81,7 @@ def _plan(args: argparse.Namespace) -> int:
         plans = []
         for label, sets in variants:
             variant = load_spec(args.spec, sets)
+            check_fits_model(variant)
             shape = shape_of(variant)
             out = plan(variant, shape, split_sizes(variant))
             if args.calibrate:
@@ -116,6 +104,7 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _study(args: argparse.Namespace) -> int:
+    from rankstudy.ray_cluster import ClusterError, check_cluster, connect_ray
     from rankstudy.spec import SpecError, load_spec
     from rankstudy.study import Study, StudyError, StudyInterrupted, summary_table
     from rankstudy.tracking import ui_hint
@@ -133,7 +122,17 @@ def _study(args: argparse.Namespace) -> int:
         print(f"rankstudy study: invalid input\n{e}", file=sys.stderr)
         return 2
     r = studies[0].spec.resources
-    connect_ray(args.address, extra_cpus=1 if r.workers > 1 and not r.use_gpu else 0)
+    try:
+        connect_ray(args.address, extra_cpus=1 if r.workers > 1 and not r.use_gpu else 0)
+        for study in studies:
+            check_cluster(study.spec)
+    except ClusterError as e:
+        print(f"rankstudy study: {e}", file=sys.stderr)
+        return 2
+    # SIGTERM (`ray job stop`, a scheduler's kill) stops the study as Ctrl-C does: Tune ends
+    # its trials and saves its state, the parent run is marked KILLED, the exit ends this
+    # process's own Ray, and the --resume command is printed
+    signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
     incomplete = []
     for study in studies:
         try:

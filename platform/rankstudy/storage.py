@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 SCHEMES = ("s3://", "gs://", "gcs://", "hdfs://", "file://")
@@ -26,6 +27,32 @@ def check_storage_uri(uri: str | None) -> str | None:
             f"{uri!r} is neither a storage URI ({', '.join(SCHEMES)}) nor an absolute path"
         )
     return uri
+
+
+MIN_FREE = 64 * 2**20  # checkpoints of adapters and their optimizer state, MLflow, results
+
+
+def check_writable(field: str, path: Path, must_exist: bool = False) -> None:
+    """A local folder the study writes to: it (or, unless must_exist, the nearest folder above
+    it) must be a folder this process can write, with room left; a ValueError names the field."""
+    probe = Path(path)
+    if must_exist and not probe.is_dir():
+        raise ValueError(
+            f"{field}: {path} is not an existing folder; a storage path must be a folder every "
+            f"node sees (mount it, or create it)"
+        )
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"{field}: {probe} is a file, so no folder {path} can be made")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"{field}: {probe} is not writable here")
+    free = shutil.disk_usage(probe).free
+    if free < MIN_FREE:
+        raise ValueError(
+            f"{field}: {probe} has {free / 2**20:.0f} MiB free; a study needs at least "
+            f"{MIN_FREE / 2**20:.0f} MiB"
+        )
 
 
 class TrialStorage:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import threading
 import time
 import uuid
@@ -23,7 +24,9 @@ from ray import tune
 
 from rankstudy.arms import parse_arm
 from rankstudy.figures import curve_figure
+from rankstudy.model_fit import check_fits_model
 from rankstudy.progress import StudyProgress
+from rankstudy.ray_cluster import trial_bundles
 from rankstudy.scoring import (
     METHOD_ARMS,
     method_arms,
@@ -33,9 +36,10 @@ from rankstudy.scoring import (
     study_rules,
 )
 from rankstudy.spec import load_spec, read_spec_file
-from rankstudy.storage import TrialStorage, check_storage_uri
+from rankstudy.storage import TrialStorage, check_storage_uri, check_writable
 from rankstudy.tracking import StudyTracker, tracking_uri
 from rankstudy.trainable import FAILED_METRIC, trial_resources, tune_trial
+from rankstudy.waiting import WaitWatch, free_resources
 
 STATE_FILE = "study_state.json"
 
@@ -100,6 +104,13 @@ class _Recorder(tune.Callback):
         searched = sum(not t.get("superseded") for t in study.state["trials"].values())
         study.log(study.progress.line(searched, len(study.state["tests"]), *study.test_passes()))
 
+    def on_step_begin(self, iteration, trials, **info) -> None:
+        waiting = self.study.waiting
+        if not waiting.gave_up:
+            waiting.step(trials)
+            if waiting.gave_up:  # Tune's own stop on Ctrl-C: resumable, every trial kept
+                os.kill(os.getpid(), signal.SIGINT)
+
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self._ended(trial, None)
 
@@ -114,6 +125,7 @@ class Study:
         self, spec_path: str, overrides: list[str], out_dir: str | None, resume: bool
     ) -> None:
         self.spec = load_spec(spec_path, overrides)  # every input error before any compute
+        check_fits_model(self.spec)
         self.raw = read_spec_file(spec_path)
         self.spec_path = spec_path
         rules = json.dumps(study_rules(self.spec))
@@ -127,9 +139,8 @@ class Study:
             )
         if resume and not self.state_path.exists():
             raise StudyError(f"--resume: {self.out_dir} holds no study to resume")
-        self.state = (
-            json.loads(self.state_path.read_text()) if resume else {"trials": {}, "tests": {}}
-        )
+        check_writable("--out", self.out_dir)
+        self.state = self.read_state() if resume else {"trials": {}, "tests": {}}
         self.storage = TrialStorage(self.storage_of_study(), self.out_dir)
         self.state["spec"] = {"raw": self.raw, "overrides": self.overrides}  # for `export`
         self.seeds = self.spec.seeds or [self.spec.seed]
@@ -143,10 +154,13 @@ class Study:
         the study and made unique, so studies sharing a bucket never share a path; kept in the
         state, so a resumed study finds it again."""
         base = self.spec.storage or os.environ.get("RANKSTUDY_STORAGE") or None
+        field = "storage" if self.spec.storage else "RANKSTUDY_STORAGE"
         try:
             check_storage_uri(base)
         except ValueError as e:
-            raise StudyError(f"RANKSTUDY_STORAGE: {e}") from None
+            raise StudyError(f"{field}: {e}") from None
+        if base and base.startswith("/"):  # a shared disk: it must be there, not made here
+            check_writable(field, Path(base), must_exist=True)
         if self.state.get("storage_base", base) != base:
             raise StudyError(
                 f"storage: this study keeps its trials under {self.state['storage_base']!r}; "
@@ -156,6 +170,22 @@ class Study:
             self.state["storage"] = f"{base.rstrip('/')}/{self.spec.name}-{uuid.uuid4().hex[:8]}"
         self.state["storage_base"] = base
         return self.state.get("storage")
+
+    def read_state(self) -> dict:
+        """The state file of the study to resume; written atomically, so a bad one was
+        damaged from outside the study, and resuming from it would lose track of trials."""
+        try:
+            state = json.loads(self.state_path.read_text())
+        except (ValueError, OSError) as e:
+            raise StudyError(
+                f"--resume: {self.state_path} cannot be read ({e}); restore it from a backup, "
+                f"or start the study again in a new --out"
+            ) from None
+        if not isinstance(state, dict) or not {"trials", "tests"} <= state.keys():
+            raise StudyError(
+                f"--resume: {self.state_path} is not a study state (no trials and tests)"
+            )
+        return state
 
     def save_state(self) -> None:
         with self.writer.lock:
@@ -200,7 +230,11 @@ class Study:
 
     def result(self, out_dir: str | Path) -> dict:
         """A trial's result.json, wherever the node that ran it was (rankstudy.storage)."""
-        return self.storage.read_json(Path(out_dir) / "result.json")
+        path = Path(out_dir) / "result.json"
+        try:
+            return self.storage.read_json(path)
+        except ValueError as e:  # trials write it atomically: damaged from outside the study
+            raise StudyError(f"{path} cannot be read (cut short or corrupt: {e})") from None
 
     def log(self, message: str) -> None:
         print(f"[study {self.spec.name}] {message}", flush=True)
@@ -261,6 +295,8 @@ class Study:
         rules = {arm: self.arm_rules(arm) for arm in arms}
         self.log(f"{len(arms)} arms x {s.trials_per_arm} trials: {', '.join(arms)}")
         self.progress = StudyProgress(len(arms) * s.trials_per_arm)
+        needs = ", ".join(f"{b}" for b in trial_bundles(self.spec))
+        self.waiting = WaitWatch(needs, self.spec.resources.wait_timeout_s, self.log)
         trainable = tune.with_resources(tune_trial, trial_resources(self.spec))
         path = f"{self.storage.path_of('tune')}/search"
         if self.resume and tune.Tuner.can_restore(path):
@@ -304,6 +340,12 @@ class Study:
             )
             kept.add(record["key"])
         self.drop_superseded(kept)
+        if self.waiting.gave_up:
+            raise StudyInterrupted(
+                f"resources.wait_timeout_s: trials waited {self.waiting.timeout:.0f} s for "
+                f"{self.waiting.needs} each with none running (free: {free_resources()}); "
+                f"continue with --resume --out {self.out_dir} once the cluster has room"
+            )
         if unfinished:
             raise StudyInterrupted(
                 f"study interrupted with {unfinished} trial(s) unfinished; continue it with "
@@ -361,7 +403,12 @@ class Study:
         failure = error
         if failure is None and metrics.get("failed"):
             failure = self.storage.read_text(out_dir / "failure.txt")
-        result = None if failure else self.result(out_dir)  # now: a test pass may rewrite it
+        result = None
+        if not failure:
+            try:
+                result = self.result(out_dir)  # now: a test pass may rewrite it
+            except StudyError as e:
+                failure = str(e)
         shape = parse_arm(arm, self.spec)
         record = {
             "key": key,

@@ -102,5 +102,7 @@ def tune_trial(config: dict) -> None:
 def trial_resources(spec: StudySpec) -> dict:
     r = spec.resources
     if r.workers > 1:  # the function drives a TorchTrainer, whose workers hold the devices;
-        return {"CPU": 1}  # give Ray logical CPUs = cores + concurrent trials (cli.connect_ray)
+        return {
+            "CPU": 1
+        }  # give Ray logical CPUs = cores + concurrent trials (ray_cluster.connect_ray)
     return {"CPU": r.cpus_per_worker, **({"GPU": 1} if r.use_gpu else {})}

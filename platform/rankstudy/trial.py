@@ -198,6 +198,7 @@ def _run_trial(config: dict, engines: list) -> dict:
         storage.pull_latest_checkpoint(out_dir)
     if world > 1:
         dist.barrier()
+    # an unreadable checkpoint raises CorruptCheckpoint (not TrialFailed): Tune retries the trial
     state = load_checkpoint(engine, ckpt_dir) or {
         "step": 0,
         "losses": [],
@@ -339,7 +340,9 @@ def _run_trial(config: dict, engines: list) -> dict:
         result["base_scores"] = base
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "result.json").write_text(json.dumps(result, indent=2))
+        partial = out_dir / "result.json.tmp"
+        partial.write_text(json.dumps(result, indent=2))
+        partial.replace(out_dir / "result.json")  # atomic: never a result cut short
         storage.push(out_dir / "result.json")
     return result
 
