@@ -1,7 +1,12 @@
 """Shared fixtures: tiny models built locally, one torch thread (2-core machines)."""
 
+import os
+import tempfile
+
 import pytest
 import torch
+
+from studies import VENV_BIN, free_port, mlflow_command, service
 
 torch.set_num_threads(1)
 
@@ -16,3 +21,39 @@ TARGETS = {
 @pytest.fixture
 def tokens() -> torch.Tensor:
     return torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """A Ray head in its own process group (auth off, this machine only), ended by group id."""
+    temp = tempfile.mkdtemp(prefix="rs-", dir="/tmp")  # short: Ray's socket paths are bounded
+    port, dashboard = free_port(), free_port()
+    env = os.environ | {
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
+    }
+    command = [
+        str(VENV_BIN / "ray"),
+        "start",
+        "--head",
+        "--block",
+        f"--port={port}",
+        f"--dashboard-port={dashboard}",
+        "--dashboard-host=127.0.0.1",
+        "--node-ip-address=127.0.0.1",
+        "--num-cpus=2",
+        f"--temp-dir={temp}",
+        "--disable-usage-stats",
+    ]
+    address = f"http://127.0.0.1:{dashboard}"
+    with service(command, f"{address}/api/version", "the Ray head", env):
+        yield address
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real MLflow tracking server (its own process group, ended by group id)."""
+    uri = f"http://127.0.0.1:{(port := free_port())}"
+    with service(mlflow_command(port, tmp_path), f"{uri}/health", "the MLflow server"):
+        yield uri

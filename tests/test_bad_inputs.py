@@ -7,7 +7,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -15,7 +14,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import yaml
 
 from rankstudy import storage
 from rankstudy.checkpoint import CorruptCheckpoint
@@ -25,6 +23,7 @@ from rankstudy.spec import SpecError, parse_spec
 from rankstudy.study import Study, StudyError
 from rankstudy.trial import run_trial
 from rankstudy.waiting import WaitWatch
+from studies import free_port, study_job, write_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,14 +81,8 @@ def test_a_model_folder_without_a_config_is_named(tmp_path):
         check_fits_model(spec)
 
 
-def write(tmp_path, spec=SPEC, name="spec.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(spec))
-    return path
-
-
 def study(tmp_path, out="out", resume=False, spec=SPEC) -> Study:
-    return Study(str(write(tmp_path, spec)), [], str(tmp_path / out), resume)
+    return Study(str(write_spec(tmp_path, spec)), [], str(tmp_path / out), resume)
 
 
 def test_an_out_folder_under_a_file_is_refused(tmp_path):
@@ -168,26 +161,9 @@ def test_a_corrupt_checkpoint_is_named_moved_aside_and_the_retry_starts_over(tmp
     assert again["scores_by_rule"] == whole["scores_by_rule"]  # the same run, from step 0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def study_job(tmp_path, *args, env=None):
-    return subprocess.run(
-        [sys.executable, "jobs/study.py", "--spec", str(write(tmp_path)), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,  # a guard against the hang this checks for, not a speed target
-    )
-
-
 def test_an_explicit_address_nobody_answers_is_named(tmp_path):
     address = f"127.0.0.1:{free_port()}"
-    proc = study_job(tmp_path, "--out", str(tmp_path / "out"), "--address", address)
+    proc = study_job(tmp_path / "out", "--address", address, spec=str(write_spec(tmp_path, SPEC)))
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"--address / RAY_ADDRESS: nothing answers at {address}" in proc.stderr
     assert not (tmp_path / "out").exists()

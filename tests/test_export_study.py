@@ -14,7 +14,7 @@ from rankstudy.adapters import load_adapters, set_rank
 from rankstudy.build import load_model
 from rankstudy.checkpoint import latest_tag
 from rankstudy.export import ExportError, plan_exports, study_spec
-from test_study import TINY, run_study, write_spec
+from studies import TINY, run_study, write_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 

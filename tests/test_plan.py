@@ -10,7 +10,7 @@ import pytest
 from rankstudy.cli import main
 from rankstudy.plan import add_time, plan, shape_of, split_sizes
 from rankstudy.spec import load_spec
-from test_study import study_job
+from studies import study_job
 
 ROOT = Path(__file__).resolve().parents[1]
 GSM8K = ROOT.parent / "shared" / "data" / "gsm8k"

@@ -179,7 +179,7 @@ def test_unknown_experiment_is_an_error_naming_the_flag(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory):
     """A real study (two seeds, the LoRA grid and Matryoshka) whose end builds the report."""
-    from test_study import TINY, run_study, write_spec
+    from studies import TINY, run_study, write_spec
 
     root = tmp_path_factory.mktemp("tiny-report")
     spec = TINY | {
@@ -258,24 +258,6 @@ def test_a_large_study_stays_a_small_page(tmp_path):
     assert shown.errors == [] and len(shown.charts) == 3
     assert len(shown.tables["rank-table"]) == 1 + 10 + 1  # header, methods, reference
     assert shown.best["rank-table"] == ["m9"] * 10
-
-
-@pytest.fixture
-def mlflow_server(tmp_path):
-    """A real MLflow tracking server on localhost (its own process group, ended by group id),
-    serving artifacts as a cluster's head does."""
-    from test_study import free_port, service
-
-    port = free_port()
-    command = [
-        *(str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1"),
-        *("--port", str(port), "--workers", "1"),
-        *("--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}"),
-        *("--artifacts-destination", str(tmp_path / "artifacts")),
-    ]
-    uri = f"http://127.0.0.1:{port}"
-    with service(command, f"{uri}/health", "the MLflow server"):
-        yield uri
 
 
 def test_report_from_a_tracking_server_over_http(tmp_path, mlflow_server):

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from rankstudy.spec import SpecError, load_spec, parse_spec
-from test_study import study_job
+from studies import study_job
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted((ROOT / "jobs" / "specs").glob("*.yaml"))

@@ -85,7 +85,7 @@ def test_storage_that_is_not_a_uri_or_path_is_refused(tmp_path):
 
 def test_each_study_gets_its_own_folder_and_resumes_only_with_it(tmp_path, monkeypatch):
     from rankstudy.study import Study, StudyError
-    from test_study import TINY, write_spec
+    from studies import TINY, write_spec
 
     spec = str(write_spec(tmp_path, TINY | {"storage": "s3://bucket/studies"}))
     one = Study(spec, [], str(tmp_path / "one"), resume=False)

@@ -2,136 +2,27 @@
 starts (and ends, by its process group), and through faults: a trial's process killed
 mid-training, the driver killed mid-study and resumed."""
 
-import contextlib
 import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
-ROOT = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent
-
-TINY = {
-    "name": "tiny-study",
-    "model": {"tiny": {"hidden": 64, "layers": 2, "vocab": 256}},
-    "task": {
-        "kind": "planted",
-        "shift": 0.5,
-        "planted_rank": 8,
-        "seq_len": 16,
-        "train_size": 512,
-        "validation_size": 32,
-        "test_size": 32,
-    },
-    "adapters": {"max_rank": 8, "train_ranks": [1, 2, 4, 8]},
-    "training": {"steps": 60, "micro_batch_size": 16, "log_every": 30, "checkpoint_every": 20},
-    "methods": ["lora_grid", "dylora", "matryoshka", "matryoshka_truncated_p"],
-    "search": {"trials_per_arm": 2},
-}
-ARMS = 6  # lora_r1, r2, r4, r8, dylora, matryoshka
-
-
-def write_spec(tmp_path, spec=TINY, name="spec.yaml"):
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(spec))
-    return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def ray_head():
-    """A Ray head in its own process group (auth off, this machine only), ended by group id."""
-    temp = tempfile.mkdtemp(prefix="rs-", dir="/tmp")  # short: Ray's socket paths are bounded
-    port, dashboard = free_port(), free_port()
-    env = os.environ | {
-        "RAY_AUTH_MODE": "disabled",
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
-    }
-    command = [
-        str(VENV_BIN / "ray"),
-        "start",
-        "--head",
-        "--block",
-        f"--port={port}",
-        f"--dashboard-port={dashboard}",
-        "--dashboard-host=127.0.0.1",
-        "--node-ip-address=127.0.0.1",
-        "--num-cpus=2",
-        f"--temp-dir={temp}",
-        "--disable-usage-stats",
-    ]
-    address = f"http://127.0.0.1:{dashboard}"
-    with service(command, f"{address}/api/version", "the Ray head", env):
-        yield address
-
-
-@contextlib.contextmanager
-def service(command: list[str], url: str, what: str, env: dict | None = None):
-    """A server in its own process group, up once `url` answers, ended by group id."""
-    proc = subprocess.Popen(
-        command,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=2)
-                break
-            except OSError:
-                if time.time() > deadline:
-                    pytest.fail(f"{what} did not come up")
-                time.sleep(1)
-        yield proc
-    finally:
-        end_group(proc)
-
-
-def end_group(proc: subprocess.Popen) -> None:
-    """End a process started in its own session, and everything it started, by group id."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=20)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
-def study_job(out: Path, *args: str, spec: str = "jobs/specs/planted-cpu.yaml"):
-    """`python jobs/study.py --spec SPEC --out OUT ARGS...` from the repo root."""
-    return subprocess.run(
-        [sys.executable, "jobs/study.py", "--spec", spec, "--out", str(out), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-def mlflow_runs(summary):
-    client = MlflowClient(summary["mlflow"]["tracking_uri"])
-    runs = client.search_runs([summary["mlflow"]["experiment_id"]], max_results=1000)
-    return client, runs
+from studies import (
+    ARMS,
+    ROOT,
+    TINY,
+    mlflow_runs,
+    run_study,
+    scores,
+    wait_for_trials,
+    write_spec,
+)
 
 
 @pytest.mark.slow
@@ -221,40 +112,6 @@ def test_study_through_ray_job_submit(tmp_path, ray_head):
     assert experiment.artifact_location == (out / "mlartifacts").as_uri()  # not the job's copy
     report = {a.path for a in client.list_artifacts(parent, "report")}
     assert report == {"report/report.html", "report/figures"}
-
-
-def run_study(spec, out, *args, wait=True):
-    cmd = [
-        sys.executable,
-        "jobs/study.py",
-        "--spec",
-        str(spec),
-        "--out",
-        str(out),
-        "--address",
-        "local",
-        *args,
-    ]
-    with open(out.parent / f"{out.name}.log", "a") as log:  # the child keeps its own copy
-        proc = subprocess.Popen(
-            cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    if wait:
-        assert proc.wait(timeout=1200) == 0, (out.parent / f"{out.name}.log").read_text()[-4000:]
-    return proc
-
-
-def wait_for_trials(proc, state: Path, count: int, timeout: float = 600) -> None:
-    """Until the running study has recorded `count` search trials (or has exited)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        if state.exists() and len(json.loads(state.read_text()).get("trials", {})) >= count:
-            return
-        time.sleep(0.2)
-
-
-def scores(summary):
-    return {m: (v["scores"], v["aurac_log2"]) for m, v in summary["methods"].items()}
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from rankstudy.study import Study, summary_table
 from rankstudy.tracking import StudyTracker
-from test_study import TINY, write_spec
+from studies import TINY, write_spec
 
 
 def failed_record(key: str, logged: bool) -> dict:

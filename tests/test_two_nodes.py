@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from test_study import TINY, VENV_BIN, end_group, free_port, write_spec
+from studies import TINY, VENV_BIN, end_group, free_port, write_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 
