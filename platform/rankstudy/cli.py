@@ -140,6 +140,9 @@ def _study(args: argparse.Namespace) -> int:
         except StudyInterrupted as e:
             print(f"rankstudy study: {e}", file=sys.stderr)
             return 130
+        except StudyError as e:  # what failed, and how to finish the study
+            print(f"rankstudy study: {e}", file=sys.stderr)
+            return 1
         print(f"\n{study.spec.name}\n" + summary_table(summary))
         print(
             f"wrote {study.out_dir / 'study_summary.json'}\n"

@@ -11,6 +11,7 @@ rerunning nothing that finished.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -20,13 +21,15 @@ import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from mlflow.exceptions import MlflowException
 from ray import tune
+from requests import RequestException
 
 from rankstudy.arms import parse_arm
 from rankstudy.figures import curve_figure
 from rankstudy.model_fit import check_fits_model
 from rankstudy.progress import StudyProgress
-from rankstudy.ray_cluster import trial_bundles
+from rankstudy.ray_cluster import answers, trial_bundles
 from rankstudy.scoring import (
     METHOD_ARMS,
     method_arms,
@@ -59,6 +62,7 @@ class _Writer:
         self.lock = threading.RLock()
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow")
         self.pending: list[Future] = []
+        self.failed: str | None = None  # why MLflow stopped taking writes (they wait for relog)
 
     def submit(self, job) -> None:
         self.pending.append(self.pool.submit(job))
@@ -199,7 +203,18 @@ class Study:
         so a resumed study knows which writes a kill cut off."""
 
         def run() -> None:
-            job()
+            if self.writer.failed:
+                return  # in order: this write waits, unlogged, for relog() like the one before
+            try:
+                job()  # MLflow's client retries each request (about 4 min of backoff)
+            except Exception as e:  # the tracking server is gone: the study goes on
+                self.writer.failed = f"{type(e).__name__}: {str(e)[:300]}"
+                self.log(
+                    f"MLflow at {self.tracker.uri} failed a write ({self.writer.failed}); the "
+                    f"study goes on and records to {self.state_path.name}, and writes to MLflow "
+                    f"again once it answers"
+                )
+                return
             if record is not None:
                 with self.writer.lock:
                     record["logged"] = True
@@ -228,6 +243,23 @@ class Study:
                 self.log_record(record, result)
         self.flush()
 
+    def catch_up(self) -> None:
+        """After an MLflow outage: write what it missed, or stop with the way to write it later.
+        Every record is in the state file and every result in its trial's folder, so nothing is
+        lost; --resume writes the missing records (relog) and finishes the study."""
+        if not self.writer.failed:
+            return
+        self.writer.failed = None
+        self.log(f"MLflow at {self.tracker.uri}: writing the records it missed")
+        self.relog()
+        if self.writer.failed:
+            raise StudyError(
+                f"tracking.uri: MLflow at {self.tracker.uri} did not take the study's records "
+                f"({self.writer.failed}). Every trial is recorded in {self.state_path}; once "
+                f"the server answers, write them with --resume --out {self.out_dir} (and the "
+                f"same --spec and --set)"
+            )
+
     def result(self, out_dir: str | Path) -> dict:
         """A trial's result.json, wherever the node that ran it was (rankstudy.storage)."""
         path = Path(out_dir) / "result.json"
@@ -244,6 +276,8 @@ class Study:
         _LIVE[str(self.out_dir)] = self
         self.out_dir.mkdir(parents=True, exist_ok=True)
         uri = tracking_uri(self.spec.tracking.uri, self.out_dir)
+        if uri.startswith(("http://", "https://")) and not answers(uri):
+            raise StudyError(f"tracking.uri: nothing answers at {uri} (the MLflow server)")
         self.tracker = StudyTracker(uri, self.spec.tracking.experiment or self.spec.name)
         parent = self.tracker.start_study(
             self.spec.name, self.spec.model_dump(mode="json"), self.state.get("parent_run_id")
@@ -259,12 +293,21 @@ class Study:
             self.relog()
             self.search()
             self.flush()
+            self.catch_up()
             chosen, missing = self.chosen_results()
         except BaseException:
-            self.tracker.client.set_terminated(parent, "KILLED")
+            with contextlib.suppress(Exception):  # MLflow may be what failed
+                self.tracker.client.set_terminated(parent, "KILLED")
             raise
-        summary = self.summarise(chosen, missing, time.perf_counter() - start)
-        self.tracker.finish_study(summary, "FAILED" if summary["missing"] else "FINISHED")
+        try:
+            summary = self.summarise(chosen, missing, time.perf_counter() - start)
+            self.tracker.finish_study(summary, "FAILED" if summary["missing"] else "FINISHED")
+        except (MlflowException, RequestException) as e:  # its summary file is written
+            raise StudyError(
+                f"tracking.uri: MLflow at {self.tracker.uri} failed while taking the summary "
+                f"({type(e).__name__}: {str(e)[:300]}); {self.out_dir / 'study_summary.json'} "
+                f"holds it; once the server answers, --resume --out {self.out_dir} writes it"
+            ) from None
         try:
             summary["report"] = self.report()
         except Exception as e:  # everything is recorded; the report can be built again later

@@ -1,0 +1,96 @@
+"""The MLflow server going away mid-study, with a real `mlflow server` process: a short outage
+is ridden out (MLflow's client retries each request) and loses no record; a long one stops the
+study with a message saying how to finish it, and --resume writes every record it missed."""
+
+import json
+import os
+import signal
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from studies import (
+    ARMS,
+    TINY,
+    free_port,
+    mlflow_command,
+    run_study,
+    service,
+    wait_for_trials,
+    write_spec,
+)
+
+
+def served_study(tmp_path, uri):
+    return write_spec(tmp_path, TINY | {"tracking": {"uri": uri, "experiment": "outage"}})
+
+
+def assert_every_record_in_mlflow(uri, out):
+    """One run per search trial, each chosen one tested; every run ended; no key twice."""
+    state = json.loads((out / "study_state.json").read_text())
+    client = MlflowClient(uri)
+    runs = client.search_runs([state["experiment_id"]], max_results=1000)
+    keys = [r.data.tags.get("rankstudy.trial_key") for r in runs]
+    trials = [r for r in runs if r.data.tags.get("rankstudy.kind") == "trial"]
+    assert sorted(r.data.tags["rankstudy.trial_key"] for r in trials) == sorted(state["trials"])
+    assert len(trials) == ARMS * 2 and len(keys) == len(set(keys))
+    chosen = {r.data.tags["rankstudy.trial_key"] for r in trials if "test_score" in r.data.metrics}
+    assert chosen == {t["key"] for t in state["tests"].values()}
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert all(t["logged"] for t in [*state["trials"].values(), *state["tests"].values()])
+
+
+@pytest.mark.slow
+def test_a_server_restarted_mid_study_loses_no_record(tmp_path):
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    out = tmp_path / "out"
+    with service(mlflow_command(port, tmp_path), f"{uri}/health", "the MLflow server") as server:
+        proc = run_study(served_study(tmp_path, uri), out, wait=False)
+        wait_for_trials(proc, out / "study_state.json", 2)
+        os.killpg(server.pid, signal.SIGKILL)  # the server and its workers, at once
+        server.wait()
+        wait_for_trials(proc, out / "study_state.json", 5)  # trials go on meanwhile
+    with service(mlflow_command(port, tmp_path), f"{uri}/health", "the MLflow server again"):
+        assert proc.wait(timeout=1200) == 0, (tmp_path / "out.log").read_text()[-4000:]
+        assert_every_record_in_mlflow(uri, out)
+
+
+@pytest.mark.slow
+def test_a_server_down_to_the_end_stops_the_study_and_resume_writes_what_it_missed(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # no minutes of backoff here
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    out = tmp_path / "out"
+    spec = served_study(tmp_path, uri)
+    with service(mlflow_command(port, tmp_path), f"{uri}/health", "the MLflow server") as server:
+        proc = run_study(spec, out, wait=False)
+        wait_for_trials(proc, out / "study_state.json", 2)
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+        assert proc.wait(timeout=1200) == 1
+    log = (tmp_path / "out.log").read_text()
+    assert f"MLflow at {uri} failed a write" in log and "the study goes on" in log
+    assert f"rankstudy study: tracking.uri: MLflow at {uri} did not take the study's" in log
+    assert f"--resume --out {out}" in log
+    state = json.loads((out / "study_state.json").read_text())
+    assert len(state["trials"]) == ARMS * 2  # every trial ran and is recorded
+    assert not all(t["logged"] for t in state["trials"].values())
+
+    with service(mlflow_command(port, tmp_path), f"{uri}/health", "the MLflow server again"):
+        run_study(spec, out, "--resume")
+        assert_every_record_in_mlflow(uri, out)
+        summary = json.loads((out / "study_summary.json").read_text())
+        assert set(summary["methods"]) == set(TINY["methods"]) and not summary["missing"]
+
+
+def test_a_server_that_is_not_there_is_named_before_any_trial(tmp_path):
+    uri = f"http://127.0.0.1:{free_port()}"
+    out = tmp_path / "out"
+    proc = run_study(served_study(tmp_path, uri), out, wait=False)
+    assert proc.wait(timeout=300) == 1
+    log = (tmp_path / "out.log").read_text()
+    assert f"rankstudy study: tracking.uri: nothing answers at {uri} (the MLflow server)" in log
+    assert not (out / "trials").exists()
