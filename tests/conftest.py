@@ -2,6 +2,7 @@
 
 import os
 import tempfile
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -25,7 +26,8 @@ def tokens() -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def ray_head():
-    """A Ray head in its own process group (auth off, this machine only), ended by group id."""
+    """A Ray head in its own process group (auth off, this machine only), ended by group id:
+    its dashboard (for `ray job submit`) and GCS (for a driver) addresses."""
     temp = tempfile.mkdtemp(prefix="rs-", dir="/tmp")  # short: Ray's socket paths are bounded
     port, dashboard = free_port(), free_port()
     env = os.environ | {
@@ -48,7 +50,7 @@ def ray_head():
     ]
     address = f"http://127.0.0.1:{dashboard}"
     with service(command, f"{address}/api/version", "the Ray head", env):
-        yield address
+        yield SimpleNamespace(dashboard=address, gcs=f"127.0.0.1:{port}")
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 starts (and ends, by its process group), and through faults: a trial's process killed
 mid-training, the driver killed mid-study and resumed."""
 
+import contextlib
 import json
 import os
 import re
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -17,6 +19,7 @@ from studies import (
     ARMS,
     ROOT,
     TINY,
+    end_group,
     mlflow_runs,
     run_study,
     scores,
@@ -29,7 +32,7 @@ from studies import (
 def test_study_through_ray_job_submit(tmp_path, ray_head):
     spec = write_spec(tmp_path)
     out = tmp_path / "out"
-    env = os.environ | {"RAY_ADDRESS": ray_head, "RAY_AUTH_MODE": "disabled"}
+    env = os.environ | {"RAY_ADDRESS": ray_head.dashboard, "RAY_AUTH_MODE": "disabled"}
     proc = subprocess.run(
         ["bash", "jobs/submit.sh", str(spec), "--out", str(out)],
         cwd=ROOT,
@@ -249,3 +252,85 @@ def test_interrupted_driver_stops_cleanly_and_resumes(tmp_path):
     _, runs = mlflow_runs(resumed)
     kinds = [r.data.tags.get("rankstudy.kind") for r in runs]
     assert kinds.count("trial") == ARMS * 2 and not resumed["missing"]
+
+
+def ray_processes_of(pid: int) -> list[str]:
+    """Command lines of the processes of the Ray that process `pid` started: its session
+    folder (/tmp/ray/session_<time>_<pid>) is in every one's arguments."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            args = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if re.search(rf"session_[0-9_-]+_{pid}\b", args):
+                found.append(args[:200])
+    return found
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_study_and_leaves_no_process_behind(tmp_path):
+    """SIGTERM (`ray job stop`, a scheduler) to a driver that started its own Ray: it stops
+    as Ctrl-C does, and its Ray (GCS, raylet, workers) ends with it."""
+    spec = write_spec(tmp_path)
+    cut = tmp_path / "cut"
+    proc = run_study(spec, cut, wait=False)
+    wait_for_trials(proc, cut / "study_state.json", 1)
+    assert ray_processes_of(proc.pid), "the study's own Ray was not found"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=300) == 130
+    log = (tmp_path / "cut.log").read_text()
+    assert "rankstudy study: study interrupted" in log and "--resume --out" in log
+    parent = json.loads((cut / "study_state.json").read_text())["parent_run_id"]
+    assert MlflowClient(f"sqlite:///{cut / 'mlflow.db'}").get_run(parent).info.status == "KILLED"
+    deadline = time.time() + 60  # Ray's processes exit on their own once told
+    while ray_processes_of(proc.pid) and time.time() < deadline:
+        time.sleep(1)
+    assert ray_processes_of(proc.pid) == []
+
+
+HOLD_A_CPU = """
+import sys, time, ray
+ray.init(address=sys.argv[1])
+@ray.remote(num_cpus=1)
+class Hold:
+    def ready(self):
+        return True
+h = Hold.remote()
+ray.get(h.ready.remote())
+print("holding", flush=True)
+time.sleep(3600)
+"""
+
+
+@pytest.mark.slow
+def test_trials_waiting_for_resources_say_so_and_give_up(tmp_path, ray_head):
+    """Another job holds one of the head's 2 CPUs; every trial needs 2. The study may not
+    refuse (the CPUs exist), so it waits, says so, and gives up after wait_timeout_s."""
+    env = os.environ | {"RAY_AUTH_MODE": "disabled"}
+    blocker = subprocess.Popen(
+        [sys.executable, "-c", HOLD_A_CPU, ray_head.gcs],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert blocker.stdout.readline().strip() == "holding"
+        spec = TINY | {"resources": {"cpus_per_worker": 2, "wait_timeout_s": 20}}
+        out = tmp_path / "out"
+        cmd = [sys.executable, "jobs/study.py", "--spec", str(write_spec(tmp_path, spec))]
+        proc = subprocess.run(
+            [*cmd, "--out", str(out), "--address", ray_head.gcs],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,  # a guard against the hang this checks for
+        )
+    finally:
+        end_group(blocker)
+    assert proc.returncode == 130, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "waiting for resources: " in proc.stdout
+    assert "need {'CPU': 2} each; free now: CPU 1 of 2; waited 10 s of 20 s" in proc.stdout
+    assert "resources.wait_timeout_s: trials waited 20 s for {'CPU': 2} each" in proc.stderr
+    assert f"--resume --out {out}" in proc.stderr
+    assert json.loads((out / "study_state.json").read_text())["trials"] == {}

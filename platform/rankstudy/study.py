@@ -339,7 +339,8 @@ class Study:
         self.log(f"{len(arms)} arms x {s.trials_per_arm} trials: {', '.join(arms)}")
         self.progress = StudyProgress(len(arms) * s.trials_per_arm)
         needs = ", ".join(f"{b}" for b in trial_bundles(self.spec))
-        self.waiting = WaitWatch(needs, self.spec.resources.wait_timeout_s, self.log)
+        timeout = self.spec.resources.wait_timeout_s
+        self.waiting = WaitWatch(needs, timeout, self.log, every=min(30.0, timeout / 2))
         trainable = tune.with_resources(tune_trial, trial_resources(self.spec))
         path = f"{self.storage.path_of('tune')}/search"
         if self.resume and tune.Tuner.can_restore(path):
@@ -632,15 +633,16 @@ def summary_table(summary: dict) -> str:
     from rankstudy.metrics import aurac
 
     several = len(summary["seeds"]) > 1
+    spread = f"{'± seeds':>8}" if several else ""
     lines = [
-        f"{'method':<30}{'AURAC log2':>11}{'linear':>8}{'trials':>7}{'FLOPs':>10}{'device-s':>10}"
+        f"{'method':<30}{'AURAC log2':>11}{spread}{'linear':>8}{'trials':>7}{'FLOPs':>10}"
+        f"{'device-s':>10}"
     ]
     for name, m in summary["methods"].items():
-        spread = f" ±{m['aurac_log2_std']:.3f}" if several else ""
+        spread = f"{m['aurac_log2_std']:>8.3f}" if several else ""
         lines.append(
-            f"{name:<30}{m['aurac_log2']:>11.3f}{m['aurac_linear']:>8.3f}"
-            f"{m['trials']:>7}{m['cost']['flops']:>10.2e}"
-            f"{m['cost']['device_seconds']:>10.1f}{spread}"
+            f"{name:<30}{m['aurac_log2']:>11.3f}{spread}{m['aurac_linear']:>8.3f}"
+            f"{m['trials']:>7}{m['cost']['flops']:>10.2e}{m['cost']['device_seconds']:>10.1f}"
         )
     if summary.get("shared_setup_seconds"):
         lines.append(
