@@ -30,11 +30,11 @@ PINNED = "import rankstudy.engine; " + LOAD
 def load(code: str, path: str, extensions: str) -> tuple[float, bool]:
     """(seconds, whether the process compiled the op) for one fresh process."""
     env = os.environ | {"PATH": path, "TORCH_EXTENSIONS_DIR": extensions}
-    log = Path(extensions) / "deepspeed_shm_comm" / ".ninja_log"
-    before = len(log.read_text().splitlines()) if log.exists() else 0
+    op = Path(extensions) / "deepspeed_shm_comm" / "deepspeed_shm_comm.so"
+    before = op.stat().st_mtime_ns if op.exists() else None
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
-    return time.perf_counter() - start, len(log.read_text().splitlines()) > before
+    return time.perf_counter() - start, op.stat().st_mtime_ns != before
 
 
 def run(code: str, paths: list[str], processes: int) -> list[tuple[float, bool]]:
