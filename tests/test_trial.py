@@ -10,26 +10,15 @@ import yaml
 from safetensors import safe_open
 
 from rankstudy.trial import TrialFailed, run_trial
+from studies import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 
-SMALL = {
+# the study tests' tiny spec, made a quick single trial: fewer steps, larger evaluation splits
+SMALL = TINY | {
     "name": "tiny",
-    "model": {"tiny": {"hidden": 64, "layers": 2, "vocab": 256}},
-    "task": {
-        "kind": "planted",
-        "shift": 0.5,
-        "planted_rank": 8,
-        "seq_len": 16,
-        "train_size": 256,
-        "validation_size": 64,
-        "test_size": 64,
-    },
-    "adapters": {
-        "max_rank": 8,
-        "train_ranks": [1, 2, 4, 8],
-        "inference_rules": ["scaled", "truncated_p"],
-    },
+    "task": TINY["task"] | {"train_size": 256, "validation_size": 64, "test_size": 64},
+    "adapters": TINY["adapters"] | {"inference_rules": ["scaled", "truncated_p"]},
     "training": {
         "steps": 12,
         "micro_batch_size": 16,
