@@ -38,6 +38,22 @@ TINY = {
 }
 ARMS = 6  # lora_r1, r2, r4, r8, dylora, matryoshka
 
+# the same tiny spec, made a quick single trial: fewer steps, larger evaluation splits
+SMALL = TINY | {
+    "name": "tiny",
+    "task": TINY["task"] | {"train_size": 256, "validation_size": 64, "test_size": 64},
+    "adapters": TINY["adapters"] | {"inference_rules": ["scaled", "truncated_p"]},
+    "training": {
+        "steps": 12,
+        "micro_batch_size": 16,
+        "lr": 3e-3,
+        "log_every": 4,
+        "eval_every": 6,
+        "checkpoint_every": 6,
+    },
+    "deepspeed": {"zero_stage": 2},
+}
+
 
 def write_spec(tmp_path, spec=TINY, name="spec.yaml"):
     path = tmp_path / name

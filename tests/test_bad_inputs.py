@@ -75,6 +75,18 @@ def test_the_spec_as_shipped_fits_its_model():
         check_fits_model(parse_spec(SPEC, ["adapters.max_rank=32", "adapters.train_ranks=[1,32]"]))
 
 
+def test_a_hub_model_out_of_reach_is_left_to_the_trials(monkeypatch, capsys):
+    """Offline (as here) and not cached: said, and not an error: the nodes that run the trials
+    may reach the hub, and load the model themselves."""
+    from rankstudy import model_fit
+
+    monkeypatch.setattr(model_fit, "answers", lambda address: False)
+    check_fits_model(parse_spec(SPEC | {"model": {"name": "some-org/some-model"}}))
+    assert (
+        "model some-org/some-model: its config is not within reach here" in capsys.readouterr().out
+    )
+
+
 def test_a_model_folder_without_a_config_is_named(tmp_path):
     spec = parse_spec(SPEC | {"model": {"name": str(tmp_path)}})
     with pytest.raises(SpecError, match=f"model {tmp_path}: cannot read the model's config"):

@@ -9,7 +9,7 @@ import pytest
 from rankstudy.spec import SpecError, load_spec
 from rankstudy.storage import TrialStorage
 from rankstudy.trial import run_trial
-from test_trial import SMALL
+from studies import SMALL
 
 
 def test_push_pull_and_read_go_through_the_storage_only(tmp_path):

@@ -10,25 +10,7 @@ import yaml
 from safetensors import safe_open
 
 from rankstudy.trial import TrialFailed, run_trial
-from studies import TINY
-
-ROOT = Path(__file__).resolve().parents[1]
-
-# the study tests' tiny spec, made a quick single trial: fewer steps, larger evaluation splits
-SMALL = TINY | {
-    "name": "tiny",
-    "task": TINY["task"] | {"train_size": 256, "validation_size": 64, "test_size": 64},
-    "adapters": TINY["adapters"] | {"inference_rules": ["scaled", "truncated_p"]},
-    "training": {
-        "steps": 12,
-        "micro_batch_size": 16,
-        "lr": 3e-3,
-        "log_every": 4,
-        "eval_every": 6,
-        "checkpoint_every": 6,
-    },
-    "deepspeed": {"zero_stage": 2},
-}
+from studies import ROOT, SMALL
 
 
 def trial(arm, out, overrides=(), spec=SMALL):

@@ -13,7 +13,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from test_trial import ROOT, SMALL
+from studies import ROOT, SMALL
 
 RESUMABLE = SMALL | {
     "task": SMALL["task"] | {"train_size": 1024},

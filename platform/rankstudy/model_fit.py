@@ -9,8 +9,12 @@ model's skeleton (its config on the meta device, no weights).
 
 from __future__ import annotations
 
+from pathlib import Path
+from urllib.parse import urlparse
+
 from rankstudy.adapters.attach import adapted_modules
 from rankstudy.adapters.layer import linear_shape
+from rankstudy.ray_cluster import answers
 from rankstudy.spec import SpecError, StudySpec
 
 
@@ -27,11 +31,33 @@ def positions(config) -> int | None:
     return None
 
 
+def config_within_reach(name: str | None) -> bool:
+    """Whether a model's config can be read here without minutes of retries: a local folder,
+    a hub id already cached, or a hub that answers."""
+    if name is None or Path(name).exists():
+        return True
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return True
+    hub = urlparse(constants.ENDPOINT)
+    return not constants.HF_HUB_OFFLINE and answers(f"{hub.hostname}:{hub.port or 443}")
+
+
 def check_fits_model(spec: StudySpec) -> None:
     """Raise SpecError listing every field the model cannot take."""
     from rankstudy.plan import sequence_tokens, skeleton
 
     source = model_source(spec)
+    if not config_within_reach(spec.model.name):
+        # a hub id this machine cannot reach (offline) and has not cached: the nodes that run
+        # the trials may; they load the model themselves, and fail there, clearly, if not
+        print(
+            f"rankstudy: {source}: its config is not within reach here (hub offline, not "
+            f"cached); the checks against the model are left to the trials",
+            flush=True,
+        )
+        return
     try:
         model = skeleton(spec)
     except (OSError, ValueError) as e:  # transformers' own words on an unreadable config
