@@ -81,8 +81,7 @@ def _plan(args: argparse.Namespace) -> int:
         plans = []
         for label, sets in variants:
             variant = load_spec(args.spec, sets)
-            check_fits_model(variant)
-            shape = shape_of(variant)
+            shape = shape_of(variant, check_fits_model(variant))
             out = plan(variant, shape, split_sizes(variant))
             if args.calibrate:
                 raw = read_spec_file(args.spec)

@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlparse
 
+from torch import nn
+
 from rankstudy.adapters.attach import adapted_modules
 from rankstudy.adapters.layer import linear_shape
 from rankstudy.ray_cluster import answers
@@ -44,8 +46,9 @@ def config_within_reach(name: str | None) -> bool:
     return not constants.HF_HUB_OFFLINE and answers(f"{hub.hostname}:{hub.port or 443}")
 
 
-def check_fits_model(spec: StudySpec) -> None:
-    """Raise SpecError listing every field the model cannot take."""
+def check_fits_model(spec: StudySpec) -> nn.Module | None:
+    """Raise SpecError listing every field the model cannot take; else the skeleton it read
+    (None when the config was out of reach), for a caller that needs the model's shape too."""
     from rankstudy.plan import sequence_tokens, skeleton
 
     source = model_source(spec)
@@ -57,7 +60,7 @@ def check_fits_model(spec: StudySpec) -> None:
             f"cached); the checks against the model are left to the trials",
             flush=True,
         )
-        return
+        return None
     try:
         model = skeleton(spec)
     except (OSError, ValueError) as e:  # transformers' own words on an unreadable config
@@ -86,3 +89,4 @@ def check_fits_model(spec: StudySpec) -> None:
         problems.append(f"{field}: {tokens} tokens exceed the {limit} positions of {source}{own}")
     if problems:
         raise SpecError("\n".join(problems))
+    return model

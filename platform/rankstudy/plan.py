@@ -50,12 +50,13 @@ def skeleton(spec: StudySpec) -> torch.nn.Module:
         )
 
 
-def shape_of(spec: StudySpec) -> ModelShape:
-    """The FLOP-relevant shape of the base with the spec's adapters, without its weights."""
+def shape_of(spec: StudySpec, base: torch.nn.Module | None = None) -> ModelShape:
+    """The FLOP-relevant shape of the base with the spec's adapters, without its weights.
+    base: the skeleton, when the caller has read it already (it gets the adapters)."""
     from rankstudy.build import attach_arm
 
     arm = parse_arm(f"lora_r{spec.adapters.max_rank}", spec)
-    return model_shape(attach_arm(skeleton(spec), spec, arm))
+    return model_shape(attach_arm(skeleton(spec) if base is None else base, spec, arm))
 
 
 def split_sizes(spec: StudySpec) -> dict[str, int]:

@@ -75,13 +75,6 @@ def connect_ray(address: str | None, extra_cpus: int = 0) -> None:
     ray.init(address="local", **own)
 
 
-def trial_bundles(spec: StudySpec) -> list[dict[str, float]]:
-    """What one trial holds at once: its Tune function, and a Ray Train worker each."""
-    r = spec.resources
-    worker = {"CPU": r.cpus_per_worker, **({"GPU": 1} if r.use_gpu else {})}
-    return [worker] if r.workers == 1 else [{"CPU": 1}] + [worker] * r.workers
-
-
 def node_types() -> dict[str, dict[str, float]]:
     """The resources of each kind of node the cluster has or may get: the nodes alive now, and
     its autoscaler's node types."""
@@ -103,6 +96,8 @@ def check_resources(spec: StudySpec, types: dict[str, dict[str, float]], scales:
         f"{name}: " + ", ".join(f"{k} {v:g}" for k, v in sorted(r.items()) if k in ("CPU", "GPU"))
         for name, r in types.items()
     )
+    from rankstudy.trainable import trial_bundles
+
     bundles = trial_bundles(spec)
     for bundle in bundles:
         if not any(all(n.get(k, 0) >= v for k, v in bundle.items()) for n in types.values()):

@@ -22,7 +22,7 @@ def scaling_config(spec: StudySpec):
     return ScalingConfig(
         num_workers=r.workers,
         use_gpu=r.use_gpu,
-        resources_per_worker={"CPU": r.cpus_per_worker, **({"GPU": 1} if r.use_gpu else {})},
+        resources_per_worker=r.worker,
     )
 
 

@@ -255,6 +255,11 @@ class ResourcesSpec(Strict):
         1800, gt=0, description="give up when trials waited this long for resources, none running"
     )
 
+    @property
+    def worker(self) -> dict[str, float]:
+        """What each Ray Train worker (a trial's only process, when it has one) holds."""
+        return {"CPU": self.cpus_per_worker, **({"GPU": 1} if self.use_gpu else {})}
+
 
 METHODS = (
     "lora_grid",  # one LoRA arm per rank in S; the curve is each arm at its own rank

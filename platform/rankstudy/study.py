@@ -29,7 +29,7 @@ from rankstudy.arms import parse_arm
 from rankstudy.figures import curve_figure
 from rankstudy.model_fit import check_fits_model
 from rankstudy.progress import StudyProgress
-from rankstudy.ray_cluster import answers, trial_bundles
+from rankstudy.ray_cluster import answers
 from rankstudy.scoring import (
     METHOD_ARMS,
     method_arms,
@@ -41,7 +41,7 @@ from rankstudy.scoring import (
 from rankstudy.spec import load_spec, read_spec_file
 from rankstudy.storage import TrialStorage, check_storage_uri, check_writable
 from rankstudy.tracking import StudyTracker, tracking_uri
-from rankstudy.trainable import FAILED_METRIC, trial_resources, tune_trial
+from rankstudy.trainable import FAILED_METRIC, trial_bundles, trial_resources, tune_trial
 from rankstudy.waiting import WaitWatch, free_resources
 
 STATE_FILE = "study_state.json"
@@ -413,12 +413,9 @@ class Study:
         """How many trials the cluster holds at once now."""
         import ray
 
-        r = self.spec.resources
-        have = ray.cluster_resources()
-        if r.use_gpu:
-            return max(1, int(have.get("GPU", 0)) // r.workers)
-        per_trial = r.workers * r.cpus_per_worker + (1 if r.workers > 1 else 0)
-        return max(1, int(have.get("CPU", 1)) // per_trial)
+        kind = "GPU" if self.spec.resources.use_gpu else "CPU"
+        per_trial = sum(b.get(kind, 0) for b in trial_bundles(self.spec))
+        return max(1, int(ray.cluster_resources().get(kind, 0)) // per_trial)
 
     def max_concurrent(self) -> int | None:
         """Multi-worker trials: as many as the cluster holds at once, each driver with its

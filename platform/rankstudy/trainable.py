@@ -101,8 +101,12 @@ def tune_trial(config: dict) -> None:
 
 def trial_resources(spec: StudySpec) -> dict:
     r = spec.resources
-    if r.workers > 1:  # the function drives a TorchTrainer, whose workers hold the devices;
-        return {
-            "CPU": 1
-        }  # give Ray logical CPUs = cores + concurrent trials (ray_cluster.connect_ray)
-    return {"CPU": r.cpus_per_worker, **({"GPU": 1} if r.use_gpu else {})}
+    # more workers: this function drives a TorchTrainer, whose workers hold the devices; Ray
+    # gets logical CPUs = cores + concurrent trials for it (ray_cluster.connect_ray)
+    return {"CPU": 1} if r.workers > 1 else r.worker
+
+
+def trial_bundles(spec: StudySpec) -> list[dict]:
+    """What one trial holds at once: its Tune function's resources, and each worker's."""
+    r = spec.resources
+    return [trial_resources(spec)] + ([r.worker] * r.workers if r.workers > 1 else [])
