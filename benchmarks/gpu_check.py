@@ -22,12 +22,11 @@ import time
 
 import torch
 
-from rankstudy.arms import parse_arm
-from rankstudy.build import attach_arm
-from rankstudy.cost import model_shape, train_flops
-from rankstudy.engine import build_engine, init_distributed, use_gpu
-from rankstudy.spec import load_spec, read_spec_file
-from rankstudy.trial import run_trial
+from rankstudy.cost import train_flops
+from rankstudy.engine import init_distributed, use_gpu
+from rankstudy.spec import read_spec_file
+from rankstudy.tasks.base import Task
+from rankstudy.trial import Trial, run_trial
 
 SPEC = "jobs/specs/planted-cpu.yaml"
 SMOLLM2_SPEC = "jobs/specs/smollm2-gsm8k-cpu.yaml"
@@ -54,37 +53,56 @@ def spec_trial(spec: str, gpu_overrides: list[str], steps: int, extra: list[str]
         return run_trial(config)
 
 
-def throughput(spec, arm_name: str, sizes: dict, seq: int, batch: int, steps: int) -> dict:
+class RandomTokens(Task):
+    """Random token sequences of one length, the inputs their own labels: a throughput workload
+    for the trial's training step (nothing to learn, nothing scored)."""
+
+    def __init__(self, vocab: int, seq: int, n: int = 1024) -> None:
+        self.tokens = torch.randint(0, vocab, (n, seq), generator=torch.Generator().manual_seed(0))
+
+    def size(self, split: str) -> int:
+        return len(self.tokens)
+
+    def collate(self, split: str, indices) -> dict[str, torch.Tensor]:
+        batch = self.tokens[list(indices)]
+        return {"input_ids": batch, "labels": batch}
+
+    def loss(self, model, batch) -> torch.Tensor:
+        return model(**batch).loss
+
+    def score_sum(self, model, split, indices, batch_size) -> float:
+        raise NotImplementedError("a throughput workload: nothing to score")
+
+
+def throughput(overrides: list[str], arm_name: str, sizes: dict, seq: int, steps: int) -> dict:
+    """The arm's training steps (the study's Trial.train_step) on a Llama of `sizes`."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    gpu = use_gpu(spec)
-    if gpu:
-        torch.cuda.reset_peak_memory_stats()  # this arm's peak, not the previous one's
-    device = torch.device("cuda" if gpu else "cpu")
-    dtype = torch.bfloat16 if gpu else torch.float32
-    config = LlamaConfig(**sizes, attn_implementation="sdpa")
-    with device:
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    arm = parse_arm(arm_name, spec)
-    attach_arm(model, spec, arm)
-    engine, _, _ = build_engine(model, spec, 1, gpu, lambda step: 1.0)
-    tokens = torch.randint(0, sizes["vocab_size"], (batch, seq), device=engine.device)
-    times = []
-    for i in range(steps + 2):  # two warm-up steps
+    with tempfile.TemporaryDirectory() as out:
+        config = {"spec": read_spec_file(SPEC), "arm": arm_name, "out_dir": out}
+        trial = Trial(config | {"overrides": overrides})
+        gpu = use_gpu(trial.spec)
         if gpu:
-            torch.cuda.synchronize()
-        tic = time.perf_counter()
-        loss = engine(input_ids=tokens, labels=tokens).loss
-        engine.backward(loss)
-        engine.step()
-        if gpu:
-            torch.cuda.synchronize()
-        if i >= 2:
-            times.append(time.perf_counter() - tic)
+            torch.cuda.reset_peak_memory_stats()  # this arm's peak, not the previous one's
+        device = torch.device("cuda" if gpu else "cpu")
+        with device:
+            model = AutoModelForCausalLM.from_config(
+                LlamaConfig(**sizes, attn_implementation="sdpa"),
+                dtype=torch.bfloat16 if gpu else torch.float32,
+            )
+        trial.setup(model=model, task=RandomTokens(sizes["vocab_size"], seq))
+        trial.engine.train()
+        times = []
+        for i in range(steps + 2):  # two warm-up steps
+            tic = time.perf_counter()
+            trial.train_step()  # ends in an all-reduce of its loss: the device has finished
+            if i >= 2:
+                times.append(time.perf_counter() - tic)
+        batch = trial.spec.training.micro_batch_size
+        arm, shape = trial.arm, trial.shape
+        trial.close()
     step = statistics.median(times)
-    flops = train_flops(
-        model_shape(model), batch * seq, seq, arm.method, arm.max_rank, arm.train_ranks
-    )
+    flops = train_flops(shape, batch * seq, seq, arm.method, arm.max_rank, arm.train_ranks)
     out = {
         "arm": arm_name,
         "tokens_per_s": batch * seq / step,
@@ -92,7 +110,6 @@ def throughput(spec, arm_name: str, sizes: dict, seq: int, batch: int, steps: in
         "ms_per_step": 1000 * step,
         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if gpu else None,
     }
-    del engine, model
     if gpu:
         torch.cuda.empty_cache()
     return out
@@ -128,20 +145,17 @@ def main() -> None:
         f"{smol['cost']['train_tokens'] / smol['cost']['train_seconds']:,.0f} train tokens/s"
     )
 
-    spec = load_spec(
-        SPEC,
-        [
-            *overrides,
-            "training.micro_batch_size=8",
-            "adapters.max_rank=64",
-            "adapters.train_ranks=[1,2,4,8,16,32,64]",
-            'adapters.target_modules=["q_proj","k_proj","v_proj","o_proj",'
-            '"gate_proj","up_proj","down_proj"]',
-        ],
-    )
+    big = [
+        *overrides,
+        "training.micro_batch_size=8",
+        "adapters.max_rank=64",
+        "adapters.train_ranks=[1,2,4,8,16,32,64]",
+        'adapters.target_modules=["q_proj","k_proj","v_proj","o_proj",'
+        '"gate_proj","up_proj","down_proj"]',
+    ]
     sizes, seq = (SMALL, 64) if args.small else (LLAMA_1B, 1024)
     peak = args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
-    rows = [throughput(spec, a, sizes, seq, 8, args.steps) for a in ("lora_r64", "matryoshka")]
+    rows = [throughput(big, a, sizes, seq, args.steps) for a in ("lora_r64", "matryoshka")]
     print(f"{'1B-class' if not args.small else 'small'} Llama, batch 8 x {seq}, ZeRO-2:")
     for r in rows:
         r["mfu"] = r["tflops_per_s"] / peak if peak else None

@@ -1,8 +1,9 @@
 """Per-method training step time on the planted default, in a DeepSpeed engine and in a plain
-PyTorch loop with the same model, data and steps, measured side by side.
+PyTorch optimizer, both driven by the study's own trial (rankstudy.trial.Trial.train_step)
+with the same model, data and steps, measured side by side.
 
-Both paths of every method are built first; then rounds run a few steps of each in turn, so
-machine noise hits all alike. Prints ms/step, tokens/s and the engine / plain ratio.
+Every trial is set up first; then rounds run a few steps of each in turn, so machine noise hits
+all alike. Prints ms/step, tokens/s and the engine / plain ratio.
 
     .venv/bin/python benchmarks/trial_step.py [--spec jobs/specs/planted-cpu.yaml] [--rounds 6]
 """
@@ -11,45 +12,61 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
 
 import torch
+from torch import nn
 
-from rankstudy.adapters import get_schedule
 from rankstudy.arms import parse_arm
-from rankstudy.build import attach_arm, build_task, load_model
-from rankstudy.engine import build_engine, init_distributed
-from rankstudy.spec import load_spec
-from rankstudy.trial import arm_loss, example_order
+from rankstudy.build import build_task, load_model
+from rankstudy.engine import init_distributed
+from rankstudy.spec import load_spec, read_spec_file
+from rankstudy.trial import Trial
 
 ARMS = ["lora_r32", "dylora", "matryoshka", "matryoshka_binary", "nested_multiloss"]
 
 
-def adapted(spec, arm):
-    model, _, _ = load_model(spec.model, torch.float32)
-    attach_arm(model, spec, arm)
-    get_schedule(model).per_step_draws = True
-    return model.train()
+class PlainEngine(nn.Module):
+    """What a trial asks of its engine, done by a plain AdamW: the baseline DeepSpeed's own
+    per-step work (ZeRO bookkeeping, its clipping) is measured against."""
+
+    skipped_steps = 0
+
+    def __init__(self, model: nn.Module, spec, lr_lambda) -> None:
+        super().__init__()
+        t = spec.training
+        self.module, self.clip, self.accum, self.micro = model, t.max_grad_norm, t.grad_accum, 0
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=t.lr, weight_decay=t.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda)
+        self.device = next(model.parameters()).device
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (loss / self.accum).backward()
+
+    def step(self) -> None:
+        self.micro += 1
+        if self.micro % self.accum:
+            return
+        if self.clip:
+            torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def get_lr(self) -> list[float]:
+        return self.scheduler.get_last_lr()
+
+    def destroy(self) -> None:
+        pass
 
 
-def plain_step(model, optimizer, task, arm, indices, clip):
-    if arm.method == "dylora":
-        get_schedule(model).resample()
-    batch = task.collate("train", indices)
-    loss = arm_loss(model, task, batch, arm)
-    loss.backward()
-    if clip:
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-
-
-def engine_step(engine, task, arm, indices):
-    if arm.method == "dylora":
-        get_schedule(engine.module).resample()
-    loss = arm_loss(engine, task, task.collate("train", indices), arm)
-    engine.backward(loss)
-    engine.step()
+def plain_engine(model, spec, world, gpu, lr_lambda):
+    return (PlainEngine(model, spec, lr_lambda),)
 
 
 def main() -> None:
@@ -61,52 +78,43 @@ def main() -> None:
     torch.set_num_threads(1)
     spec = load_spec(args.spec)
     init_distributed(gpu=False)
-    t = spec.training
     base, _, _ = load_model(spec.model, torch.float32)
-    arms = [parse_arm(name, spec) for name in ARMS]
-    task = build_task(spec, base, None, arms[1], spec.seed)
-    paths = {}
-    for arm in arms:
-        plain = adapted(spec, arm)
-        params = [p for p in plain.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
-        engine, _, _ = build_engine(adapted(spec, arm), spec, 1, False, lambda step: 1.0)
-        paths[arm.name] = {
-            "plain": lambda i, m=plain, o=optimizer, a=arm: plain_step(
-                m, o, task, a, i, t.max_grad_norm
-            ),
-            "deepspeed": lambda i, e=engine, a=arm: engine_step(e, task, a, i),
-        }
-    times = {(a, p): [] for a in paths for p in ("plain", "deepspeed")}
-    step = 0
+    task = build_task(spec, base, None, parse_arm("dylora", spec), spec.seed)  # shared by all
+    trials, folders = {}, []
+    for arm in ARMS:
+        for path, make in (("plain", plain_engine), ("deepspeed", None)):
+            folders.append(tempfile.TemporaryDirectory())
+            config = {"spec": read_spec_file(args.spec), "arm": arm, "out_dir": folders[-1].name}
+            model, _, _ = load_model(spec.model, torch.float32)
+            kwargs = {"make_engine": make} if make else {}
+            trials[(arm, path)] = Trial(config).setup(model=model, task=task, **kwargs)
+    times = {key: [] for key in trials}
     for _ in range(args.rounds + 1):  # the first round warms up and is dropped
-        for arm_name, fns in paths.items():
-            for path, fn in fns.items():
-                start = time.perf_counter()
-                for _ in range(args.steps_per_round):
-                    fn(
-                        example_order(
-                            task.size("train"),
-                            spec.seed,
-                            step * t.micro_batch_size,
-                            t.micro_batch_size,
-                        )
-                    )
-                    step += 1
-                times[(arm_name, path)].append((time.perf_counter() - start) / args.steps_per_round)
-    tokens = t.micro_batch_size * task.collate("train", [0])["input_ids"].shape[1]
+        for key, trial in trials.items():
+            trial.engine.train()
+            start = time.perf_counter()
+            for _ in range(args.steps_per_round):
+                trial.train_step()
+            times[key].append((time.perf_counter() - start) / args.steps_per_round)
+    report(spec, task, args, times)
+    for trial in trials.values():
+        trial.close()
+
+
+def report(spec, task, args, times) -> None:
+    t = spec.training
+    tokens = t.micro_batch_size * t.grad_accum * task.collate("train", [0])["input_ids"].shape[1]
     print(
         f"{spec.name}: micro-batch {t.micro_batch_size}, {tokens} tokens/step, 1 thread, "
         f"ZeRO-{spec.deepspeed.zero_stage}, median of {args.rounds} rounds x "
         f"{args.steps_per_round} steps"
     )
     print(f"{'arm':<18}{'plain ms':>10}{'DS ms':>9}{'DS tok/s':>11}{'DS/plain':>10}")
-    for arm_name in paths:
-        plain = statistics.median(times[(arm_name, "plain")][1:])
-        ds = statistics.median(times[(arm_name, "deepspeed")][1:])
+    for arm in ARMS:
+        plain = statistics.median(times[(arm, "plain")][1:])
+        ds = statistics.median(times[(arm, "deepspeed")][1:])
         print(
-            f"{arm_name:<18}{1000 * plain:10.1f}{1000 * ds:9.1f}{tokens / ds:11,.0f}"
-            f"{ds / plain:10.2f}"
+            f"{arm:<18}{1000 * plain:10.1f}{1000 * ds:9.1f}{tokens / ds:11,.0f}{ds / plain:10.2f}"
         )
     print("DS/plain above 1 is the engine's own work per step (ZeRO bookkeeping, clipping).")
 

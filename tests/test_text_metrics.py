@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from rankstudy.batches import example_order
 from rankstudy.models import tiny_model
 from rankstudy.tasks.gsm8k import GSM8KTask
 from rankstudy.tasks.text import IGNORE
 from rankstudy.tokenizer import BYTE_VOCAB_SIZE, byte_tokenizer
-from rankstudy.trial import example_order
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gsm8k"
 # A chat template of the usual shape, on the byte tokenizer (which ships none).

@@ -1,16 +1,21 @@
-"""Arms: the things a study tunes. `lora_r<r>` (LoRA at rank r), `dylora`, `matryoshka`,
-`matryoshka_binary` and `nested_multiloss` (the nested methods at the spec's max rank)."""
+"""Arms: the things a study tunes, derived from the method registry (rankstudy.methods).
+
+A grid method (LoRA) gives one arm per rank, `lora_r<r>`; every other method one arm at the
+spec's max rank, named after the method. A served method (spec `methods`) is an arm or arms
+under one inference rule.
+"""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
+from rankstudy.methods import REGISTRY, Method, served
 from rankstudy.spec import StudySpec
 
-NESTED = ("dylora", "matryoshka", "matryoshka_binary", "nested_multiloss")
-# Methods whose inference rules (scaled, truncated_p) give different models: trials score each.
-TWO_RULES = ("matryoshka", "matryoshka_binary")
+GRID = next(m for m in REGISTRY.values() if m.grid)
+# The methods trained as one arm at the spec's max rank: the arm is named after the method.
+NESTED = tuple(name for name, m in REGISTRY.items() if not m.grid)
 
 
 @dataclass(frozen=True)
@@ -22,19 +27,48 @@ class Arm:
     eval_ranks: tuple[int, ...]
 
     @property
+    def kind(self) -> Method:
+        return REGISTRY[self.method]
+
+    @property
     def nested(self) -> bool:
-        return self.method in NESTED
+        return not self.kind.grid
 
 
 def parse_arm(name: str, spec: StudySpec) -> Arm:
     """The arm called `name` under this spec; an unknown name is an error naming --arm."""
     a = spec.adapters
-    if m := re.fullmatch(r"lora_r(\d+)", name):
+    if m := re.fullmatch(rf"{GRID.name}_r(\d+)", name):
         r = int(m.group(1))
         if not 1 <= r <= a.max_rank:
             raise ValueError(f"arm: {name!r} has rank {r} outside 1..max_rank={a.max_rank}")
         below = [k for k in a.evaluation_ranks if k < r] if a.lora_truncations else []
-        return Arm(name, "lora", r, (r,), (*below, r))
+        return Arm(name, GRID.name, r, (r,), (*below, r))
     if name in NESTED:
         return Arm(name, name, a.max_rank, tuple(a.rank_set), tuple(a.evaluation_ranks))
-    raise ValueError(f"arm: unknown arm {name!r}; expected lora_r<rank> or one of {NESTED}")
+    raise ValueError(f"arm: unknown arm {name!r}; expected {GRID.name}_r<rank> or one of {NESTED}")
+
+
+def method_arms(name: str, spec: StudySpec) -> list[str]:
+    """The arms a served method's curve reads: the grid's one per rank in S, else its own."""
+    kind, _ = served(name)
+    return [f"{kind.name}_r{r}" for r in spec.adapters.rank_set] if kind.grid else [kind.name]
+
+
+def method_rule(name: str) -> str:
+    return served(name)[1]
+
+
+def study_arms(spec: StudySpec) -> list[str]:
+    """Every arm the spec's methods need, each once, in a stable order."""
+    return list(dict.fromkeys(a for m in spec.methods for a in method_arms(m, spec)))
+
+
+def study_rules(spec: StudySpec) -> list[str]:
+    """The inference rules trials must evaluate: the paper's first, then any other asked for."""
+    return list(dict.fromkeys(["scaled", *(method_rule(m) for m in spec.methods)]))
+
+
+def arm_rules(arm: str, spec: StudySpec) -> list[str]:
+    """The inference rules the spec's methods serve this arm with."""
+    return list(dict.fromkeys(method_rule(m) for m in spec.methods if arm in method_arms(m, spec)))

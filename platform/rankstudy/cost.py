@@ -13,12 +13,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from rankstudy import methods
 from rankstudy.adapters.layer import ADAPTABLE, NestedLoRA, linear_shape
-from rankstudy.adapters.schedules import check_choice, check_train_ranks
-
-# Training methods whose cost is known: the adapter methods plus the nested objective taken
-# literally (one full forward and backward per rank in S).
-COST_METHODS = ("lora", "dylora", "matryoshka", "matryoshka_binary", "nested_multiloss")
+from rankstudy.methods import check_train_ranks
 
 
 @dataclass(frozen=True)
@@ -65,23 +62,14 @@ def train_flops(
     max_rank: int,
     train_ranks: Sequence[int] = (),
 ) -> float:
-    """FLOPs to train one run of `method` on `tokens` tokens of sequences of seq_len.
-
-    The rank that does work differs by method: lora its rank, dylora the expected draw from S,
-    matryoshka max(S) (components past it have p = 0), matryoshka_binary the |S| sub-adapters
-    it sums, nested_multiloss |S| whole forwards and backwards.
-    """
-    check_choice("method", method, COST_METHODS)
-    if method == "lora":
-        return _train_flops_at_rank(shape, tokens, seq_len, max_rank)
-    ranks = check_train_ranks(train_ranks, max_rank)
-    if method == "dylora":
-        return _train_flops_at_rank(shape, tokens, seq_len, sum(ranks) / len(ranks))
-    if method == "matryoshka":
-        return _train_flops_at_rank(shape, tokens, seq_len, max(ranks))
-    if method == "matryoshka_binary":
-        return _train_flops_at_rank(shape, tokens, seq_len, sum(ranks))
-    return sum(_train_flops_at_rank(shape, tokens, seq_len, r) for r in ranks)
+    """FLOPs to train one run of `method` on `tokens` tokens of sequences of seq_len: a forward
+    and backward at each of the method's cost ranks a step (rankstudy.methods: lora its rank,
+    dylora the expected draw from S, matryoshka max(S), matryoshka_binary the |S|
+    sub-adapters it sums, nested_multiloss |S| whole forwards and backwards)."""
+    kind = methods.method(method)
+    ranks = (max_rank,) if kind.grid else check_train_ranks(train_ranks, max_rank)
+    per_step = kind.cost_ranks(methods.Ranks(max_rank, ranks))
+    return sum(_train_flops_at_rank(shape, tokens, seq_len, r) for r in per_step)
 
 
 def eval_flops(shape: ModelShape, tokens: int, seq_len: int, ranks: Sequence[int]) -> float:

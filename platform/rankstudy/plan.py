@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from rankstudy.arms import TWO_RULES, parse_arm
+from rankstudy.arms import parse_arm
 from rankstudy.cost import ModelShape, eval_flops, model_shape, train_flops
 from rankstudy.scoring import METHOD_ARMS, method_arms, study_arms, study_rules
 from rankstudy.spec import StudySpec
@@ -113,7 +113,7 @@ def plan(spec: StudySpec, shape: ModelShape, sizes: dict[str, int]) -> dict:
         arm = parse_arm(name, spec)
         per_rank = train_flops(shape, tokens, seq, arm.method, arm.max_rank, arm.train_ranks)
         # a trial scores every rule of the study where the rule changes the model's output
-        ranks = list(arm.eval_ranks) * (len(study_rules(spec)) if arm.method in TWO_RULES else 1)
+        ranks = list(arm.eval_ranks) * (len(study_rules(spec)) if len(arm.kind.rules) > 1 else 1)
         val = validations * eval_flops(shape, sizes["validation"] * seq, seq, ranks)
         test = eval_flops(shape, sizes["test"] * seq, seq, ranks)
         trainings = spec.search.trials_per_arm + len(rules) * (seeds - 1)

@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from rankstudy.adapters.attach import powers_of_two
+from rankstudy.methods import SERVED
 from rankstudy.storage import check_storage_uri
 from rankstudy.tokenizer import BYTE_VOCAB_SIZE
 
@@ -261,15 +262,9 @@ class ResourcesSpec(Strict):
         return {"CPU": self.cpus_per_worker, **({"GPU": 1} if self.use_gpu else {})}
 
 
-METHODS = (
-    "lora_grid",  # one LoRA arm per rank in S; the curve is each arm at its own rank
-    "dylora",
-    "matryoshka",  # served with the paper's rule, s_k x A_k B_k
-    "matryoshka_truncated_p",  # the same training run, served with x A_k diag(p[:k]) B_k
-    "matryoshka_binary",
-    "matryoshka_binary_truncated_p",
-    "nested_multiloss",
-)
+# What a study can serve: every method of the registry under each of its served names
+# (the LoRA grid, each nested method, Matryoshka under each inference rule).
+METHODS = tuple(SERVED)
 
 
 class ParamRange(Strict):

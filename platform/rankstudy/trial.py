@@ -1,84 +1,65 @@
 """One trial: one arm with one set of hyperparameters, trained in a DeepSpeed engine and
 scored at every evaluation rank.
 
-`run_trial(config)` is the whole trial on one worker. It runs as one process (the
-`rankstudy trial` command) or as a Ray Train `train_loop_per_worker` on several; workers
-split each global batch and each evaluation set, so the results do not depend on how many
-there are. Rank 0 writes result.json.
+A `Trial` has a lifecycle, each part a short method over one typed progress: setup (model,
+task, adapters, engine, the checkpoint to resume from), train_step (one optimizer step),
+evaluate, checkpoint, finish (score and write result.json) and close. `run_trial(config)` is
+the whole of it on one worker: the `rankstudy trial` command, each Ray Train worker, the
+study's trial actors and the benchmarks all drive this one object. Workers split each global
+batch and each evaluation set, so the results do not depend on how many there are; rank 0
+writes result.json.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import functools
 import gc
-import json
 import math
 import os
-import resource
 import statistics
 import time
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.distributed as dist
 
 from rankstudy.adapters import adapters_off, get_schedule, set_rank
-from rankstudy.arms import TWO_RULES, Arm, parse_arm
+from rankstudy.arms import parse_arm
+from rankstudy.batches import example_order, total_steps
 from rankstudy.build import attach_arm, build_task, load_model
 from rankstudy.checkpoint import load_checkpoint, save_checkpoint
 from rankstudy.cost import eval_flops, model_shape, train_flops
 from rankstudy.engine import build_engine, init_distributed, precision, use_gpu
-from rankstudy.metrics import aurac
+from rankstudy.evaluation import Scores, evaluate, reduce, score_split
 from rankstudy.spec import StudySpec, parse_spec
 from rankstudy.storage import publish_checkpoint, trial_storage
-from rankstudy.tasks.base import Task
+from rankstudy.trial_result import measured, previous_result, trial_result, write_result
+
+# What a trial evaluates at its end: the study's search trials stop at validation, and only
+# each arm's chosen trial is scored on test, by running the trial again with splits=("test",).
+SPLITS = ("validation", "test")
 
 
 class TrialFailed(RuntimeError):
     """The trial cannot go on (a non-finite loss, say); the message says why."""
 
 
-def total_steps(spec: StudySpec, task: Task, world: int) -> int:
-    t = spec.training
-    if t.steps is not None:
-        return t.steps
-    global_batch = t.micro_batch_size * t.grad_accum * world
-    return max(1, math.ceil(t.epochs * task.size("train") / global_batch))
+@dataclass
+class TrialProgress:
+    """What the trial has done and spent; saved in every checkpoint, so a resumed trial goes on
+    from it and its cost counts what the killed run spent too."""
 
-
-def example_order(
-    n: int, seed: int, start: int, count: int, lengths: list[int] | None = None, batch: int = 1
-) -> list[int]:
-    """Positions start..start+count of an endless stream of seeded per-epoch orders. With
-    `lengths`, each epoch's permutation is bucketed: within windows of BUCKET_WINDOW batches
-    the examples are sorted by length and cut into batches of `batch`, and the batches are
-    shuffled, so a batch holds similar lengths and little compute goes to padding."""
-    key = tuple(lengths) if lengths else None
-    out = []
-    for pos in range(start, start + count):
-        epoch, i = divmod(pos, n)
-        out.append(_epoch_order(n, seed, epoch, key, batch)[i])
-    return out
-
-
-BUCKET_WINDOW = 32  # batches sorted together: wider pads less, narrower mixes lengths more
-
-
-@functools.lru_cache(maxsize=4)
-def _epoch_order(n: int, seed: int, epoch: int, lengths: tuple | None, batch: int) -> list[int]:
-    generator = torch.Generator().manual_seed(seed * 7919 + epoch)
-    perm = torch.randperm(n, generator=generator).tolist()
-    if lengths is None:
-        return perm
-    out, width = [], batch * BUCKET_WINDOW
-    for lo in range(0, n, width):
-        window = sorted(perm[lo : lo + width], key=lambda i: lengths[i])
-        batches = [window[j : j + batch] for j in range(0, len(window), batch)]
-        for b in torch.randperm(len(batches), generator=generator).tolist():
-            out.extend(batches[b])
-    return out
+    step: int = 0
+    losses: list[float] = field(default_factory=list)
+    validation: list[dict] = field(default_factory=list)
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    train_tokens: int = 0
+    eval_tokens: int = 0
+    resumed_from: list[int] = field(default_factory=list)
+    shared_seconds: float = 0.0  # set-up later trials reuse (not this arm's cost)
+    wall_seconds: float = 0.0  # of the runs before this one (a resume adds its own)
 
 
 def lr_lambda(spec: StudySpec, steps: int):
@@ -92,69 +73,265 @@ def lr_lambda(spec: StudySpec, steps: int):
     return schedule.lr_lambdas[0]
 
 
-def reduce(value: float, op=dist.ReduceOp.SUM) -> float:
-    """All-reduce one number across the trial's workers (on the GPU under nccl)."""
-    device = torch.cuda.current_device() if dist.get_backend() == "nccl" else "cpu"
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=op)
-    return t.item()
-
-
-def evaluate(
-    model,
-    task: Task,
-    split: str,
-    arm: Arm,
-    rules: list[str],
-    batch_size: int,
-) -> dict[str, dict[str, dict[int, float]]]:
-    """{metric: {rule: {rank: score}}} on the split, "score" being the task's primary metric;
-    every worker scores its shard, then all reduce."""
-    scores: dict[str, dict[str, dict[int, float]]] = {}
-    # Only the methods with a trained p have a second rule; LoRA at its own rank has one.
-    for rule in rules if arm.method in TWO_RULES else rules[:1]:
-        for k in arm.eval_ranks:
-            set_rank(model, k, rule)
-            for metric, value in score_split(model, task, split, batch_size).items():
-                scores.setdefault(metric, {}).setdefault(rule, {})[k] = value
+def method_loss(model, task, batch, arm) -> torch.Tensor:
+    """One micro-batch's loss: the sum of the method's weighted forwards (methods.Method
+    .loss_ranks), each the task's loss at a rank or the method's own training forward.
+    model: an engine or a plain module."""
+    schedule = get_schedule(model)
+    terms = arm.kind.loss_ranks(schedule.ranks, schedule.sampled_rank)
+    if terms == [(None, 1.0)]:  # one forward of the method's own p
+        return task.loss(model, batch)
+    total = 0.0
+    for rank, weight in terms:
+        set_rank(model, rank)
+        loss = task.loss(model, batch)
+        total = total + (loss if weight == 1.0 else weight * loss)
     set_rank(model, None)
-    return scores
+    return total
 
 
-def score_split(model, task: Task, split: str, batch_size: int) -> dict[str, float]:
-    """{metric: mean score} of the model as it is set now; every worker scores its shard."""
-    rank, world = dist.get_rank(), dist.get_world_size()
-    n = task.size(split)
-    was_training = model.training
-    model.eval()
-    sums = task.score_sums(model, split, list(range(rank, n, world)), batch_size)
-    model.train(was_training)
-    return {metric: reduce(total) / n for metric, total in sums.items()}
+class Trial:
+    """One arm trained and scored on this worker. config: {"spec": dict, "arm": str,
+    "out_dir": str, "overrides": [key=value, ...], "splits", "cache_dir", "storage",
+    "score_base"} (rankstudy.trainable builds it)."""
 
+    def __init__(self, config: dict) -> None:
+        self.invoked = time.perf_counter()  # the devices are held from here: set-up is cost
+        self.config = config
+        self.spec = parse_spec(config["spec"], config.get("overrides", ()))
+        self.arm = parse_arm(config["arm"], self.spec)
+        self.storage = trial_storage(config)
+        self.out_dir = self.storage.local(config["out_dir"])  # this node's copy of its folder
+        self.engine = None
+        self.progress = TrialProgress()
 
-def selection_metric(arm: Arm, curve: dict[int, float]) -> float:
-    """Validation AURAC (log2) for nested arms; the score at its own rank for LoRA."""
-    if arm.nested:
-        return aurac(list(curve), list(curve.values()))
-    return curve[arm.max_rank]
+    # -- setup -------------------------------------------------------------------------------
+    def setup(self, model=None, task=None, make_engine=None) -> Trial:
+        """Build the model (or take `model`), its task (or `task`), the arm's adapters and the
+        engine (`make_engine`, DeepSpeed's by default), then resume from the last checkpoint."""
+        spec, arm = self.spec, self.arm
+        self.gpu = use_gpu(spec)
+        self.rank, self.world = init_distributed(self.gpu)
+        torch.set_num_threads(spec.resources.cpus_per_worker)
+        dtype = torch.bfloat16 if precision(spec, self.gpu) == "bf16" else torch.float32
+        torch.manual_seed(spec.seed)
+        setup_seconds, tokenizer = 0.0, None
+        if model is None:
+            model, tokenizer, setup_seconds = load_model(spec.model, torch.float32)
+        if task is None:
+            cache = self.config.get("cache_dir")
+            cache = cache and self.storage.local(cache)
+            task = build_task(spec, model, tokenizer, arm, spec.seed, cache)
+        task.synced_gpus = self.world > 1 and spec.deepspeed.zero_stage == 3
+        self.task = task
+        attach_arm(model, spec, arm)
+        self.schedule = get_schedule(model)
+        self.schedule.per_step_draws = True  # one draw per optimizer step, for every worker
+        self.shape = model_shape(model)
+        self.steps = total_steps(spec, task, self.world)
+        lr = lr_lambda(spec, self.steps)
+        make_engine = make_engine or build_engine
+        self.engine = make_engine(model.to(dtype), spec, self.world, self.gpu, lr)[0]
+        self.lengths = task.lengths("train")
+        self.rules = list(spec.adapters.inference_rules)
+        self._resume(task.shared_seconds + setup_seconds)
+        return self
 
+    def _resume(self, setup_seconds: float) -> None:
+        """Restore the last checkpoint, if any: an unreadable one raises CorruptCheckpoint (not
+        TrialFailed), so Tune retries the trial from step 0."""
+        self.ckpt_dir = self.out_dir / "checkpoints"
+        if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # started on a node that lacks its files
+            self.storage.pull_latest_checkpoint(self.out_dir)
+        if self.world > 1:
+            dist.barrier()
+        loop = load_checkpoint(self.engine, self.ckpt_dir)
+        p = self.progress = TrialProgress(**loop) if loop else TrialProgress()
+        if (
+            self.rank == 0
+        ):  # which process trains this trial now (fault tests and operators kill it)
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "trial.pid").write_text(str(os.getpid()))
+            if p.step:
+                print(f"[{self.arm.name}] resumed from step {p.step}", flush=True)
+        if 0 < p.step < self.steps:
+            p.resumed_from.append(p.step)
+        p.shared_seconds += setup_seconds
+        self.prior_wall = p.wall_seconds
+        # The step of the last checkpoint, the same on every rank (DeepSpeed writes `latest` on
+        # rank 0 alone: other nodes cannot read it off their disks).
+        self.saved = p.step
 
-def peak_memory(gpu: bool) -> int:
-    if gpu:
-        return int(torch.cuda.max_memory_allocated())
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # -- training ----------------------------------------------------------------------------
+    def train(self) -> None:
+        """Optimizer steps up to the budget, logging, validating and checkpointing on the spec's
+        schedule; the last step is always checkpointed."""
+        t, p = self.spec.training, self.progress
+        self.engine.train()
+        started, first = time.perf_counter(), p.step
+        while p.step < self.steps:
+            loss = self.train_step()
+            if self.rank == 0 and (p.step % t.log_every == 0 or p.step == self.steps):
+                self._log(loss, (p.step - first) / (time.perf_counter() - started))
+            if t.eval_every and p.step % t.eval_every == 0 and p.step < self.steps:
+                curve = self.evaluate("validation")["score"][self.rules[0]]
+                p.validation.append({"step": p.step, "scores": curve})
+            if t.checkpoint_every and p.step % t.checkpoint_every == 0:
+                self.checkpoint()
+        if self.saved != p.step:
+            self.checkpoint()
 
+    def train_step(self) -> float:
+        """One optimizer step on the next global batch (this worker's micro-batches of it);
+        returns the step's mean loss over every worker."""
+        t, p, engine = self.spec.training, self.progress, self.engine
+        micro, accum, world = t.micro_batch_size, t.grad_accum, self.world
+        tic = time.perf_counter()
+        global_batch = micro * accum * world
+        n = self.task.size("train")
+        order = example_order(
+            n, self.spec.seed, p.step * global_batch, global_batch, self.lengths, global_batch
+        )
+        if self.arm.kind.draws_rank:
+            self.schedule.resample()
+        step_loss, step_tokens = 0.0, 0
+        for m in range(accum):
+            lo = (m * world + self.rank) * micro
+            batch = self.task.collate("train", order[lo : lo + micro])
+            batch = {k: v.to(engine.device) for k, v in batch.items()}
+            if "teacher_logits" in batch:
+                batch["teacher_logits"] = batch["teacher_logits"].float()
+            loss = method_loss(engine, self.task, batch, self.arm)
+            engine.backward(loss)
+            engine.step()
+            step_loss += loss.item() / accum
+            step_tokens += int(batch["input_ids"].numel())
+        step_loss = reduce(step_loss) / world
+        self._check_finite(step_loss, p.step + 1)
+        p.train_tokens += int(reduce(step_tokens))
+        p.losses.append(step_loss)
+        p.train_seconds += time.perf_counter() - tic
+        p.step += 1
+        return step_loss
 
-def run_trial(config: dict) -> dict:
-    """config: {"spec": dict, "arm": str, "out_dir": str, "overrides": [key=value, ...]}."""
-    engines: list = []
-    try:
-        return _run_trial(config, engines)
-    finally:
-        # DeepSpeed keeps global references to an engine's parameters until it is destroyed:
-        # a reused trial actor would otherwise hold every earlier trial's model.
-        for engine in engines:
-            engine.destroy()
+    def _check_finite(self, loss: float, step: int) -> None:
+        lr = self.spec.training.lr
+        if not math.isfinite(loss):
+            raise TrialFailed(
+                f"loss is {loss} at step {step}: the trial diverged (lr {lr}); stopping it"
+            )
+        # Without fp16 loss scaling, a step DeepSpeed skipped for overflow had non-finite
+        # gradients: it will not recover, and silently skipped steps would fake the budget.
+        if self.engine.skipped_steps:
+            raise TrialFailed(
+                f"gradients are non-finite at step {step} (DeepSpeed skipped the update; "
+                f"lr {lr}); stopping it"
+            )
+
+    def _log(self, loss: float, steps_per_second: float) -> None:
+        p = self.progress
+        tok_s = p.train_tokens / max(p.train_seconds, 1e-9)
+        print(
+            f"[{self.arm.name}] step {p.step}/{self.steps} loss {loss:.4f} "
+            f"lr {self.engine.get_lr()[0]:.2e} {tok_s:,.0f} tok/s "
+            f"eta {(self.steps - p.step) / steps_per_second:.0f}s",
+            flush=True,
+        )
+
+    # -- evaluation and checkpoints -----------------------------------------------------------
+    def evaluate(self, split: str) -> Scores:
+        """Every evaluation rank under every rule, its seconds and tokens added to the cost."""
+        start = time.perf_counter()
+        batch = self.spec.training.eval_batch_size
+        scores = evaluate(self.engine.module, self.task, split, self.arm, self.rules, batch)
+        evaluated = sum(len(curve) for curve in scores["score"].values())  # (rule, rank)
+        self._spent_on_eval(split, evaluated, start)
+        return scores
+
+    def evaluate_base(self, split: str) -> dict[str, float]:
+        """The base model alone (adapters off): the baseline every rank improves on."""
+        start = time.perf_counter()
+        model = self.engine.module
+        with adapters_off(model):
+            scores = score_split(model, self.task, split, self.spec.training.eval_batch_size)
+        self._spent_on_eval(split, 1, start)
+        return scores
+
+    def _spent_on_eval(self, split: str, evaluated: int, start: float) -> None:
+        p = self.progress
+        p.eval_seconds += time.perf_counter() - start
+        p.eval_tokens += self.task.size(split) * evaluated * self.task.tokens_per_example(split)
+
+    def checkpoint(self) -> None:
+        p = self.progress
+        self.saved = p.step
+        p.wall_seconds = self.wall()
+        save_checkpoint(self.engine, self.ckpt_dir, p.step, asdict(p))
+        publish_checkpoint(self.storage, self.ckpt_dir, p.step, self.rank, self.world)
+
+    def wall(self) -> float:
+        return self.prior_wall + time.perf_counter() - self.invoked
+
+    # -- the end -------------------------------------------------------------------------------
+    def finish(self) -> dict:
+        """Score the splits the config asks for and write result.json (rank 0)."""
+        p, config = self.progress, self.config
+        splits = config.get("splits", SPLITS)
+        previous = previous_result(self.out_dir) if "validation" not in splits else None
+        if previous is not None:  # a test pass after a validation-only run: keep what it measured
+            validation = measured(previous, "validation_scores_by_rule", "validation_extra_scores")
+            p.eval_seconds = previous["cost"]["eval_seconds"]
+            p.eval_tokens = previous["cost"]["eval_tokens"]
+            self.prior_wall = previous["cost"]["wall_seconds"]
+        else:
+            validation = self.evaluate("validation")
+        test = self.evaluate("test") if "test" in splits else None
+        # the base model's test scores: the study asks one test pass for them
+        base = self.evaluate_base("test") if config.get("score_base") and test else None
+        p.wall_seconds = self.wall()
+        result = trial_result(
+            self.spec,
+            self.arm,
+            config,
+            self.task,
+            validation,
+            test,
+            asdict(p),
+            self.world,
+            self.gpu,
+            self.flops(),
+        )
+        if base is not None:
+            result["base_scores"] = base
+        if self.rank == 0:
+            write_result(self.out_dir, result)
+            self.storage.push(self.out_dir / "result.json")
+        return result
+
+    def flops(self) -> dict[str, float]:
+        """The cost model's training and evaluation FLOPs of what the trial ran."""
+        p, arm = self.progress, self.arm
+        lengths = self.lengths
+        seq_len = (
+            statistics.mean(lengths)
+            if lengths
+            else self.task.collate("train", [0])["input_ids"].shape[1]
+        )
+        return {
+            "train": train_flops(
+                self.shape, p.train_tokens, seq_len, arm.method, arm.max_rank, arm.train_ranks
+            ),
+            "eval": eval_flops(
+                self.shape, p.eval_tokens, seq_len, [statistics.mean(arm.eval_ranks)]
+            ),
+        }
+
+    def close(self) -> None:
+        """Free the model: DeepSpeed keeps global references to an engine's parameters until it
+        is destroyed, and a reused trial actor would otherwise hold every earlier trial's."""
+        if self.engine is not None:
+            self.engine.destroy()
+            self.engine = None
         gc.collect()
         release_freed_memory()
 
@@ -167,285 +344,12 @@ def release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def _run_trial(config: dict, engines: list) -> dict:
-    invoked = time.perf_counter()  # the devices are held from here: set-up counts as cost
-    spec = parse_spec(config["spec"], config.get("overrides", ()))
-    arm = parse_arm(config["arm"], spec)
-    storage = trial_storage(config)
-    out_dir = storage.local(config["out_dir"])  # this node's working copy of the trial's folder
-    gpu = use_gpu(spec)
-    rank, world = init_distributed(gpu)
-    torch.set_num_threads(spec.resources.cpus_per_worker)
-    dtype = torch.bfloat16 if precision(spec, gpu) == "bf16" else torch.float32
-    torch.manual_seed(spec.seed)
-
-    model, tokenizer, model_setup = load_model(spec.model, torch.float32)
-    cache = config.get("cache_dir")
-    task = build_task(spec, model, tokenizer, arm, spec.seed, cache and storage.local(cache))
-    task.synced_gpus = world > 1 and spec.deepspeed.zero_stage == 3
-    a, t = spec.adapters, spec.training
-    attach_arm(model, spec, arm)
-    schedule = get_schedule(model)
-    schedule.per_step_draws = True  # one DyLoRA b per optimizer step, for every worker
-    shape = model_shape(model)
-    steps = total_steps(spec, task, world)
-    engine, _, _ = build_engine(model.to(dtype), spec, world, gpu, lr_lambda(spec, steps))
-    engines.append(engine)
-    device = engine.device
-
-    ckpt_dir = out_dir / "checkpoints"
-    if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # started on a node that lacks its files
-        storage.pull_latest_checkpoint(out_dir)
-    if world > 1:
-        dist.barrier()
-    # an unreadable checkpoint raises CorruptCheckpoint (not TrialFailed): Tune retries the trial
-    state = load_checkpoint(engine, ckpt_dir) or {
-        "step": 0,
-        "losses": [],
-        "validation": [],
-        "train_seconds": 0.0,
-        "eval_seconds": 0.0,
-        "train_tokens": 0,
-        "eval_tokens": 0,
-    }
-    if rank == 0:  # which process trains this trial now (fault tests and operators kill it)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "trial.pid").write_text(str(os.getpid()))
-    if state["step"] and rank == 0:
-        print(f"[{arm.name}] resumed from step {state['step']}", flush=True)
-    if 0 < state["step"] < steps:
-        state.setdefault("resumed_from", []).append(state["step"])
-    state["shared_seconds"] = state.get("shared_seconds", 0.0) + task.shared_seconds + model_setup
-    prior_wall = state.get("wall_seconds", 0.0)
-
-    def wall() -> float:
-        return prior_wall + time.perf_counter() - invoked
-
-    # The step of the last checkpoint, the same on every rank (DeepSpeed writes `latest` on
-    # rank 0 alone: other nodes cannot read it off their disks).
-    saved = state["step"]
-
-    def checkpoint() -> None:
-        nonlocal saved
-        saved = state["step"]
-        state["wall_seconds"] = wall()
-        save_checkpoint(engine, ckpt_dir, state["step"], state)
-        publish_checkpoint(storage, ckpt_dir, state["step"], rank, world)
-
-    micro, accum = t.micro_batch_size, t.grad_accum
-    global_batch = micro * accum * world
-    n_train = task.size("train")
-    rules = list(a.inference_rules)
-    lengths = task.lengths("train")
-
-    def scored(split: str, base: bool = False):
-        """evaluate() (or the base model's scores), its seconds and tokens added to the cost."""
-        start = time.perf_counter()
-        if base:
-            with adapters_off(engine.module):
-                scores = score_split(engine.module, task, split, t.eval_batch_size)
-            evaluated = 1
-        else:
-            scores = evaluate(engine.module, task, split, arm, rules, t.eval_batch_size)
-            evaluated = sum(len(curve) for curve in scores["score"].values())  # (rule, rank)
-        state["eval_seconds"] += time.perf_counter() - start
-        state["eval_tokens"] += task.size(split) * evaluated * task.tokens_per_example(split)
-        return scores
-
-    engine.train()
-    run_start = time.perf_counter()
-    step_start = state["step"]
-    while state["step"] < steps:
-        step = state["step"]
-        tic = time.perf_counter()
-        order = example_order(
-            n_train, spec.seed, step * global_batch, global_batch, lengths, global_batch
-        )
-        step_loss, step_tokens = 0.0, 0
-        if arm.method == "dylora":
-            schedule.resample()
-        for m in range(accum):
-            lo = (m * world + rank) * micro
-            batch = {
-                k: v.to(device) for k, v in task.collate("train", order[lo : lo + micro]).items()
-            }
-            if "teacher_logits" in batch:
-                batch["teacher_logits"] = batch["teacher_logits"].float()
-            loss = arm_loss(engine, task, batch, arm)
-            engine.backward(loss)
-            engine.step()
-            step_loss += loss.item() / accum
-            step_tokens += int(batch["input_ids"].numel())
-        step_loss = reduce(step_loss) / world
-        if not math.isfinite(step_loss):
-            raise TrialFailed(
-                f"loss is {step_loss} at step {step + 1}: the trial diverged "
-                f"(lr {t.lr}); stopping it"
-            )
-        # Without fp16 loss scaling, a step DeepSpeed skipped for overflow had non-finite
-        # gradients: it will not recover, and silently skipped steps would fake the budget.
-        if engine.skipped_steps:
-            raise TrialFailed(
-                f"gradients are non-finite at step {step + 1} (DeepSpeed skipped the update; "
-                f"lr {t.lr}); stopping it"
-            )
-        state["train_tokens"] += int(reduce(step_tokens))
-        state["losses"].append(step_loss)
-        state["train_seconds"] += time.perf_counter() - tic
-        state["step"] = step + 1
-        if rank == 0 and (state["step"] % t.log_every == 0 or state["step"] == steps):
-            done = state["step"] - step_start
-            rate = done / (time.perf_counter() - run_start)
-            tok_s = state["train_tokens"] / max(state["train_seconds"], 1e-9)
-            print(
-                f"[{arm.name}] step {state['step']}/{steps} loss {step_loss:.4f} "
-                f"lr {engine.get_lr()[0]:.2e} {tok_s:,.0f} tok/s "
-                f"eta {(steps - state['step']) / rate:.0f}s",
-                flush=True,
-            )
-        if t.eval_every and state["step"] % t.eval_every == 0 and state["step"] < steps:
-            curve = scored("validation")["score"][rules[0]]
-            state["validation"].append({"step": state["step"], "scores": curve})
-        if t.checkpoint_every and state["step"] % t.checkpoint_every == 0:
-            checkpoint()
-
-    if saved != state["step"]:
-        checkpoint()
-
-    splits = config.get("splits", SPLITS)
-    previous = _previous_result(out_dir) if "validation" not in splits else None
-    if previous is not None:  # a test pass after a validation-only run: keep what it measured
-        validation = _measured(previous, "validation_scores_by_rule", "validation_extra_scores")
-        state["eval_seconds"] = previous["cost"]["eval_seconds"]
-        state["eval_tokens"] = previous["cost"]["eval_tokens"]
-        prior_wall = previous["cost"]["wall_seconds"]
-    else:
-        validation = scored("validation")
-    test = scored("test") if "test" in splits else None
-    base = None
-    if config.get("score_base") and "test" in splits:  # the study asks one test pass for it
-        base = scored("test", base=True)
-    seq_len = (
-        statistics.mean(lengths) if lengths else task.collate("train", [0])["input_ids"].shape[1]
-    )
-    flops = {
-        "train": train_flops(
-            shape, state["train_tokens"], seq_len, arm.method, arm.max_rank, arm.train_ranks
-        ),
-        "eval": eval_flops(shape, state["eval_tokens"], seq_len, [statistics.mean(arm.eval_ranks)]),
-    }
-    state["wall_seconds"] = wall()
-    result = trial_result(spec, arm, config, task, validation, test, state, world, gpu, flops)
-    if base is not None:
-        result["base_scores"] = base
-    if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        partial = out_dir / "result.json.tmp"
-        partial.write_text(json.dumps(result, indent=2))
-        partial.replace(out_dir / "result.json")  # atomic: never a result cut short
-        storage.push(out_dir / "result.json")
-    return result
-
-
-# What a trial evaluates at its end: the study's search trials stop at validation, and only
-# each arm's chosen trial is scored on test, by running the trial again with splits=("test",).
-SPLITS = ("validation", "test")
-
-
-def _previous_result(out_dir: Path) -> dict | None:
-    path = out_dir / "result.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def _unkeyed(curve: dict[str, float]) -> dict[int, float]:
-    return {int(k): v for k, v in curve.items()}
-
-
-def _measured(result: dict, primary: str, extra: str) -> dict[str, dict[str, dict[int, float]]]:
-    """evaluate()'s {metric: {rule: {rank: score}}} back from a result.json."""
-    metrics = {"score": result[primary], **result.get(extra, {})}
-    return {m: {r: _unkeyed(c) for r, c in by_rule.items()} for m, by_rule in metrics.items()}
-
-
-def arm_loss(model, task: Task, batch, arm: Arm) -> torch.Tensor:
-    """One micro-batch's loss: the task's, or for nested_multiloss the nested objective taken
-    literally, the sum over r in S of the loss at rank r. model: an engine or a plain module."""
-    if arm.method != "nested_multiloss":
-        return task.loss(model, batch)
-    total = 0.0
-    for r in arm.train_ranks:
-        set_rank(model, r)
-        total = total + task.loss(model, batch)
-    set_rank(model, None)
-    return total
-
-
-def _keyed(curve: dict[int, float]) -> dict[str, float]:
-    return {str(k): v for k, v in curve.items()}
-
-
-def _keyed_metrics(scores: dict[str, dict[str, dict[int, float]]]) -> dict:
-    return {m: {r: _keyed(c) for r, c in by_rule.items()} for m, by_rule in scores.items()}
-
-
-def trial_result(spec, arm, config, task, validation, test, state, world, gpu, flops) -> dict:
-    """result.json. validation and test: evaluate()'s {metric: {rule: {rank: score}}}; test is
-    None for a validation-only run: scores and aurac stay empty."""
-    extra_validation = {m: v for m, v in validation.items() if m != "score"}
-    extra_test = {m: v for m, v in (test or {}).items() if m != "score"}
-    validation = validation["score"]
-    test = (test or {}).get("score", {})
-    primary = next(iter(validation))
-    curve = test.get(primary, {})
-    reference = task.reference_curve(spec.adapters.evaluation_ranks)
-    result = {
-        "status": "ok",
-        "arm": arm.name,
-        "method": arm.method,
-        "max_rank": arm.max_rank,
-        "train_ranks": list(arm.train_ranks),
-        "seed": spec.seed,
-        "hparams": {
-            "lr": spec.training.lr,
-            "weight_decay": spec.training.weight_decay,
-            "overrides": list(config.get("overrides", ())),
-        },
-        "inference_rule": primary,
-        "metric": task.metric,  # what `scores` measure
-        "scores": _keyed(curve),
-        "validation_scores": _keyed(validation[primary]),
-        "scores_by_rule": {r: _keyed(c) for r, c in test.items()},
-        "validation_scores_by_rule": {r: _keyed(c) for r, c in validation.items()},
-        "extra_scores": _keyed_metrics(extra_test),
-        "validation_extra_scores": _keyed_metrics(extra_validation),
-        "selection_metric": selection_metric(arm, validation[primary]),
-        "selection_metric_by_rule": {r: selection_metric(arm, c) for r, c in validation.items()},
-        "aurac": {
-            "log2": aurac(list(curve), list(curve.values())),
-            "linear": aurac(list(curve), list(curve.values()), "linear"),
-        }
-        if curve
-        else {},
-        "loss_curve": state["losses"],
-        "validation_curve": state["validation"],
-        "steps": state["step"],
-        "resumed_from": state.get("resumed_from", []),
-        "cost": {
-            "train_seconds": state["train_seconds"],
-            "eval_seconds": state["eval_seconds"],
-            "wall_seconds": state["wall_seconds"],
-            # the devices held for this trial, less the one-off set-up later trials reuse
-            "shared_setup_seconds": state["shared_seconds"],
-            "device_seconds": (state["wall_seconds"] - state["shared_seconds"]) * world,
-            "devices": world,
-            "device_type": "gpu" if gpu else "cpu",
-            "train_tokens": state["train_tokens"],
-            "eval_tokens": state["eval_tokens"],
-            "flops": flops["train"] + flops["eval"],
-            "train_flops": flops["train"],  # of it: training (throughput is measured on it)
-            "peak_memory_bytes": int(reduce(peak_memory(gpu), dist.ReduceOp.MAX)),
-        },
-    }
-    if reference is not None:
-        result["reference"] = _keyed(reference)
-    return result
+def run_trial(config: dict) -> dict:
+    """The whole trial on this worker; returns result.json's content."""
+    trial = Trial(config)
+    try:
+        trial.setup()
+        trial.train()
+        return trial.finish()
+    finally:
+        trial.close()

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from rankstudy.adapters.layer import A_INITS, ADAPTABLE, NestedLoRA
-from rankstudy.adapters.schedules import INFERENCE_RULES, RankSchedule, check_choice
+from rankstudy.adapters.schedules import RankSchedule
+from rankstudy.methods import INFERENCE_RULES, check_choice
 
 Targets = str | Sequence[str]
 
@@ -74,8 +75,9 @@ def get_schedule(model: nn.Module) -> RankSchedule:
     raise ValueError("model: has no rankstudy adapters; call attach_adapters first")
 
 
-def _resample_dylora(module: nn.Module, args: tuple) -> None:
-    """Forward pre-hook on the model: a training forward draws DyLoRA's b once, for all layers."""
+def _resample_draw(module: nn.Module, args: tuple) -> None:
+    """Forward pre-hook on the model: a training forward draws its rank (DyLoRA's b) once, for
+    all layers."""
     schedule = get_schedule(module)
     if module.training and schedule.rank is None and not schedule.per_step_draws:
         schedule.resample()
@@ -96,7 +98,7 @@ def attach_adapters(
 ) -> nn.Module:
     """Freeze the model and wrap every matched linear layer in a NestedLoRA, in place.
 
-    method: lora (rank max_rank), dylora, matryoshka or matryoshka_binary; train_ranks is the
+    method: a name in rankstudy.methods (lora trains rank max_rank); train_ranks is the
     rank set S (default: powers of two up to max_rank; ignored by lora). seed fixes A's
     initialisation and DyLoRA's draws of b. Returns the model.
     """
@@ -127,8 +129,8 @@ def attach_adapters(
         base = getattr(parent, child)
         layer = NestedLoRA(base, schedule, dropout=dropout, a_init=a_init, generator=generator)
         setattr(parent, child, layer)
-    if method == "dylora":
-        model.register_forward_pre_hook(_resample_dylora)
+    if schedule.kind.draws_rank:
+        model.register_forward_pre_hook(_resample_draw)
     return model
 
 

@@ -1,4 +1,5 @@
-"""One adapter layer for every method: delta(x) = x A diag(p) B, with p from a RankSchedule.
+"""One adapter layer for every method: delta(x) = x A diag(p) B, its products (the method's,
+rankstudy.methods) from a RankSchedule.
 
 Storage follows PEFT: component i of the adapter is the pair (lora_A[i], lora_B[i]), with
 lora_A of shape [R, in] and lora_B of shape [R, out], so the first k components are contiguous
@@ -15,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from rankstudy.adapters.schedules import RankSchedule, check_choice
+from rankstudy.adapters.schedules import RankSchedule
+from rankstudy.methods import check_choice
 
 ADAPTABLE = (nn.Linear, Conv1D)
 A_INITS = ("peft", "reference")
@@ -67,7 +69,6 @@ class NestedLoRA(nn.Module):
         # derived from the schedule, which the adapter file's metadata records.
         p_dtype = weight.dtype if weight.dtype in (torch.float32, torch.float64) else torch.float32
         self.register_buffer("trained_p", schedule.trained_p().to(p_dtype), persistent=False)
-        self.active = max(schedule.train_ranks)  # components past max(S) have p = 0
 
     def extra_repr(self) -> str:
         s = self.schedule
@@ -89,28 +90,13 @@ class NestedLoRA(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
         s = self.schedule
-        k = s.rank
         if s.disabled:  # adapters_off: the base model alone
             return out
         x = self.dropout(x)
-        if k is not None:  # inference (or nested_multiloss training) at rank k
-            if s.uses_trained_p():
+        for k, scale in s.terms(self.training):  # the method's products (rankstudy.methods)
+            if scale is None:  # diag(p): the trained p, entry by entry
                 h = self._down(x, k) * self.trained_p[:k].to(x.dtype)
-                return self._addmm(out, h, k, 1.0)
-            return self._addmm(out, self._down(x, k), k, s.scale(k))
-        if s.method in ("lora", "nested_multiloss"):  # nested_multiloss trains via set_rank
-            R = s.max_rank
-            return self._addmm(out, self._down(x, R), R, s.scale(R))
-        if s.method == "dylora":
-            b = s.sampled_rank if (self.training and s.sampled_rank is not None) else s.max_rank
-            return self._addmm(out, self._down(x, b), b, s.scale(b))
-        if s.method == "matryoshka":
-            m = self.active
-            h = self._down(x, m) * self.trained_p[:m].to(x.dtype)
-            return self._addmm(out, h, m, 1.0)
-        # matryoshka_binary: the reference code's explicit sum of masked sub-adapters over S,
-        # divided by |S|. |S| times slower than the diag form it equals; kept as an oracle.
-        n = len(s.train_ranks)
-        for r in s.train_ranks:
-            out = self._addmm(out, self._down(x, r), r, s.scale(r) / n)
+                out = self._addmm(out, h, k, 1.0)
+            else:
+                out = self._addmm(out, self._down(x, k), k, scale)
         return out

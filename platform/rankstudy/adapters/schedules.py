@@ -1,76 +1,45 @@
-"""The diagonal P between the LoRA factors, per method.
+"""Which p a model's adapters use now: the method's (rankstudy.methods), DyLoRA's draw of b,
+or an inference rank k under a rule.
 
 LoRA, DyLoRA and MatryoshkaLoRA are one layer, delta = x A diag(p) B, with a different p
-(DESIGN.md section 1). This module owns everything about p: the rank scale s_r, the fixed
-Matryoshka vector, DyLoRA's per-step draw of b, and the inference rules at a rank k.
+(DESIGN.md section 1). The methods themselves are declared in rankstudy.methods; this module
+holds the per-model state that applies them: the draw, the rank set now, the rule.
 """
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
 
-METHODS = ("lora", "dylora", "matryoshka", "matryoshka_binary", "nested_multiloss")
-# Methods that train each rank k with s_k itself (DyLoRA per drawn b, nested_multiloss per
-# forward): for them the truncated_p inference rule is the scaled rule.
-PER_RANK_SCALE = ("dylora", "nested_multiloss")
-SCALINGS = ("none", "rank", "sqrt")
-# "scaled": the paper's rule, s_k * x A[:, :k] B[:k] (P dropped at inference).
-# "truncated_p": keep the trained P, cut to its first k entries: x A[:, :k] diag(p[:k]) B[:k].
-INFERENCE_RULES = ("scaled", "truncated_p")
+from rankstudy.methods import (
+    INFERENCE_RULES,
+    METHODS,
+    SCALINGS,
+    Method,
+    Ranks,
+    Term,
+    check_choice,
+    check_train_ranks,
+    method,
+    rank_scale,
+)
+from rankstudy.methods import matryoshka_p as _matryoshka_p
 
-
-def check_choice(argument: str, value: str, choices: tuple[str, ...]) -> str:
-    """A ValueError naming the argument when value is not one of choices."""
-    if value not in choices:
-        raise ValueError(f"{argument}: unknown value {value!r}; expected one of {choices}")
-    return value
-
-
-def rank_scale(r: int, scaling: str, alpha: float = 1.0) -> float:
-    """s_r: alpha * 1, alpha / r or alpha / sqrt(r)."""
-    check_choice("scaling", scaling, SCALINGS)
-    if r <= 0:
-        raise ValueError(f"rank: must be positive, got {r}")
-    return alpha * {"none": 1.0, "rank": 1.0 / r, "sqrt": 1.0 / math.sqrt(r)}[scaling]
-
-
-def check_train_ranks(train_ranks: Iterable[int], max_rank: int) -> tuple[int, ...]:
-    """Sorted distinct training ranks <= max_rank; ranks above max_rank are dropped, as the
-    reference code does, but a set with nothing left is an error."""
-    ranks = list(train_ranks)
-    if not ranks:
-        raise ValueError("train_ranks: empty; give at least one rank in 1..max_rank")
-    for r in ranks:
-        if isinstance(r, bool) or not isinstance(r, int):
-            raise ValueError(f"train_ranks: {r!r} is not an integer")
-        if r <= 0:
-            raise ValueError(f"train_ranks: {r} is not a positive rank")
-    kept = tuple(sorted({r for r in ranks if r <= max_rank}))
-    if not kept:
-        raise ValueError(f"train_ranks: every rank in {sorted(ranks)} is above max_rank={max_rank}")
-    return kept
+__all__ = ["INFERENCE_RULES", "METHODS", "SCALINGS", "RankSchedule", "matryoshka_p", "rank_scale"]
 
 
 def matryoshka_p(
     max_rank: int, train_ranks: Iterable[int], scaling: str = "sqrt", alpha: float = 1.0
 ) -> torch.Tensor:
-    """p_i = sum of s_r over r in S with r > i (i = 0..max_rank-1), in float64.
-
-    One forward with diag(p) equals the sum over r in S of s_r * x A[:, :r] B[:r]; components
-    past max(S) get p_i = 0.
-    """
+    """The Matryoshka p (rankstudy.methods.matryoshka_p) as a float64 tensor."""
     if isinstance(max_rank, bool) or not isinstance(max_rank, int) or max_rank <= 0:
         raise ValueError(f"max_rank: must be a positive integer, got {max_rank!r}")
-    ranks = check_train_ranks(train_ranks, max_rank)
-    p = torch.zeros(max_rank, dtype=torch.float64)
-    for r in ranks:
-        p[:r] += rank_scale(r, scaling, alpha)
-    return p
+    check_choice("scaling", scaling, SCALINGS)
+    ranks = Ranks(max_rank, check_train_ranks(train_ranks, max_rank), scaling, alpha)
+    return torch.tensor(_matryoshka_p(ranks), dtype=torch.float64)
 
 
 @dataclass
@@ -93,20 +62,25 @@ class RankSchedule:
     rank: int | None = None
     sampled_rank: int | None = None
     disabled: bool = False  # adapters_off: every layer returns the base output alone
+    kind: Method = field(init=False, repr=False)
     _rng: random.Random = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        check_choice("method", self.method, METHODS)
+        self.kind = method(self.method)
         check_choice("inference_rule", self.inference_rule, INFERENCE_RULES)
         check_choice("scaling", self.scaling, SCALINGS)
-        if self.method == "lora":
+        if self.kind.grid:  # a grid run trains its own rank alone
             self.train_ranks = (self.max_rank,)
         self.train_ranks = check_train_ranks(self.train_ranks, self.max_rank)
         self._rng = random.Random(self.seed)
 
+    @property
+    def ranks(self) -> Ranks:
+        return Ranks(self.max_rank, self.train_ranks, self.scaling, self.alpha)
+
     # -- training-time p -------------------------------------------------------------------
     def resample(self) -> int:
-        """DyLoRA: draw this step's b from S (uniformly, from the seeded generator)."""
+        """A drawing method (DyLoRA): draw this step's b from S, uniformly, seeded."""
         self.sampled_rank = self._rng.choice(self.train_ranks)
         return self.sampled_rank
 
@@ -117,17 +91,17 @@ class RankSchedule:
         self._rng.setstate(state)
 
     def trained_p(self) -> torch.Tensor:
-        """The fixed p the method trains with (DyLoRA, nested_multiloss: p at rank max_rank)."""
-        if self.method == "matryoshka":
-            return matryoshka_p(self.max_rank, self.train_ranks, self.scaling, self.alpha)
-        if self.method == "matryoshka_binary":
-            p = matryoshka_p(self.max_rank, self.train_ranks, self.scaling, self.alpha)
-            return p / len(self.train_ranks)
-        return torch.full(
-            (self.max_rank,),
-            rank_scale(self.max_rank, self.scaling, self.alpha),
-            dtype=torch.float64,
-        )
+        """The fixed p the method trains with (methods.Method.p), in float64."""
+        return torch.tensor(self.kind.p(self.ranks), dtype=torch.float64)
+
+    def terms(self, training: bool) -> list[Term]:
+        """The products a forward adds now: at the inference rank under its rule, else the
+        method's own training forward (with this step's draw while training)."""
+        k = self.rank
+        if k is not None:
+            return [(k, None if self.uses_trained_p() else self.scale(k))]
+        drawn = self.sampled_rank if training else None
+        return self.kind.forward(self.ranks, drawn)
 
     def check_rank(self, k: int) -> int:
         if isinstance(k, bool) or not isinstance(k, int):
@@ -140,7 +114,7 @@ class RankSchedule:
         """Whether inference at a rank keeps the trained p: the truncated_p rule (the
         schedule's, or `rule`) applied to a method that trains with a fixed p."""
         rule = rule or self.inference_rule
-        return rule == "truncated_p" and self.method not in PER_RANK_SCALE
+        return rule == "truncated_p" and not self.kind.per_rank_scale
 
     def scale(self, r: int) -> float:
         return rank_scale(r, self.scaling, self.alpha)

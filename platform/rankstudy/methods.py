@@ -1,0 +1,202 @@
+"""The training methods, each declared once: everything else asks this registry.
+
+Every method trains the one adapter layer, delta(x) = x A diag(p) B (DESIGN.md section 1); a
+method is the p it trains with, the forwards it runs a step, the inference rules that serve it
+and what it costs. To add a method, add one `Method` to `REGISTRY` below and its tests: the
+layer, the trial, the cost model, the spec, the search and the report read it from here.
+
+Pure Python on purpose: the spec, the plan and the report read it without importing torch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+SCALINGS = ("none", "rank", "sqrt")
+# "scaled": the paper's rule, s_k * x A[:, :k] B[:k] (P dropped at inference).
+# "truncated_p": keep the trained P, cut to its first k entries: x A[:, :k] diag(p[:k]) B[:k].
+INFERENCE_RULES = ("scaled", "truncated_p")
+
+
+def check_choice(argument: str, value: str, choices: tuple[str, ...]) -> str:
+    """A ValueError naming the argument when value is not one of choices."""
+    if value not in choices:
+        raise ValueError(f"{argument}: unknown value {value!r}; expected one of {choices}")
+    return value
+
+
+def rank_scale(r: int, scaling: str, alpha: float = 1.0) -> float:
+    """s_r: alpha * 1, alpha / r or alpha / sqrt(r)."""
+    check_choice("scaling", scaling, SCALINGS)
+    if r <= 0:
+        raise ValueError(f"rank: must be positive, got {r}")
+    return alpha * {"none": 1.0, "rank": 1.0 / r, "sqrt": 1.0 / math.sqrt(r)}[scaling]
+
+
+def check_train_ranks(train_ranks: Iterable[int], max_rank: int) -> tuple[int, ...]:
+    """Sorted distinct training ranks <= max_rank; ranks above max_rank are dropped, as the
+    reference code does, but a set with nothing left is an error."""
+    ranks = list(train_ranks)
+    if not ranks:
+        raise ValueError("train_ranks: empty; give at least one rank in 1..max_rank")
+    for r in ranks:
+        if isinstance(r, bool) or not isinstance(r, int):
+            raise ValueError(f"train_ranks: {r!r} is not an integer")
+        if r <= 0:
+            raise ValueError(f"train_ranks: {r} is not a positive rank")
+    kept = tuple(sorted({r for r in ranks if r <= max_rank}))
+    if not kept:
+        raise ValueError(f"train_ranks: every rank in {sorted(ranks)} is above max_rank={max_rank}")
+    return kept
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """What a method's rules read: R, the rank set S and the rank scale s_r."""
+
+    max_rank: int
+    train_ranks: tuple[int, ...]
+    scaling: str = "sqrt"
+    alpha: float = 1.0
+
+    def scale(self, r: int) -> float:
+        return rank_scale(r, self.scaling, self.alpha)
+
+
+# One product of a forward: (k, scale) adds scale * x A[:k] B[:k]; a scale of None multiplies
+# by the trained p[:k] instead (diag(p), entry by entry).
+Term = tuple[int, float | None]
+
+
+def _flat_p(ranks: Ranks) -> list[float]:
+    """p_i = s_R for every component: LoRA at rank R (and the per-rank methods' p at R)."""
+    return [ranks.scale(ranks.max_rank)] * ranks.max_rank
+
+
+def matryoshka_p(ranks: Ranks) -> list[float]:
+    """p_i = sum of s_r over r in S with r > i: one forward with diag(p) equals the sum over S
+    of s_r x A[:, :r] B[:r]; components past max(S) get p_i = 0."""
+    p = [0.0] * ranks.max_rank
+    for r in ranks.train_ranks:
+        for i in range(r):
+            p[i] += ranks.scale(r)
+    return p
+
+
+def _at_max_rank(ranks: Ranks, drawn: int | None) -> list[Term]:
+    return [(ranks.max_rank, ranks.scale(ranks.max_rank))]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A training method: a P (or a draw of it) and a loss over forwards of the one layer.
+
+    p: the fixed diag(p) it trains with (kept by the truncated_p rule).
+    forward: the products of one training forward, given this step's drawn rank (None when the
+        method draws none, or outside training).
+    loss_ranks: (rank, weight) of each forward whose losses a micro-batch sums; rank None is the
+        `forward` above, a rank k a forward served at k with s_k.
+    cost_ranks: the adapter rank of each forward and backward a step runs, for the FLOP count.
+    per_rank_scale: trains each rank k with s_k itself, so truncated_p serves it as scaled.
+    rules: the inference rules that give it different models (a trial scores each).
+    served: the names a study serves it under (spec `methods`) -> their inference rule.
+    grid: one run per rank in S, each a LoRA at that rank (the grid), not one run at R.
+    """
+
+    name: str
+    summary: str
+    forward: Callable[[Ranks, int | None], list[Term]]
+    served: dict[str, str]
+    p: Callable[[Ranks], list[float]] = _flat_p
+    loss_ranks: Callable[[Ranks, int | None], list[tuple[int | None, float]]] = (
+        lambda ranks, drawn: [(None, 1.0)]
+    )
+    cost_ranks: Callable[[Ranks], list[float]] = lambda ranks: [ranks.max_rank]
+    draws_rank: bool = False
+    per_rank_scale: bool = False
+    rules: tuple[str, ...] = ("scaled",)
+    grid: bool = False
+
+    def forwards_per_step(self, ranks: Ranks) -> int:
+        return len(self.cost_ranks(ranks))
+
+
+REGISTRY: dict[str, Method] = {}
+# What a study can serve (spec `methods`): each method under each of its served names.
+SERVED: dict[str, tuple[Method, str]] = {}
+
+
+def register(m: Method) -> Method:
+    """Add a method to the registry, and its served names to what a study can serve."""
+    if m.name in REGISTRY or m.served.keys() & SERVED.keys():
+        raise ValueError(f"method: {m.name!r} or one of its served names is registered already")
+    REGISTRY[m.name] = m
+    SERVED.update({name: (m, rule) for name, rule in m.served.items()})
+    return m
+
+
+for _method in (
+    Method(
+        "lora",
+        "LoRA at a fixed rank r: one run per rank in S (the grid)",
+        forward=_at_max_rank,
+        served={"lora_grid": "scaled"},
+        grid=True,
+    ),
+    Method(
+        "dylora",
+        "DyLoRA: each step draws b from S and trains the first b components with s_b",
+        forward=lambda ranks, b: [(b or ranks.max_rank, ranks.scale(b or ranks.max_rank))],
+        served={"dylora": "scaled"},
+        cost_ranks=lambda ranks: [sum(ranks.train_ranks) / len(ranks.train_ranks)],
+        draws_rank=True,
+        per_rank_scale=True,
+    ),
+    Method(
+        "matryoshka",
+        "MatryoshkaLoRA: the fixed diag(p) of the nested sum over S, one forward",
+        p=matryoshka_p,
+        forward=lambda ranks, drawn: [(max(ranks.train_ranks), None)],
+        served={"matryoshka": "scaled", "matryoshka_truncated_p": "truncated_p"},
+        cost_ranks=lambda ranks: [max(ranks.train_ranks)],
+        rules=INFERENCE_RULES,
+    ),
+    Method(
+        "matryoshka_binary",
+        "the reference code's explicit sum of masked sub-adapters over S, divided by |S|",
+        p=lambda ranks: [x / len(ranks.train_ranks) for x in matryoshka_p(ranks)],
+        forward=lambda ranks, drawn: [
+            (r, ranks.scale(r) / len(ranks.train_ranks)) for r in ranks.train_ranks
+        ],
+        served={
+            "matryoshka_binary": "scaled",
+            "matryoshka_binary_truncated_p": "truncated_p",
+        },
+        cost_ranks=lambda ranks: [sum(ranks.train_ranks)],
+        rules=INFERENCE_RULES,
+    ),
+    Method(
+        "nested_multiloss",
+        "the nested objective taken literally: the sum over r in S of the loss at rank r",
+        forward=_at_max_rank,
+        served={"nested_multiloss": "scaled"},
+        loss_ranks=lambda ranks, drawn: [(r, 1.0) for r in ranks.train_ranks],
+        cost_ranks=lambda ranks: list(ranks.train_ranks),
+        per_rank_scale=True,
+    ),
+):
+    register(_method)
+
+METHODS = tuple(REGISTRY)  # the built-in methods, in the order reports list them
+
+
+def method(name: str) -> Method:
+    return REGISTRY[check_choice("method", name, tuple(REGISTRY))]
+
+
+def served(name: str) -> tuple[Method, str]:
+    """The method a served name trains, and the inference rule it is served with."""
+    check_choice("method", name, tuple(SERVED))
+    return SERVED[name]

@@ -1,0 +1,113 @@
+"""result.json: what a trial measured, as the study, the report and export read it."""
+
+from __future__ import annotations
+
+import json
+import resource
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from rankstudy.evaluation import reduce, selection_metric
+from rankstudy.metrics import aurac
+
+
+def peak_memory(gpu: bool) -> int:
+    if gpu:
+        return int(torch.cuda.max_memory_allocated())
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def write_result(out_dir: Path, result: dict) -> None:
+    """result.json, written atomically: never a result cut short."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    partial = out_dir / "result.json.tmp"
+    partial.write_text(json.dumps(result, indent=2))
+    partial.replace(out_dir / "result.json")
+
+
+def previous_result(out_dir: Path) -> dict | None:
+    path = out_dir / "result.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _unkeyed(curve: dict[str, float]) -> dict[int, float]:
+    return {int(k): v for k, v in curve.items()}
+
+
+def measured(result: dict, primary: str, extra: str) -> dict[str, dict[str, dict[int, float]]]:
+    """evaluate()'s {metric: {rule: {rank: score}}} back from a result.json."""
+    metrics = {"score": result[primary], **result.get(extra, {})}
+    return {m: {r: _unkeyed(c) for r, c in by_rule.items()} for m, by_rule in metrics.items()}
+
+
+def _keyed(curve: dict[int, float]) -> dict[str, float]:
+    return {str(k): v for k, v in curve.items()}
+
+
+def _keyed_metrics(scores: dict[str, dict[str, dict[int, float]]]) -> dict:
+    return {m: {r: _keyed(c) for r, c in by_rule.items()} for m, by_rule in scores.items()}
+
+
+def trial_result(spec, arm, config, task, validation, test, state, world, gpu, flops) -> dict:
+    """result.json. validation and test: evaluate()'s {metric: {rule: {rank: score}}}; test is
+    None for a validation-only run: scores and aurac stay empty."""
+    extra_validation = {m: v for m, v in validation.items() if m != "score"}
+    extra_test = {m: v for m, v in (test or {}).items() if m != "score"}
+    validation = validation["score"]
+    test = (test or {}).get("score", {})
+    primary = next(iter(validation))
+    curve = test.get(primary, {})
+    reference = task.reference_curve(spec.adapters.evaluation_ranks)
+    result = {
+        "status": "ok",
+        "arm": arm.name,
+        "method": arm.method,
+        "max_rank": arm.max_rank,
+        "train_ranks": list(arm.train_ranks),
+        "seed": spec.seed,
+        "hparams": {
+            "lr": spec.training.lr,
+            "weight_decay": spec.training.weight_decay,
+            "overrides": list(config.get("overrides", ())),
+        },
+        "inference_rule": primary,
+        "metric": task.metric,  # what `scores` measure
+        "scores": _keyed(curve),
+        "validation_scores": _keyed(validation[primary]),
+        "scores_by_rule": {r: _keyed(c) for r, c in test.items()},
+        "validation_scores_by_rule": {r: _keyed(c) for r, c in validation.items()},
+        "extra_scores": _keyed_metrics(extra_test),
+        "validation_extra_scores": _keyed_metrics(extra_validation),
+        "selection_metric": selection_metric(arm, validation[primary]),
+        "selection_metric_by_rule": {r: selection_metric(arm, c) for r, c in validation.items()},
+        "aurac": {
+            "log2": aurac(list(curve), list(curve.values())),
+            "linear": aurac(list(curve), list(curve.values()), "linear"),
+        }
+        if curve
+        else {},
+        "loss_curve": state["losses"],
+        "validation_curve": state["validation"],
+        "steps": state["step"],
+        "resumed_from": state.get("resumed_from", []),
+        "cost": {
+            "train_seconds": state["train_seconds"],
+            "eval_seconds": state["eval_seconds"],
+            "wall_seconds": state["wall_seconds"],
+            # the devices held for this trial, less the one-off set-up later trials reuse
+            "shared_setup_seconds": state["shared_seconds"],
+            "device_seconds": (state["wall_seconds"] - state["shared_seconds"]) * world,
+            "devices": world,
+            "device_type": "gpu" if gpu else "cpu",
+            "train_tokens": state["train_tokens"],
+            "eval_tokens": state["eval_tokens"],
+            "flops": flops["train"] + flops["eval"],
+            "train_flops": flops["train"],  # of it: training (throughput is measured on it)
+            "peak_memory_bytes": int(reduce(peak_memory(gpu), dist.ReduceOp.MAX)),
+        },
+    }
+    if reference is not None:
+        result["reference"] = _keyed(reference)
+    return result
