@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from rankstudy.adapters.attach import powers_of_two
+from rankstudy.ranks import powers_of_two
 from rankstudy.storage import check_storage_uri
 from rankstudy.tokenizer import BYTE_VOCAB_SIZE
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from rankstudy.ranks import check_choice, check_train_ranks
+
 METHODS = ("lora", "dylora", "matryoshka", "matryoshka_binary", "nested_multiloss")
 # Methods that train each rank k with s_k itself (DyLoRA per drawn b, nested_multiloss per
 # forward): for them the truncated_p inference rule is the scaled rule.
@@ -24,36 +26,12 @@ SCALINGS = ("none", "rank", "sqrt")
 INFERENCE_RULES = ("scaled", "truncated_p")
 
 
-def check_choice(argument: str, value: str, choices: tuple[str, ...]) -> str:
-    """A ValueError naming the argument when value is not one of choices."""
-    if value not in choices:
-        raise ValueError(f"{argument}: unknown value {value!r}; expected one of {choices}")
-    return value
-
-
 def rank_scale(r: int, scaling: str, alpha: float = 1.0) -> float:
     """s_r: alpha * 1, alpha / r or alpha / sqrt(r)."""
     check_choice("scaling", scaling, SCALINGS)
     if r <= 0:
         raise ValueError(f"rank: must be positive, got {r}")
     return alpha * {"none": 1.0, "rank": 1.0 / r, "sqrt": 1.0 / math.sqrt(r)}[scaling]
-
-
-def check_train_ranks(train_ranks: Iterable[int], max_rank: int) -> tuple[int, ...]:
-    """Sorted distinct training ranks <= max_rank; ranks above max_rank are dropped, as the
-    reference code does, but a set with nothing left is an error."""
-    ranks = list(train_ranks)
-    if not ranks:
-        raise ValueError("train_ranks: empty; give at least one rank in 1..max_rank")
-    for r in ranks:
-        if isinstance(r, bool) or not isinstance(r, int):
-            raise ValueError(f"train_ranks: {r!r} is not an integer")
-        if r <= 0:
-            raise ValueError(f"train_ranks: {r} is not a positive rank")
-    kept = tuple(sorted({r for r in ranks if r <= max_rank}))
-    if not kept:
-        raise ValueError(f"train_ranks: every rank in {sorted(ranks)} is above max_rank={max_rank}")
-    return kept
 
 
 def matryoshka_p(
