@@ -11,10 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from torch import nn
-
-from rankstudy.adapters.layer import ADAPTABLE, NestedLoRA, linear_shape
-from rankstudy.adapters.schedules import check_choice, check_train_ranks
+from rankstudy.ranks import check_choice, check_train_ranks
 
 # Training methods whose cost is known: the adapter methods plus the nested objective taken
 # literally (one full forward and backward per rank in S).
@@ -31,9 +28,11 @@ class ModelShape:
     adapter_width: int  # sum of (in + out) over adapted modules: adapter params per unit rank
 
 
-def model_shape(model: nn.Module) -> ModelShape:
-    """Read the shape off a (possibly adapted) transformers model; adapters are not counted in
-    matmul_params."""
+def model_shape(model) -> ModelShape:
+    """Read the shape off a trial's (possibly adapted) transformers model; adapters are not
+    counted in matmul_params. (The plan reads it off the config: rankstudy.architecture.)"""
+    from rankstudy.adapters.layer import ADAPTABLE, NestedLoRA, linear_shape  # a torch model
+
     config = model.config
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
