@@ -12,7 +12,8 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from rankstudy.scoring import METHOD_ARMS
+from rankstudy import mlflow_names as names
+from rankstudy.methods import SERVED
 
 PAGE = 1000  # runs per search_runs page
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small JSON file
@@ -77,16 +78,16 @@ def find_study(client: MlflowClient, experiment: str | None, run_id: str | None)
     """The study's parent run: run_id when given, else the newest study in the experiment."""
     if run_id is not None:
         run = client.get_run(run_id)
-        if run.data.tags.get("rankstudy.kind") != "study":
+        if run.data.tags.get(names.KIND_TAG) != names.STUDY:
             raise ReportError(f"--run: {run_id} is not a rankstudy study run")
         return run
     found = client.get_experiment_by_name(experiment)
     if found is None:
-        names = sorted(e.name for e in client.search_experiments())
-        raise ReportError(f"--experiment: no experiment {experiment!r}; the store holds {names}")
+        known = sorted(e.name for e in client.search_experiments())
+        raise ReportError(f"--experiment: no experiment {experiment!r}; the store holds {known}")
     runs = client.search_runs(
         [found.experiment_id],
-        "tags.`rankstudy.kind` = 'study'",
+        f"tags.`{names.KIND_TAG}` = '{names.STUDY}'",
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
@@ -101,7 +102,7 @@ def children(client: MlflowClient, parent) -> list:
     while True:
         page = client.search_runs(
             [parent.info.experiment_id],
-            f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+            f"tags.`{names.PARENT_TAG}` = '{parent.info.run_id}'",
             max_results=PAGE,
             page_token=token,
         )
@@ -119,29 +120,34 @@ def history(client: MlflowClient, run_id: str, key: str) -> dict[int, float]:
 
 def method_result(client: MlflowClient, run) -> MethodResult:
     metrics = run.data.metrics
-    curve = history(client, run.info.run_id, "test_score")
+    curve = history(client, run.info.run_id, names.TEST_SCORE)
     ranks = sorted(curve)
     seeds = {}
-    for key in sorted(k for k in metrics if k.startswith("test_score_seed")):
+    for key in sorted(k for k in metrics if k.startswith(names.SEED_CURVE_PREFIX)):
         by_rank = history(client, run.info.run_id, key)
-        seeds[key.removeprefix("test_score_seed")] = [by_rank.get(r) for r in ranks]
+        seeds[key.removeprefix(names.SEED_CURVE_PREFIX)] = [by_rank.get(r) for r in ranks]
+    test = f"{names.TEST}_"
     return MethodResult(
-        name=run.data.tags["method"],
+        name=run.data.tags[names.METHOD_TAG],
         ranks=ranks,
         scores=[curve[r] for r in ranks],
         seed_scores=seeds,
         aurac={
-            k: metrics[f"aurac_{k}"]
+            k: metrics[names.AURAC_PREFIX + k]
             for k in ("log2", "linear", "log2_std", "linear_std")
-            if f"aurac_{k}" in metrics
+            if names.AURAC_PREFIX + k in metrics
         },
-        cost={k.removeprefix("cost_"): v for k, v in metrics.items() if k.startswith("cost_")},
-        trials=int(metrics.get("trials", 0)),
+        cost={
+            k.removeprefix(names.COST_PREFIX): v
+            for k, v in metrics.items()
+            if k.startswith(names.COST_PREFIX)
+        },
+        trials=int(metrics.get(names.TRIALS, 0)),
         run_id=run.info.run_id,
         extra={  # extra metrics (token_nll, ...): test_<metric>, step = rank
-            key.removeprefix("test_"): [by_rank.get(r) for r in ranks]
+            key.removeprefix(test): [by_rank.get(r) for r in ranks]
             for key in sorted(metrics)
-            if key.startswith("test_") and not key.startswith("test_score")
+            if key.startswith(test) and not key.startswith(names.TEST_SCORE)
             for by_rank in [history(client, run.info.run_id, key)]
         },
     )
@@ -151,37 +157,41 @@ def trial_run(run) -> TrialRun:
     tags = run.data.tags
     return TrialRun(
         run_id=run.info.run_id,
-        name=tags.get("mlflow.runName", run.info.run_id),
-        arm=tags.get("arm", "?"),
-        trial=int(tags["trial"]) if tags.get("trial", "None") != "None" else None,
-        seed=tags.get("seed"),
-        status=tags.get("status", "failed" if run.info.status == "FAILED" else "ok"),
+        name=tags.get(names.RUN_NAME_TAG, run.info.run_id),
+        arm=tags.get(names.ARM_TAG, "?"),
+        trial=int(tags[names.TRIAL_TAG]) if tags.get(names.TRIAL_TAG, "None") != "None" else None,
+        seed=tags.get(names.SEED_TAG),
+        status=tags.get(
+            names.STATUS_TAG, names.FAILED if run.info.status == "FAILED" else names.OK
+        ),
         params=dict(run.data.params),
         validation={
-            k.removeprefix("selection_metric_"): v
+            k.removeprefix(names.SELECTION_RULE_PREFIX): v
             for k, v in run.data.metrics.items()
-            if k.startswith("selection_metric_")
+            if k.startswith(names.SELECTION_RULE_PREFIX)
         },
-        chosen_for=tags.get("chosen_for", ""),
-        failure=tags.get("failure"),
+        chosen_for=tags.get(names.CHOSEN_FOR_TAG, ""),
+        failure=tags.get(names.FAILURE_TAG),
     )
 
 
 def method_arm_names(method: str, arms: set[str]) -> list[str]:
     """The arms a method is scored from, among those the study recorded."""
-    arm = METHOD_ARMS.get(method, (method, None))[0]
-    return sorted(a for a in arms if a.startswith("lora_r")) if arm is None else [arm]
+    kind = SERVED[method][0] if method in SERVED else None
+    if kind is not None and kind.grid:
+        return sorted(a for a in arms if a.startswith(f"{kind.name}_r"))
+    return [kind.name if kind is not None else method]
 
 
 def why_missing(method: str, trials: list[TrialRun], study_status: str) -> str:
     """Why a method the spec asks for has no summary run, from its arms' trial runs."""
     arms = {t.arm for t in trials}
-    if METHOD_ARMS.get(method, ("?",))[0] is None and not method_arm_names(method, arms):
+    if method in SERVED and SERVED[method][0].grid and not method_arm_names(method, arms):
         return "no LoRA-grid trial was recorded"
     reasons = []
     for arm in method_arm_names(method, arms):
         runs = [t for t in trials if t.arm == arm]
-        failed = [t for t in runs if t.status == "failed"]
+        failed = [t for t in runs if t.status == names.FAILED]
         if not runs:
             reasons.append(f"arm {arm}: no trial was recorded")
         elif len(failed) == len(runs):
@@ -190,7 +200,7 @@ def why_missing(method: str, trials: list[TrialRun], study_status: str) -> str:
         elif failed and any(t.seed is not None for t in failed):
             t = next(t for t in failed if t.seed is not None)
             reasons.append(f"arm {arm}: its chosen trial failed at seed {t.seed} ({t.failure})")
-        elif not any(t.status == "chosen" for t in runs):
+        elif not any(t.status == names.CHOSEN for t in runs):
             reasons.append(f"arm {arm}: no chosen trial was tested")
     if not reasons:
         reasons.append(f"no summary run; the study is {study_status}")
@@ -203,28 +213,35 @@ def collect(tracking_uri: str, experiment: str | None = None, run_id: str | None
     parent = find_study(client, experiment, run_id)
     with tempfile.TemporaryDirectory() as tmp:  # through this client's store, local or served
         spec = json.loads(
-            Path(client.download_artifacts(parent.info.run_id, "spec.json", tmp)).read_text()
+            Path(
+                client.download_artifacts(parent.info.run_id, names.SPEC_ARTIFACT, tmp)
+            ).read_text()
         )
     runs = children(client, parent)
     by_kind: dict[str, list] = {}
     for run in runs:
-        by_kind.setdefault(run.data.tags.get("rankstudy.kind"), []).append(run)
-    found = {r.data.tags["method"]: method_result(client, r) for r in by_kind.get("method", [])}
+        by_kind.setdefault(run.data.tags.get(names.KIND_TAG), []).append(run)
+    found = {
+        r.data.tags[names.METHOD_TAG]: method_result(client, r)
+        for r in by_kind.get(names.METHOD, [])
+    }
     order = list(spec.get("methods", [])) + sorted(set(found) - set(spec.get("methods", [])))
     trials = sorted(
-        (trial_run(r) for r in by_kind.get("trial", [])),
+        (trial_run(r) for r in by_kind.get(names.TRIAL, [])),
         key=lambda t: (t.arm, t.trial if t.trial is not None else -1, t.seed or ""),
     )
     for t in trials:
-        if t.status == "chosen":
-            t.loss = history(client, t.run_id, "train_loss")
+        if t.status == names.CHOSEN:
+            t.loss = history(client, t.run_id, names.TRAIN_LOSS)
     status = parent.info.status.lower()
-    reference = history(client, parent.info.run_id, "reference_score") or None
+    reference = history(client, parent.info.run_id, names.REFERENCE_SCORE) or None
     base = {  # the base model's test scores: base_score (the primary metric), base_<metric>
-        k.removeprefix("base_"): v for k, v in parent.data.metrics.items() if k.startswith("base_")
+        k.removeprefix(names.BASE_PREFIX): v
+        for k, v in parent.data.metrics.items()
+        if k.startswith(names.BASE_PREFIX)
     }
     return StudyView(
-        name=parent.data.tags.get("mlflow.runName", parent.info.run_id),
+        name=parent.data.tags.get(names.RUN_NAME_TAG, parent.info.run_id),
         experiment=client.get_experiment(parent.info.experiment_id).name,
         run_id=parent.info.run_id,
         status=status,
@@ -232,9 +249,9 @@ def collect(tracking_uri: str, experiment: str | None = None, run_id: str | None
         tracking_uri=tracking_uri,
         spec=spec,
         versions={
-            k.removeprefix("version."): v
+            k.removeprefix(names.VERSION_TAG_PREFIX): v
             for k, v in sorted(parent.data.tags.items())
-            if k.startswith("version.")
+            if k.startswith(names.VERSION_TAG_PREFIX)
         },
         methods={m: found[m] for m in order if m in found},
         missing={m: why_missing(m, trials, status) for m in order if m not in found},
@@ -242,5 +259,5 @@ def collect(tracking_uri: str, experiment: str | None = None, run_id: str | None
         base=base,
         metric=spec.get("task", {}).get("metric", "teacher agreement"),
         trials=trials,
-        shared_setup_seconds=parent.data.metrics.get("shared_setup_seconds"),
+        shared_setup_seconds=parent.data.metrics.get(names.SHARED_SETUP_SECONDS),
     )

@@ -1,5 +1,5 @@
 """The `rankstudy` command: `study`, `plan`, `report`, `export`, `trial` (one arm, no Ray
-Tune), `demo`."""
+Tune)."""
 
 from __future__ import annotations
 
@@ -56,7 +56,6 @@ def _trial(args: argparse.Namespace) -> int:
 def sweep_variants(spec) -> list[tuple[str, list[str]]]:
     """(label, overrides) per point of the spec's sweep (the product of its fields' values)."""
     import itertools
-    import json
 
     if not spec.sweep:
         return [("", [])]
@@ -200,15 +199,7 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="rankstudy", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="a one-minute rank study on the planted task (CPU)")
-    demo.add_argument("--max-rank", type=int, default=16)
-    demo.add_argument("--steps", type=int, default=150)
-    demo.add_argument("--shift", type=float, default=0.5)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--out", default="runs/demo")
+def _add_trial(sub) -> None:
     trial = sub.add_parser("trial", help="train and score one arm (no Ray Tune)")
     trial.add_argument("--spec", required=True, help="study spec YAML")
     trial.add_argument(
@@ -224,6 +215,11 @@ def main(argv: list[str] | None = None) -> None:
         metavar="KEY=VALUE",
         help="override a spec field, e.g. training.lr=1e-3 (repeatable)",
     )
+    trial.set_defaults(handler=_trial)
+
+
+def _add_study_and_plan(sub) -> None:
+    """`study` and `plan` share the planning options (`study --dry-run` is `plan`)."""
     study = sub.add_parser("study", help="run a whole study: Ray Tune + Optuna + MLflow")
     study.add_argument("--spec", required=True, help="study spec YAML")
     study.add_argument("--out", help="output dir (default runs/<study name>)")
@@ -232,16 +228,20 @@ def main(argv: list[str] | None = None) -> None:
     study.add_argument(
         "--address", help="Ray address (default: $RAY_ADDRESS, a local head, or a new local Ray)"
     )
-    for command in (study, sub.add_parser("plan", help="what a study will spend; runs nothing")):
-        if command is not study:
-            command.add_argument("--spec", required=True, help="study spec YAML")
-            command.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-        else:
-            command.add_argument("--dry-run", action="store_true", help="plan it, run nothing")
+    study.add_argument("--dry-run", action="store_true", help="plan it, run nothing")
+    study.set_defaults(handler=_study)
+    plan = sub.add_parser("plan", help="what a study will spend; runs nothing")
+    plan.add_argument("--spec", required=True, help="study spec YAML")
+    plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    plan.set_defaults(handler=_plan)
+    for command in (study, plan):
         command.add_argument(
             "--calibrate", type=int, metavar="STEPS", help="measure throughput with a short trial"
         )
         command.add_argument("--json", metavar="PATH", help="also write the plan as JSON")
+
+
+def _add_report(sub) -> None:
     report = sub.add_parser("report", help="the HTML comparison report of a study, from MLflow")
     which = report.add_mutually_exclusive_group(required=True)
     which.add_argument("--experiment", help="MLflow experiment: its newest study is reported")
@@ -251,6 +251,10 @@ def main(argv: list[str] | None = None) -> None:
     report.add_argument(
         "--no-log", action="store_true", help="do not log the report to the study's parent run"
     )
+    report.set_defaults(handler=_report)
+
+
+def _add_export(sub) -> None:
     export = sub.add_parser(
         "export", help="a study's chosen trial at a rank, as a standard PEFT LoRA adapter"
     )
@@ -262,24 +266,17 @@ def main(argv: list[str] | None = None) -> None:
     export.add_argument("--ranks", choices=["all"], help="every rank the method serves")
     export.add_argument("--seed", type=int, help="which seed's trial (default: the first)")
     export.add_argument("--out", required=True, help="folder (one rank) or parent (all)")
+    export.set_defaults(handler=_export)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse the command line and exit with the command's status."""
+    parser = argparse.ArgumentParser(prog="rankstudy", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_trial, _add_study_and_plan, _add_report, _add_export):
+        add(sub)
     args = parser.parse_args(argv)
-    if args.command == "export":
-        sys.exit(_export(args))
-    if args.command == "report":
-        sys.exit(_report(args))
-    if args.command == "study":
-        sys.exit(_study(args))
-    if args.command == "plan":
-        sys.exit(_plan(args))
-    if args.command == "demo":
-        import torch
-
-        from rankstudy.demo import run_demo
-
-        torch.set_num_threads(1)
-        run_demo(args.max_rank, args.steps, args.shift, args.seed, args.out)
-    elif args.command == "trial":
-        sys.exit(_trial(args))
+    sys.exit(args.handler(args))
 
 
 if __name__ == "__main__":

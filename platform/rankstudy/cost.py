@@ -11,11 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from torch import nn
-
 from rankstudy import methods
-from rankstudy.adapters.layer import ADAPTABLE, NestedLoRA, linear_shape
-from rankstudy.methods import check_train_ranks
+from rankstudy.ranks import check_train_ranks
 
 
 @dataclass(frozen=True)
@@ -28,9 +25,11 @@ class ModelShape:
     adapter_width: int  # sum of (in + out) over adapted modules: adapter params per unit rank
 
 
-def model_shape(model: nn.Module) -> ModelShape:
-    """Read the shape off a (possibly adapted) transformers model; adapters are not counted in
-    matmul_params."""
+def model_shape(model) -> ModelShape:
+    """Read the shape off a trial's (possibly adapted) transformers model; adapters are not
+    counted in matmul_params. (The plan reads it off the config: rankstudy.architecture.)"""
+    from rankstudy.adapters.layer import ADAPTABLE, NestedLoRA, linear_shape  # a torch model
+
     config = model.config
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads

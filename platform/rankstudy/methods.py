@@ -11,20 +11,15 @@ Pure Python on purpose: the spec, the plan and the report read it without import
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from rankstudy.ranks import check_choice
 
 SCALINGS = ("none", "rank", "sqrt")
 # "scaled": the paper's rule, s_k * x A[:, :k] B[:k] (P dropped at inference).
 # "truncated_p": keep the trained P, cut to its first k entries: x A[:, :k] diag(p[:k]) B[:k].
 INFERENCE_RULES = ("scaled", "truncated_p")
-
-
-def check_choice(argument: str, value: str, choices: tuple[str, ...]) -> str:
-    """A ValueError naming the argument when value is not one of choices."""
-    if value not in choices:
-        raise ValueError(f"{argument}: unknown value {value!r}; expected one of {choices}")
-    return value
 
 
 def rank_scale(r: int, scaling: str, alpha: float = 1.0) -> float:
@@ -33,23 +28,6 @@ def rank_scale(r: int, scaling: str, alpha: float = 1.0) -> float:
     if r <= 0:
         raise ValueError(f"rank: must be positive, got {r}")
     return alpha * {"none": 1.0, "rank": 1.0 / r, "sqrt": 1.0 / math.sqrt(r)}[scaling]
-
-
-def check_train_ranks(train_ranks: Iterable[int], max_rank: int) -> tuple[int, ...]:
-    """Sorted distinct training ranks <= max_rank; ranks above max_rank are dropped, as the
-    reference code does, but a set with nothing left is an error."""
-    ranks = list(train_ranks)
-    if not ranks:
-        raise ValueError("train_ranks: empty; give at least one rank in 1..max_rank")
-    for r in ranks:
-        if isinstance(r, bool) or not isinstance(r, int):
-            raise ValueError(f"train_ranks: {r!r} is not an integer")
-        if r <= 0:
-            raise ValueError(f"train_ranks: {r} is not a positive rank")
-    kept = tuple(sorted({r for r in ranks if r <= max_rank}))
-    if not kept:
-        raise ValueError(f"train_ranks: every rank in {sorted(ranks)} is above max_rank={max_rank}")
-    return kept
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ A field can be valid alone and impossible on its model: a planted rank of 64 on 
 matrices runs and plants nothing above rank 32; an adapter rank above the matrices it adapts
 trains directions that do not exist; a sequence longer than the model's positions fails deep in
 a forward pass. Each is refused here, naming the field and the model's own figure, from the
-model's skeleton (its config on the meta device, no weights).
+model's architecture (rankstudy.architecture: its config, no weights).
 """
 
 from __future__ import annotations
@@ -12,10 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlparse
 
-from torch import nn
-
-from rankstudy.adapters.attach import adapted_modules
-from rankstudy.adapters.layer import linear_shape
+from rankstudy.architecture import Architecture, read_architecture
 from rankstudy.ray_cluster import answers
 from rankstudy.spec import SpecError, StudySpec
 
@@ -23,14 +20,6 @@ from rankstudy.spec import SpecError, StudySpec
 def model_source(spec: StudySpec) -> str:
     m = spec.model
     return "model.tiny" if m.tiny else f"model.gguf {m.gguf}" if m.gguf else f"model {m.name}"
-
-
-def positions(config) -> int | None:
-    """How many positions the model embeds (None: the config does not say)."""
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-        if isinstance(getattr(config, key, None), int):
-            return getattr(config, key)
-    return None
 
 
 def config_within_reach(name: str | None) -> bool:
@@ -46,10 +35,10 @@ def config_within_reach(name: str | None) -> bool:
     return not constants.HF_HUB_OFFLINE and answers(f"{hub.hostname}:{hub.port or 443}")
 
 
-def check_fits_model(spec: StudySpec) -> nn.Module | None:
-    """Raise SpecError listing every field the model cannot take; else the skeleton it read
+def check_fits_model(spec: StudySpec) -> Architecture | None:
+    """Raise SpecError listing every field the model cannot take; else the architecture it read
     (None when the config was out of reach), for a caller that needs the model's shape too."""
-    from rankstudy.plan import sequence_tokens, skeleton
+    from rankstudy.plan import sequence_tokens
 
     source = model_source(spec)
     if not config_within_reach(spec.model.name):
@@ -62,15 +51,15 @@ def check_fits_model(spec: StudySpec) -> nn.Module | None:
         )
         return None
     try:
-        model = skeleton(spec)
-    except (OSError, ValueError) as e:  # transformers' own words on an unreadable config
+        arch = read_architecture(spec.model)
+    except (OSError, ValueError) as e:  # the reader's own words on an unreadable config
         raise SpecError(f"{source}: cannot read the model's config: {e}") from None
     problems = []
     try:
-        adapted = adapted_modules(model, spec.adapters.target_modules)
+        adapted = arch.adapted(spec.adapters.target_modules)
     except ValueError as e:
         raise SpecError(f"adapters.{e}") from None
-    side, name = min((min(linear_shape(m)), n) for n, m in adapted.items())
+    side, name = min((min(shape), n) for n, shape in adapted.items())
     where = f"the smallest adapted matrix ({name}) has {side} rows or columns"
     if spec.adapters.max_rank > side:
         problems.append(
@@ -81,7 +70,7 @@ def check_fits_model(spec: StudySpec) -> nn.Module | None:
         problems.append(
             f"task.planted_rank: {spec.task.planted_rank} cannot be planted in {source}: {where}"
         )
-    limit = positions(model.config)
+    limit = arch.positions
     tokens = sequence_tokens(spec)
     if limit is not None and tokens > limit:
         field = "task.seq_len" if spec.task.kind == "planted" else "task.max_length"
@@ -89,4 +78,4 @@ def check_fits_model(spec: StudySpec) -> nn.Module | None:
         problems.append(f"{field}: {tokens} tokens exceed the {limit} positions of {source}{own}")
     if problems:
         raise SpecError("\n".join(problems))
-    return model
+    return arch

@@ -6,9 +6,10 @@ validation), and each inference rule an arm serves gets a test pass per seed: th
 scores the chosen trial on test, every further seed trains it again. Rules that choose the same
 trial share a pass, so the counts are upper bounds. Text tasks count max_length tokens per
 example (an upper bound: the tokenizer of a hub model may not be at hand when planning).
-FLOPs come from rankstudy.cost on the model's shape, read off its config on the meta device
-(no weights loaded). Seconds come from a throughput: the spec's, or one measured by a short
-calibration trial of the max-rank LoRA arm on this machine.
+FLOPs come from rankstudy.cost on the model's shape, read off its config by
+rankstudy.architecture (no weights, and no torch for the architectures it lays out). Seconds
+come from a throughput: the spec's, or one measured by a short calibration trial of the
+max-rank LoRA arm on this machine.
 """
 
 from __future__ import annotations
@@ -17,50 +18,22 @@ import math
 import tempfile
 from pathlib import Path
 
-import torch
-
-from rankstudy.arms import parse_arm
-from rankstudy.cost import ModelShape, eval_flops, model_shape, train_flops
-from rankstudy.scoring import METHOD_ARMS, method_arms, study_arms, study_rules
+from rankstudy.architecture import Architecture, read_architecture
+from rankstudy.arms import arm_rules, method_arms, parse_arm, study_arms, study_rules
+from rankstudy.cost import ModelShape, eval_flops, train_flops
 from rankstudy.spec import StudySpec
 
 
-def skeleton(spec: StudySpec) -> torch.nn.Module:
-    """The base model's modules and config without its weights (the meta device); a tiny model
-    is built whole, as it costs nothing."""
-    from rankstudy.build import load_model
-
-    if spec.model.tiny is not None:
-        return load_model(spec.model, torch.float32).model
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    if spec.model.gguf is not None:  # the converted folder's config, else the file's header
-        from rankstudy.gguf_models import converted, resolve
-
-        path = resolve(spec.model.gguf)
-        folder = converted(spec.model.gguf)
-        source = {"pretrained_model_name_or_path": folder or path.parent}
-        source |= {} if folder else {"gguf_file": path.name}
-    else:
-        source = {"pretrained_model_name_or_path": spec.model.name}
-    config = AutoConfig.from_pretrained(**source, trust_remote_code=spec.model.trust_remote_code)
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(
-            config, trust_remote_code=spec.model.trust_remote_code
-        )
-
-
-def shape_of(spec: StudySpec, base: torch.nn.Module | None = None) -> ModelShape:
-    """The FLOP-relevant shape of the base with the spec's adapters, without its weights.
-    base: the skeleton, when the caller has read it already (it gets the adapters)."""
-    from rankstudy.build import attach_arm
-
-    arm = parse_arm(f"lora_r{spec.adapters.max_rank}", spec)
-    return model_shape(attach_arm(skeleton(spec) if base is None else base, spec, arm))
+def shape_of(spec: StudySpec, arch: Architecture | None = None) -> ModelShape:
+    """The FLOP-relevant shape of the base with the spec's adapters, from the model's config.
+    arch: the architecture, when the caller has read it already."""
+    arch = read_architecture(spec.model) if arch is None else arch
+    return arch.shape(spec.adapters.target_modules)
 
 
 def split_sizes(spec: StudySpec) -> dict[str, int]:
-    """Examples per split, as the trial will see them."""
+    """Examples per split, as the trial will see them (a text task is built for it, which
+    imports torch; the planted task's sizes are its spec's)."""
     task = spec.task
     if task.kind == "planted":
         return {
@@ -89,16 +62,6 @@ def training_steps(spec: StudySpec, train_examples: int) -> int:
     return t.steps or max(1, math.ceil(t.epochs * train_examples / batch))
 
 
-def arm_rules(spec: StudySpec) -> dict[str, list[str]]:
-    """arm -> the inference rules the spec's methods serve it with."""
-    rules: dict[str, list[str]] = {a: [] for a in study_arms(spec)}
-    for m in spec.methods:
-        for a in method_arms(m, spec):
-            if METHOD_ARMS[m][1] not in rules[a]:
-                rules[a].append(METHOD_ARMS[m][1])
-    return rules
-
-
 def plan(spec: StudySpec, shape: ModelShape, sizes: dict[str, int]) -> dict:
     """Per arm and per method: runs, tokens and FLOPs; seconds and money once a throughput is
     known (add_time)."""
@@ -109,7 +72,8 @@ def plan(spec: StudySpec, shape: ModelShape, sizes: dict[str, int]) -> dict:
     seeds = len(spec.seeds or [spec.seed])
     validations = 1 + ((steps - 1) // t.eval_every if t.eval_every else 0)  # as trial.py
     arms = {}
-    for name, rules in arm_rules(spec).items():
+    for name in study_arms(spec):
+        rules = arm_rules(name, spec)
         arm = parse_arm(name, spec)
         per_rank = train_flops(shape, tokens, seq, arm.method, arm.max_rank, arm.train_ranks)
         # a trial scores every rule of the study where the rule changes the model's output
@@ -169,6 +133,8 @@ def add_time(out: dict, spec: StudySpec, shape: ModelShape, device: str, tps: fl
 
 def calibrate(spec_raw: dict, overrides: list[str], steps: int = 20) -> tuple[str, float]:
     """(device, tokens a second) of a short trial of the max-rank LoRA arm on this machine."""
+    import torch
+
     from rankstudy.spec import parse_spec
     from rankstudy.trial import run_trial
 

@@ -21,8 +21,8 @@ from pydantic import (
     model_validator,
 )
 
-from rankstudy.adapters.attach import powers_of_two
 from rankstudy.methods import SERVED
+from rankstudy.ranks import powers_of_two
 from rankstudy.storage import check_storage_uri
 from rankstudy.tokenizer import BYTE_VOCAB_SIZE
 

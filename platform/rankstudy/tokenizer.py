@@ -2,13 +2,16 @@
 
 The byte tokenizer needs no download and no training: token i is byte i (0..255), so every
 UTF-8 string round-trips exactly, and a tiny model with vocab >= BYTE_VOCAB_SIZE can read and
-write text tasks on a laptop.
+write text tasks on a laptop. transformers is imported only when a tokenizer is made, so the
+spec can read BYTE_VOCAB_SIZE without it.
 """
 
 from __future__ import annotations
 
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 PAD, EOS = "<pad>", "<eos>"
 PAD_ID, EOS_ID = 256, 257
@@ -17,6 +20,9 @@ BYTE_VOCAB_SIZE = 258
 
 def byte_tokenizer() -> PreTrainedTokenizerFast:
     """256 byte tokens (id = byte value), then <pad> = 256 and <eos> = 257; no BOS is added."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
     # ByteLevel maps each byte to one printable character; a BPE without merges then gives
     # exactly one token per byte, and the ByteLevel decoder maps the characters back.
     tok = Tokenizer(models.BPE(vocab=_byte_vocab(), merges=[]))
@@ -59,6 +65,8 @@ def load_tokenizer(
     pad = eos where it has no pad token (generation and batching need one)."""
     if name_or_path is None:
         return byte_tokenizer()
+    from transformers import AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

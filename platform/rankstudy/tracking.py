@@ -17,6 +17,8 @@ from pathlib import Path
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
+from rankstudy import mlflow_names as names
+
 BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
 
 
@@ -72,12 +74,12 @@ class StudyTracker:
             self.client.update_run(parent_id, status="RUNNING")
             self.parent_id = parent_id
             return parent_id
-        tags = {"rankstudy.kind": "study"} | {
-            f"version.{k}": v for k, v in software_versions().items()
+        tags = {names.KIND_TAG: names.STUDY} | {
+            f"{names.VERSION_TAG_PREFIX}{k}": v for k, v in software_versions().items()
         }
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         self.parent_id = run.info.run_id
-        self.client.log_dict(self.parent_id, spec, "spec.json")
+        self.client.log_dict(self.parent_id, spec, names.SPEC_ARTIFACT)
         return self.parent_id
 
     def log_reference(self, reference: dict[str, float]) -> None:
@@ -86,7 +88,7 @@ class StudyTracker:
         self._log(
             self.parent_id,
             metrics=[
-                Metric("reference_score", float(v), now, int(k)) for k, v in reference.items()
+                Metric(names.REFERENCE_SCORE, float(v), now, int(k)) for k, v in reference.items()
             ],
         )
 
@@ -96,10 +98,7 @@ class StudyTracker:
         now = int(time.time() * 1000)
         self._log(
             self.parent_id,
-            metrics=[
-                Metric("base_score" if k == "score" else f"base_{k}", float(v), now, 0)
-                for k, v in base.items()
-            ],
+            metrics=[Metric(names.base_metric(k), float(v), now, 0) for k, v in base.items()],
         )
 
     def finish_study(self, summary: dict, status: str = "FINISHED") -> None:
@@ -108,18 +107,18 @@ class StudyTracker:
         now = int(time.time() * 1000)
         totals = [
             Metric(k, float(summary[k]), now, 0)
-            for k in ("wall_seconds", "shared_setup_seconds")
+            for k in (names.WALL_SECONDS, names.SHARED_SETUP_SECONDS)
             if k in summary
         ]
         self._log(self.parent_id, metrics=totals)
-        self.client.log_dict(self.parent_id, summary, "study_summary.json")
+        self.client.log_dict(self.parent_id, summary, names.SUMMARY_ARTIFACT)
         self.client.set_terminated(self.parent_id, status)
 
     def _child(self, key: str) -> str | None:
         runs = self.client.search_runs(
             [self.experiment_id],
-            filter_string=f"tags.`rankstudy.trial_key` = '{key}' "
-            f"and tags.`mlflow.parentRunId` = '{self.parent_id}'",
+            filter_string=f"tags.`{names.TRIAL_KEY_TAG}` = '{key}' "
+            f"and tags.`{names.PARENT_TAG}` = '{self.parent_id}'",
         )
         return runs[0].info.run_id if runs else None
 
@@ -132,37 +131,39 @@ class StudyTracker:
         run_id = self._child(key)
         new = run_id is None
         chosen = "rules" in record and result is not None
-        tags = {"status": "failed" if error else "chosen" if chosen else "ok"}
+        status = names.FAILED if error else names.CHOSEN if chosen else names.OK
+        tags = {names.STATUS_TAG: status}
         if "seed" in record:
-            tags["seed"] = str(record["seed"])
+            tags[names.SEED_TAG] = str(record["seed"])
         if chosen:
-            tags["chosen_for"] = ",".join(record["rules"])
+            tags[names.CHOSEN_FOR_TAG] = ",".join(record["rules"])
         if new:
             tags |= {
-                "mlflow.parentRunId": self.parent_id,
-                "rankstudy.kind": "trial",
-                "rankstudy.trial_key": key,
-                "arm": record["arm"],
-                "method": record["method"],
-                "rank": record["rank"],
-                "trial": str(record["trial"]),
+                names.PARENT_TAG: self.parent_id,
+                names.KIND_TAG: names.TRIAL,
+                names.TRIAL_KEY_TAG: key,
+                names.ARM_TAG: record["arm"],
+                names.METHOD_TAG: record["method"],
+                names.RANK_TAG: record["rank"],
+                names.TRIAL_TAG: str(record["trial"]),
             }
             run = self.client.create_run(
-                self.experiment_id, run_name=trial_run_name(record, tags["status"]), tags=tags
+                self.experiment_id, run_name=trial_run_name(record, status), tags=tags
             )
             run_id = run.info.run_id
             self._log(run_id, params={k: str(v) for k, v in record["params"].items()})
         else:
-            self.client.update_run(run_id, name=trial_run_name(record, tags["status"]))
+            self.client.update_run(run_id, name=trial_run_name(record, status))
             for k, v in tags.items():
                 self.client.set_tag(run_id, k, v)
         if result is not None:  # a test pass adds its test curve and the cost it now totals
             metrics = trial_metrics(result)
             if not new:
-                metrics = [m for m in metrics if m.key.startswith(("test_", "aurac", "cost"))]
+                added = (f"{names.TEST}_", names.AURAC_PREFIX, names.COST_PREFIX)
+                metrics = [m for m in metrics if m.key.startswith(added)]
             self._log(run_id, metrics=metrics)
         if error is not None:
-            self.client.set_tag(run_id, "failure", error[:4000])
+            self.client.set_tag(run_id, names.FAILURE_TAG, error[:4000])
         self.client.set_terminated(run_id, "FAILED" if error else "FINISHED")
         return run_id
 
@@ -175,12 +176,12 @@ class StudyTracker:
     def log_method(self, method: str, summary: dict, figure_path: Path | None) -> None:
         """A summary run for a method: AURAC, cost, the curve as a table and a figure."""
         tags = {
-            "mlflow.parentRunId": self.parent_id,
-            "rankstudy.kind": "method",
-            "method": method,
-            "rankstudy.trial_key": f"method/{method}",
+            names.PARENT_TAG: self.parent_id,
+            names.KIND_TAG: names.METHOD,
+            names.METHOD_TAG: method,
+            names.TRIAL_KEY_TAG: names.method_run_key(method),
         }
-        existing = self._child(f"method/{method}")
+        existing = self._child(names.method_run_key(method))
         name = f"{method} · summary · AURAC {summary['aurac_log2']:.3f}"
         run_id = (
             existing
@@ -192,27 +193,29 @@ class StudyTracker:
             if isinstance(v, int | float) and not isinstance(v, bool)
         }
         metrics |= {
-            f"cost_{k}": v for k, v in summary["cost"].items() if isinstance(v, int | float)
+            f"{names.COST_PREFIX}{k}": v
+            for k, v in summary["cost"].items()
+            if isinstance(v, int | float)
         }
         now = int(time.time() * 1000)
         rows = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None]
         rows += [
-            Metric("test_score", float(s), now, int(r))
+            Metric(names.TEST_SCORE, float(s), now, int(r))
             for r, s in zip(summary["ranks"], summary["scores"], strict=True)
         ]
         rows += [  # extra metrics (token_nll, ...), step = rank like the score
-            Metric(f"test_{m}", float(s), now, int(r))
+            Metric(names.curve_metric(names.TEST, m), float(s), now, int(r))
             for m, scores in summary.get("extra_scores", {}).items()
             for r, s in zip(summary["ranks"], scores, strict=True)
         ]
         rows += [  # each seed's curve: the report draws their spread as a band
-            Metric(f"test_score_seed{seed}", float(s), now, int(r))
+            Metric(names.seed_curve(seed), float(s), now, int(r))
             for seed, scores in summary["scores_by_seed"].items()
             for r, s in zip(summary["ranks"], scores, strict=True)
         ]
         self._log(run_id, metrics=rows)
         self.client.log_table(
-            run_id, {"rank": summary["ranks"], "score": summary["scores"]}, "curve.json"
+            run_id, {"rank": summary["ranks"], "score": summary["scores"]}, names.CURVE_ARTIFACT
         )
         if figure_path is not None:
             self.client.log_artifact(run_id, str(figure_path))
@@ -232,30 +235,31 @@ class StudyTracker:
 def trial_metrics(result: dict) -> list[Metric]:
     """Loss curve (step = optimizer step), validation and test scores (step = rank), cost."""
     now = int(time.time() * 1000)
-    out = [Metric("train_loss", float(v), now, i + 1) for i, v in enumerate(result["loss_curve"])]
-    for rule, curve in result["validation_scores_by_rule"].items():
-        name = "val_score" if rule == result["inference_rule"] else f"val_score_{rule}"
-        out += [Metric(name, float(v), now, int(k)) for k, v in curve.items()]
-    for rule, curve in result.get("scores_by_rule", {}).items():
-        name = "test_score" if rule == result["inference_rule"] else f"test_score_{rule}"
-        out += [Metric(name, float(v), now, int(k)) for k, v in curve.items()]
-    for prefix, key in (("val", "validation_extra_scores"), ("test", "extra_scores")):
-        for metric, by_rule in result.get(key, {}).items():
-            for rule, curve in by_rule.items():
-                suffix = "" if rule == result["inference_rule"] else f"_{rule}"
-                name = f"{prefix}_{metric}{suffix}"
-                out += [Metric(name, float(v), now, int(k)) for k, v in curve.items()]
+    own = result["inference_rule"]
+    out = [
+        Metric(names.TRAIN_LOSS, float(v), now, i + 1) for i, v in enumerate(result["loss_curve"])
+    ]
+    curves = [
+        (names.VAL, names.SCORE, result["validation_scores_by_rule"]),
+        (names.TEST, names.SCORE, result.get("scores_by_rule", {})),
+    ]
+    for split, key in ((names.VAL, "validation_extra_scores"), (names.TEST, "extra_scores")):
+        curves += [(split, metric, by_rule) for metric, by_rule in result.get(key, {}).items()]
+    for split, metric, by_rule in curves:
+        for rule, curve in by_rule.items():
+            name = names.curve_metric(split, metric, rule, own)
+            out += [Metric(name, float(v), now, int(k)) for k, v in curve.items()]
     for point in result["validation_curve"]:
         for k, v in point["scores"].items():
-            out.append(Metric(f"val_score_r{k}", float(v), now, int(point["step"])))
-    out.append(Metric("selection_metric", float(result["selection_metric"]), now, 0))
+            out.append(Metric(names.validation_at_rank(k), float(v), now, int(point["step"])))
+    out.append(Metric(names.SELECTION_METRIC, float(result["selection_metric"]), now, 0))
     for rule, v in result.get("selection_metric_by_rule", {}).items():  # what chose it, per rule
-        out.append(Metric(f"selection_metric_{rule}", float(v), now, 0))
+        out.append(Metric(f"{names.SELECTION_RULE_PREFIX}{rule}", float(v), now, 0))
     for k, v in result.get("aurac", {}).items():
-        out.append(Metric(f"aurac_{k}", float(v), now, 0))
+        out.append(Metric(f"{names.AURAC_PREFIX}{k}", float(v), now, 0))
     for k, v in result["cost"].items():
         if isinstance(v, int | float):
-            out.append(Metric(f"cost_{k}", float(v), now, 0))
+            out.append(Metric(f"{names.COST_PREFIX}{k}", float(v), now, 0))
     return out
 
 

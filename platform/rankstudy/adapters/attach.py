@@ -3,63 +3,22 @@
 from __future__ import annotations
 
 import contextlib
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import torch
 from torch import nn
 
 from rankstudy.adapters.layer import A_INITS, ADAPTABLE, NestedLoRA
 from rankstudy.adapters.schedules import RankSchedule
-from rankstudy.methods import INFERENCE_RULES, check_choice
-
-Targets = str | Sequence[str]
-
-
-def powers_of_two(max_rank: int) -> tuple[int, ...]:
-    """1, 2, 4, ... up to max_rank: the usual rank set S."""
-    return tuple(2**i for i in range(max_rank.bit_length()) if 2**i <= max_rank)
-
-
-def _target_matcher(target_modules: Targets):
-    """PEFT's matching: a string is a regex matched against the full module name; a list holds
-    names that match a module name exactly or as its dotted suffix."""
-    if isinstance(target_modules, str):
-        try:
-            pattern = re.compile(target_modules)
-        except re.error as e:
-            raise ValueError(f"target_modules: invalid regex {target_modules!r}: {e}") from e
-        return lambda name: pattern.fullmatch(name) is not None
-    names = list(target_modules)
-    if not names:
-        raise ValueError("target_modules: empty; name at least one linear module")
-    return lambda name: any(name == t or name.endswith("." + t) for t in names)
+from rankstudy.methods import INFERENCE_RULES
+from rankstudy.ranks import check_choice, powers_of_two
+from rankstudy.targets import Targets, match_targets
 
 
 def adapted_modules(model: nn.Module, target_modules: Targets) -> dict[str, nn.Module]:
-    """The linear modules that target_modules adapt, by name; an error names a target that
-    matches nothing, and lists the names the model has."""
-    matches = _target_matcher(target_modules)
+    """The linear modules that target_modules adapt, by name (rankstudy.targets' rule)."""
     linear_names = [n for n, m in model.named_modules() if isinstance(m, ADAPTABLE)]
-    matched = [n for n in linear_names if matches(n)]
-    _check_every_target_matched(target_modules, matched, linear_names)
-    return {n: model.get_submodule(n) for n in matched}
-
-
-def _check_every_target_matched(
-    target_modules: Targets, matched: list[str], linear_names: list[str]
-) -> None:
-    leaves = sorted({n.rsplit(".", 1)[-1] for n in linear_names})
-    hint = f"the model's linear modules are named: {', '.join(leaves)}"
-    if isinstance(target_modules, str):
-        if not matched:
-            raise ValueError(
-                f"target_modules: regex {target_modules!r} matches no linear module; {hint}"
-            )
-        return
-    for t in target_modules:
-        if not any(n == t or n.endswith("." + t) for n in matched):
-            raise ValueError(f"target_modules: {t!r} matches no linear module; {hint}")
+    return {n: model.get_submodule(n) for n in match_targets(linear_names, target_modules)}
 
 
 def adapter_layers(model: nn.Module) -> dict[str, NestedLoRA]:

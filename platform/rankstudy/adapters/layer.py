@@ -17,7 +17,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from rankstudy.adapters.schedules import RankSchedule
-from rankstudy.methods import check_choice
+from rankstudy.ranks import check_choice
 
 ADAPTABLE = (nn.Linear, Conv1D)
 A_INITS = ("peft", "reference")

@@ -21,14 +21,13 @@ from rankstudy.methods import (
     Method,
     Ranks,
     Term,
-    check_choice,
-    check_train_ranks,
     method,
     rank_scale,
 )
 from rankstudy.methods import matryoshka_p as _matryoshka_p
 
 __all__ = ["INFERENCE_RULES", "METHODS", "SCALINGS", "RankSchedule", "matryoshka_p", "rank_scale"]
+from rankstudy.ranks import check_choice, check_train_ranks
 
 
 def matryoshka_p(

@@ -114,6 +114,61 @@ def load_gsm8k(path: str) -> tuple[list[dict], list[dict] | None]:
     return rows["train"], rows["test"]
 
 
+def gsm8k_splits(
+    path: str,
+    shots: int = 0,
+    validation_size: int = 200,
+    test_size: int | None = None,
+    max_train: int | None = None,
+    max_eval: int | None = None,
+    strip_annotations: bool = False,
+    seed: int = 0,
+) -> tuple[list[dict], dict[str, list[dict]]]:
+    """(the few-shot exemplars, split -> rows): validation a seeded slice of the train
+    problems (never an exemplar), test the test file or, with one jsonl `path`, a second slice."""
+    if shots < 0:
+        raise ValueError(f"shots: must be >= 0, got {shots}")
+    train_rows, test_rows = load_gsm8k(path)
+    if strip_annotations:
+        for row in (*train_rows, *(test_rows or ())):
+            row["answer"] = strip_calculator(row["answer"])
+    if shots > len(train_rows):
+        raise ValueError(f"shots: {shots} exceeds the {len(train_rows)} train problems")
+    sizes = (
+        [validation_size]
+        if test_rows is not None
+        else [validation_size, validation_size if test_size is None else test_size]
+    )
+    try:
+        rest, held = holdout(len(train_rows), sizes, seed, exclude=shots)
+    except ValueError as e:
+        raise ValueError(f"validation_size: {e}") from None
+    if test_rows is None:
+        test_rows = [train_rows[i] for i in held[1]]
+    rows = {
+        "train": [train_rows[i] for i in rest][:max_train],
+        "validation": [train_rows[i] for i in held[0]][:max_eval],
+        "test": test_rows[:max_eval],
+    }
+    return train_rows[:shots], rows
+
+
+def gsm8k_examples(
+    rows: dict[str, list[dict]], exemplars: list[dict], tokenizer, chat_template: bool
+) -> dict[str, list[Example]]:
+    """Each split's prompts and responses; validation and test prompts carry the exemplars,
+    as chat turns of the tokenizer's template or as plain "Question: ... Answer:" text."""
+    shots_for = {"train": [], "validation": exemplars, "test": exemplars}
+
+    def example(split: str, row: dict) -> Example:
+        if chat_template:
+            turns = [(e["question"], e["answer"]) for e in shots_for[split]]
+            return Example(chat_prompt(tokenizer, turns, row["question"]), row["answer"])
+        return Example(few_shot_prompt(row["question"], shots_for[split]), " " + row["answer"])
+
+    return {split: [example(split, r) for r in split_rows] for split, split_rows in rows.items()}
+
+
 class GSM8KTask(PromptResponseTask):
     """GSM8K scored by `metric` (exact match of the final number by default) and any
     `extra_metrics` beside it.
@@ -141,55 +196,10 @@ class GSM8KTask(PromptResponseTask):
         seed: int = 0,
     ) -> None:
         check_metrics(metric, extra_metrics)  # before any data is read
-        if shots < 0:
-            raise ValueError(f"shots: must be >= 0, got {shots}")
-        train_rows, test_rows = load_gsm8k(path)
-        if strip_annotations:
-            for row in (*train_rows, *(test_rows or ())):
-                row["answer"] = strip_calculator(row["answer"])
-        if shots > len(train_rows):
-            raise ValueError(f"shots: {shots} exceeds the {len(train_rows)} train problems")
-        sizes = (
-            [validation_size]
-            if test_rows is not None
-            else [validation_size, validation_size if test_size is None else test_size]
+        self.exemplars, rows = gsm8k_splits(
+            path, shots, validation_size, test_size, max_train, max_eval, strip_annotations, seed
         )
-        try:
-            rest, held = holdout(len(train_rows), sizes, seed, exclude=shots)
-        except ValueError as e:
-            raise ValueError(f"validation_size: {e}") from None
-        if test_rows is None:
-            test_rows = [train_rows[i] for i in held[1]]
-        self.exemplars = train_rows[:shots]
-        rows = {
-            "train": [train_rows[i] for i in rest][:max_train],
-            "validation": [train_rows[i] for i in held[0]][:max_eval],
-            "test": test_rows[:max_eval],
-        }
-        shots_for = {"train": [], "validation": self.exemplars, "test": self.exemplars}
-        if chat_template:
-            examples = {
-                split: [
-                    Example(
-                        chat_prompt(
-                            tokenizer,
-                            [(e["question"], e["answer"]) for e in shots_for[split]],
-                            r["question"],
-                        ),
-                        r["answer"],
-                    )
-                    for r in split_rows
-                ]
-                for split, split_rows in rows.items()
-            }
-        else:
-            examples = {
-                split: [
-                    Example(few_shot_prompt(r["question"], shots_for[split]), " " + r["answer"])
-                    for r in split_rows
-                ]
-                for split, split_rows in rows.items()
-            }
+        examples = gsm8k_examples(rows, self.exemplars, tokenizer, chat_template)
         super().__init__(
             examples, tokenizer, max_length, metric, max_new_tokens, extra_metrics, chat_template
         )

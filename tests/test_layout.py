@@ -1,0 +1,117 @@
+"""The package's layering, checked as a newcomer would break it: the spec, the plan and the
+report import no torch or transformers; the adapters know nothing of Ray, DeepSpeed or
+MLflow; no test file imports another; no function in platform/ or dashboards/ runs past 60
+lines. Each import check runs in a fresh interpreter, where nothing was imported before."""
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "transformers")
+NOT_IN_ADAPTERS = ("ray", "deepspeed", "mlflow")
+MAX_LINES = 60
+
+
+def loaded_after(code: str) -> set[str]:
+    """The top-level packages in sys.modules after running `code` in a fresh interpreter."""
+    probe = (
+        code
+        + "\nimport sys, json\nprint(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
+    env = os.environ | {
+        "PYTHONPATH": os.pathsep.join(str(ROOT / d) for d in ("platform", "dashboards", "tests"))
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=ROOT
+    )
+    assert proc.returncode == 0, proc.stderr
+    return set(json.loads(proc.stdout.splitlines()[-1]))
+
+
+def test_loaded_after_sees_what_a_probe_imports():
+    assert "torch" in loaded_after("import torch")
+
+
+def test_spec_plan_and_report_import_no_torch_or_transformers():
+    loaded = loaded_after(
+        "import rankstudy.spec, rankstudy.plan, rankstudy.model_fit, rankstudy_report"
+    )
+    assert not loaded & set(HEAVY)
+
+
+def test_planning_a_tiny_study_imports_no_torch_or_transformers():
+    spec = ROOT / "jobs" / "specs" / "planted-cpu.yaml"
+    loaded = loaded_after(
+        "from rankstudy.cli import main\n"
+        f"try:\n    main(['plan', '--spec', {str(spec)!r}])\n"
+        "except SystemExit as e:\n    assert e.code == 0, e.code"
+    )
+    assert "rankstudy" in loaded and not loaded & set(HEAVY)
+
+
+def imported_names(path: Path) -> set[str]:
+    """Every module a file imports, anywhere in it (functions included), by its top-level name."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_the_adapters_know_nothing_of_ray_deepspeed_or_mlflow():
+    adapters = ROOT / "platform" / "rankstudy" / "adapters"
+    for path in adapters.glob("*.py"):
+        assert not imported_names(path) & set(NOT_IN_ADAPTERS), path.name
+    modules = ", ".join(f"rankstudy.adapters.{p.stem}" for p in adapters.glob("[!_]*.py"))
+    assert not loaded_after(f"import {modules}") & set(NOT_IN_ADAPTERS)
+
+
+def imports_between_tests(folder: Path) -> dict[str, set[str]]:
+    """test file -> the test files it imports (a helper belongs in a helper module)."""
+    found = {}
+    for path in sorted(folder.glob("test_*.py")):
+        tests = {n for n in imported_names(path) if n.startswith("test_")}
+        if tests:
+            found[path.name] = tests
+    return found
+
+
+def test_a_test_importing_another_is_found(tmp_path):
+    (tmp_path / "test_a.py").write_text("import studies\n\n\ndef f():\n    from test_b import x\n")
+    (tmp_path / "test_b.py").write_text("from conftest import TARGETS\n")
+    assert imports_between_tests(tmp_path) == {"test_a.py": {"test_b"}}
+
+
+def test_no_test_file_imports_another():
+    assert imports_between_tests(ROOT / "tests") == {}
+
+
+def long_functions(folders: list[Path]) -> list[str]:
+    """'path:line name (N lines)' for every function or method longer than MAX_LINES."""
+    found = []
+    for folder in folders:
+        for path in sorted(folder.rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    lines = node.end_lineno - node.lineno + 1
+                    if lines > MAX_LINES:
+                        where = path.relative_to(folder.parent)
+                        found.append(f"{where}:{node.lineno} {node.name} ({lines} lines)")
+    return found
+
+
+def test_long_functions_are_found(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_LINES))
+    (tmp_path / "pkg" / "m.py").write_text(f"def short():\n    pass\n\n\ndef long():\n{body}\n")
+    assert long_functions([tmp_path / "pkg"]) == [f"pkg/m.py:5 long ({MAX_LINES + 1} lines)"]
+
+
+def test_no_function_runs_past_sixty_lines():
+    assert long_functions([ROOT / "platform", ROOT / "dashboards"]) == []
