@@ -1,6 +1,8 @@
 """Trials end to end on the planted task: every method, result.json, failure, CLI errors."""
 
+import itertools
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +19,15 @@ from studies import ROOT, SMALL
 
 def trial(arm, out, overrides=(), spec=SMALL):
     return run_trial({"spec": spec, "arm": arm, "out_dir": str(out), "overrides": list(overrides)})
+
+
+def mean_trapezoid(curve: dict[str, float], axis) -> float:
+    """A curve's area over its rank axis divided by the axis' span; one point: its score."""
+    points = sorted((axis(int(r)), v) for r, v in curve.items())
+    if len(points) == 1:
+        return points[0][1]
+    area = sum((x1 - x0) * (y0 + y1) / 2 for (x0, y0), (x1, y1) in itertools.pairwise(points))
+    return area / (points[-1][0] - points[0][0])
 
 
 @pytest.mark.parametrize(
@@ -52,7 +63,14 @@ def test_each_method_completes_and_writes_every_field(tmp_path, arm, ranks):
     assert list(on_disk["validation_scores"]) == ranks
     assert list(on_disk["reference"]) == ["1", "2", "4", "8"]  # the spec's evaluation ranks
     assert all(0.0 <= s <= 1.0 for s in on_disk["scores"].values())
-    assert set(on_disk["aurac"]) == {"log2", "linear"}
+    test = on_disk["scores"]
+    assert on_disk["aurac"] == pytest.approx(
+        {"log2": mean_trapezoid(test, math.log2), "linear": mean_trapezoid(test, float)}
+    )
+    # chosen on validation only: LoRA by its own rank's score, nested arms by their AURAC
+    own = on_disk["validation_scores"]
+    chosen_by = own[ranks[0]] if arm.startswith("lora") else mean_trapezoid(own, math.log2)
+    assert on_disk["selection_metric"] == pytest.approx(chosen_by)
     cost = on_disk["cost"]
     assert cost["train_tokens"] == 12 * 16 * 16
     for key in ("train_seconds", "eval_seconds", "device_seconds", "flops", "peak_memory_bytes"):
