@@ -27,12 +27,18 @@ def counted_train_flops(model):
     return counter.get_total_flops()
 
 
+def assert_over_by_at_most_four_percent(predicted: float, counted: float) -> None:
+    """The analytical count charges activation gradients below the lowest adapter, which
+    autograd never computes: it is over, never under (2-3.2 % on these 4-layer models)."""
+    assert counted <= predicted <= 1.04 * counted, (predicted - counted) / counted
+
+
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2"])
 @pytest.mark.parametrize("method", ["lora", "matryoshka", "matryoshka_binary"])
-def test_training_flops_within_ten_percent_of_counted(family, method):
+def test_training_flops_at_most_four_percent_over_counted(family, method):
     model = adapted(family, method)
     predicted = train_flops(model_shape(model), BATCH * SEQ, SEQ, method, 16, S)
-    assert predicted == pytest.approx(counted_train_flops(model), rel=0.10)
+    assert_over_by_at_most_four_percent(predicted, counted_train_flops(model))
 
 
 def test_dylora_flops_at_its_drawn_rank():
@@ -41,7 +47,7 @@ def test_dylora_flops_at_its_drawn_rank():
     # pin the draw: the counted step trains exactly b = 4 components
     schedule.resample = lambda: setattr(schedule, "sampled_rank", 4)
     predicted = train_flops(model_shape(model), BATCH * SEQ, SEQ, "dylora", 16, [4])
-    assert predicted == pytest.approx(counted_train_flops(model), rel=0.10)
+    assert_over_by_at_most_four_percent(predicted, counted_train_flops(model))
 
 
 def test_nested_multiloss_is_one_lora_run_per_rank():
@@ -59,7 +65,7 @@ def test_eval_flops_match_counted_forward(family, k):
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(x)
     predicted = eval_flops(model_shape(model), BATCH * SEQ, SEQ, [k])
-    assert predicted == pytest.approx(counter.get_total_flops(), rel=0.02)
+    assert predicted == counter.get_total_flops()  # exact: no gradient to leave out
 
 
 def test_by_hand():

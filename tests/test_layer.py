@@ -121,7 +121,19 @@ def test_components_past_max_train_rank_get_no_gradient():
     assert torch.all(layer.lora_A.grad[:4].abs().sum(1) > 0)
 
 
-def test_forward_works_in_bfloat16():
-    layer = make_layer("matryoshka").to(torch.bfloat16)
-    y = layer(X.to(torch.bfloat16))
-    assert y.dtype == torch.bfloat16 and torch.isfinite(y.float()).all()
+@pytest.mark.parametrize(
+    "method,rule,k",
+    [("lora", "scaled", 8), ("matryoshka", "scaled", 8), ("matryoshka", "truncated_p", 3)],
+)
+def test_bfloat16_forward_is_the_float64_forward_to_bfloat16_precision(method, rule, k):
+    """The GPU path runs the layer in bf16: it must compute the same forward, only rounded.
+    bf16 keeps 8 significant bits (a rounding of 2^-9 per value); a few roundings in a row stay
+    well inside 1/128 of the output's size, which a wrong scale or a dropped P would not."""
+    exact, layer = make_layer(method, rule=rule), make_layer(method, rule=rule).to(torch.bfloat16)
+    for each in (exact, layer):
+        each.eval().schedule.rank = k
+    reference, y = exact(X), layer(X.to(torch.bfloat16))
+    assert y.dtype == torch.bfloat16
+    tolerance = reference.abs().max().item() / 128
+    assert (reference - exact.base(X)).abs().max() > 10 * tolerance  # the adapter counts
+    torch.testing.assert_close(y.double(), reference, rtol=0, atol=tolerance)

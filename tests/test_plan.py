@@ -151,3 +151,26 @@ def test_smollm2_spec_is_planned_from_its_gguf_header():
     assert sizes == {"train": 7473 - 24, "validation": 24, "test": 48}
     out = plan(spec, shape, sizes)
     assert set(out["methods"]) == set(spec.methods)
+
+
+def test_planned_flops_and_tokens_are_what_a_trial_records(tmp_path):
+    """The README's claim that the plan's FLOPs are what the study records, per trial: with
+    one search trial per arm and one seed, an arm's planned FLOPs are those of one trial run
+    whole (validations every 3 steps and at the end, then the test pass), as it records them."""
+    from rankstudy.spec import parse_spec
+    from rankstudy.trial import run_trial
+    from studies import SMALL
+
+    raw = SMALL | {
+        "adapters": SMALL["adapters"] | {"inference_rules": ["scaled"]},
+        "training": SMALL["training"] | {"steps": 6, "eval_every": 3, "checkpoint_every": 0},
+        "methods": ["lora_grid", "dylora", "matryoshka"],
+        "search": {"trials_per_arm": 1},
+    }
+    spec = parse_spec(raw)
+    planned = plan(spec, shape_of(spec), split_sizes(spec))
+    for arm in ("lora_r2", "dylora", "matryoshka"):
+        config = {"spec": raw, "arm": arm, "out_dir": str(tmp_path / arm), "overrides": []}
+        recorded = run_trial(config)["cost"]
+        assert recorded["flops"] == pytest.approx(planned["arms"][arm]["flops"], rel=1e-12), arm
+        assert recorded["train_tokens"] == planned["tokens_per_trial"]

@@ -14,7 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
+from safetensors.torch import load_file
 
 from studies import (
     ARMS,
@@ -138,6 +140,31 @@ def test_killed_trial_process_is_retried_from_its_checkpoint(tmp_path):
     summary = json.loads((out / "study_summary.json").read_text())
     _, runs = mlflow_runs(summary)
     assert all(r.info.status == "FINISHED" for r in runs)
+    # the retried trial ends where the same trial run without a kill ends
+    whole = uninterrupted(out, victim, tmp_path / "whole")
+    assert result["loss_curve"] == whole["loss_curve"]
+    assert result["validation_scores"] == whole["validation_scores"]
+    retried, alone = (
+        load_file(d / "checkpoints" / "step400" / "adapters.safetensors")
+        for d in (victim, tmp_path / "whole")
+    )
+    assert retried.keys() == alone.keys()
+    for key, value in retried.items():
+        torch.testing.assert_close(value, alone[key], rtol=0, atol=0)
+
+
+def uninterrupted(study_out: Path, trial_dir: Path, out: Path) -> dict:
+    """The search trial in trial_dir run again in this process, start to end, from what the
+    study recorded of it: the spec, the study's overrides and the trial's sampled values."""
+    from rankstudy.trial import run_trial
+
+    state = json.loads((study_out / "study_state.json").read_text())
+    record = state["trials"][f"{trial_dir.parent.name}/{trial_dir.name}"]
+    sampled = [f"{k}={json.dumps(v)}" for k, v in record["params"].items()]
+    config = {"spec": state["spec"]["raw"], "arm": record["arm"], "out_dir": str(out)}
+    return run_trial(
+        config | {"overrides": [*state["spec"]["overrides"], *sampled], "splits": ["validation"]}
+    )
 
 
 @pytest.mark.slow

@@ -1,0 +1,58 @@
+"""Where the reason a trial failed is kept: in result.json for `rankstudy trial`; inside a study,
+in the trial folder's failure.txt, the study's state, its MLflow run and the report."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from studies import ROOT, SMALL, TINY, mlflow_runs, run_study, write_spec
+
+# an adapter scale of 1e30 overflows float32 once B moves off zero: the first step diverges
+DIVERGES = {
+    "adapters": SMALL["adapters"] | {"alpha": 1e30},
+    "training": SMALL["training"]
+    | {"lr": 1.0, "warmup_ratio": 0.0, "lr_schedule": "constant", "steps": 4},
+}
+REASON = "gradients are non-finite at step 1"
+
+
+def test_the_trial_command_writes_the_reason_into_result_json(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(SMALL | DIVERGES))
+    out = tmp_path / "out"
+    command = ["trial", "--spec", str(spec), "--arm", "lora_r8", "--out", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "rankstudy.cli", *command],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert f"rankstudy trial: FAILED: {REASON}" in proc.stderr
+    result = json.loads((out / "result.json").read_text())
+    assert result["status"] == "failed" and result["arm"] == "lora_r8"
+    assert REASON in result["failure"]
+
+
+@pytest.mark.slow
+def test_a_study_keeps_the_reason_in_failure_txt_its_state_and_mlflow(tmp_path):
+    spec = TINY | DIVERGES | {"methods": ["matryoshka"], "search": {"trials_per_arm": 1}}
+    out = tmp_path / "out"
+    proc = run_study(write_spec(tmp_path, spec), out, wait=False)
+    assert proc.wait(timeout=1200) == 1  # a method not scored
+    assert "methods not scored: tiny-study: matryoshka" in (tmp_path / "out.log").read_text()
+    (trial_dir,) = (out / "trials" / "matryoshka").iterdir()
+    assert REASON in (trial_dir / "failure.txt").read_text()
+    assert not (trial_dir / "result.json").exists()
+    (record,) = json.loads((out / "study_state.json").read_text())["trials"].values()
+    assert record["status"] == "failed" and REASON in record["failure"]
+    summary = json.loads((out / "study_summary.json").read_text())
+    _, runs = mlflow_runs(summary)
+    (failed,) = [r for r in runs if r.data.tags.get("rankstudy.kind") == "trial"]
+    assert failed.info.status == "FAILED" and REASON in failed.data.tags["failure"]
+    page = (out / "report" / "report.html").read_text()
+    assert f"arm matryoshka: its only trial failed ({REASON}" in page
