@@ -17,6 +17,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from rankstudy.spec import ParamRange
+from rankstudy.tune_keys import reported, sampled, tune_key
 
 # Relative step cost, for ordering only: nested_multiloss runs |S| forwards a step, the binary
 # variant |S| adapter products; every other arm one forward. Costly arms go first in each round
@@ -27,12 +28,12 @@ FORWARDS_PER_STEP = {"nested_multiloss": 6, "matryoshka_binary": 2}
 
 
 def optuna_space(space: dict[str, ParamRange]) -> dict:
-    """Optuna distributions keyed for Tune ('.' in spec paths becomes '__')."""
+    """Optuna distributions keyed for Tune (rankstudy.tune_keys)."""
     import optuna
 
     out = {}
     for key, r in space.items():
-        out[key.replace(".", "__")] = (
+        out[tune_key(key)] = (
             optuna.distributions.CategoricalDistribution(r.choices)
             if r.choices is not None
             else optuna.distributions.FloatDistribution(r.low, r.high, log=r.log)
@@ -154,7 +155,7 @@ class ArmSearch(Searcher):
                         "rules": rules,
                         "seed": seed,
                         "first_seed": i == 0,
-                        **{k: v for k, v in best.items() if k.startswith("param:")},
+                        **reported(sampled(best)),
                     }
                 )
 

@@ -17,6 +17,8 @@ from pathlib import Path
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
+from rankstudy.records import TrialRecord, TrialResult
+
 BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
 
 
@@ -123,35 +125,34 @@ class StudyTracker:
         )
         return runs[0].info.run_id if runs else None
 
-    def log_trial(self, record: dict, result: dict | None) -> str:
+    def log_trial(self, record: TrialRecord, result: TrialResult | None) -> str:
         """A child run for an ended search trial or test pass (once per key); status FAILED
         with the reason when it failed. A test pass logged later adds its test curve to its
-        trial's run and marks it chosen. record: the study's record (key, arm, method, rank,
-        trial, params, failure, and seed and rules for a test pass)."""
-        key, error = record["key"], record["failure"]
+        trial's run and marks it chosen."""
+        key, error = record.key, record.failure
         run_id = self._child(key)
         new = run_id is None
-        chosen = "rules" in record and result is not None
+        chosen = record.is_test and result is not None
         tags = {"status": "failed" if error else "chosen" if chosen else "ok"}
-        if "seed" in record:
-            tags["seed"] = str(record["seed"])
+        if record.seed is not None:
+            tags["seed"] = str(record.seed)
         if chosen:
-            tags["chosen_for"] = ",".join(record["rules"])
+            tags["chosen_for"] = ",".join(record.rules)
         if new:
             tags |= {
                 "mlflow.parentRunId": self.parent_id,
                 "rankstudy.kind": "trial",
                 "rankstudy.trial_key": key,
-                "arm": record["arm"],
-                "method": record["method"],
-                "rank": record["rank"],
-                "trial": str(record["trial"]),
+                "arm": record.arm,
+                "method": record.method,
+                "rank": record.rank,
+                "trial": str(record.trial),
             }
             run = self.client.create_run(
                 self.experiment_id, run_name=trial_run_name(record, tags["status"]), tags=tags
             )
             run_id = run.info.run_id
-            self._log(run_id, params={k: str(v) for k, v in record["params"].items()})
+            self._log(run_id, params={k: str(v) for k, v in record.params.items()})
         else:
             self.client.update_run(run_id, name=trial_run_name(record, tags["status"]))
             for k, v in tags.items():
@@ -229,44 +230,42 @@ class StudyTracker:
             )
 
 
-def trial_metrics(result: dict) -> list[Metric]:
+def trial_metrics(result: TrialResult) -> list[Metric]:
     """Loss curve (step = optimizer step), validation and test scores (step = rank), cost."""
     now = int(time.time() * 1000)
-    out = [Metric("train_loss", float(v), now, i + 1) for i, v in enumerate(result["loss_curve"])]
-    for rule, curve in result["validation_scores_by_rule"].items():
-        name = "val_score" if rule == result["inference_rule"] else f"val_score_{rule}"
+    rule_of = result.inference_rule
+    out = [Metric("train_loss", float(v), now, i + 1) for i, v in enumerate(result.loss_curve)]
+    for rule, curve in result.validation_scores_by_rule.items():
+        name = "val_score" if rule == rule_of else f"val_score_{rule}"
         out += [Metric(name, float(v), now, int(k)) for k, v in curve.items()]
-    for rule, curve in result.get("scores_by_rule", {}).items():
-        name = "test_score" if rule == result["inference_rule"] else f"test_score_{rule}"
+    for rule, curve in result.scores_by_rule.items():
+        name = "test_score" if rule == rule_of else f"test_score_{rule}"
         out += [Metric(name, float(v), now, int(k)) for k, v in curve.items()]
-    for prefix, key in (("val", "validation_extra_scores"), ("test", "extra_scores")):
-        for metric, by_rule in result.get(key, {}).items():
+    for prefix, extra in (("val", result.validation_extra_scores), ("test", result.extra_scores)):
+        for metric, by_rule in extra.items():
             for rule, curve in by_rule.items():
-                suffix = "" if rule == result["inference_rule"] else f"_{rule}"
+                suffix = "" if rule == rule_of else f"_{rule}"
                 name = f"{prefix}_{metric}{suffix}"
                 out += [Metric(name, float(v), now, int(k)) for k, v in curve.items()]
-    for point in result["validation_curve"]:
-        for k, v in point["scores"].items():
-            out.append(Metric(f"val_score_r{k}", float(v), now, int(point["step"])))
-    out.append(Metric("selection_metric", float(result["selection_metric"]), now, 0))
-    for rule, v in result.get("selection_metric_by_rule", {}).items():  # what chose it, per rule
+    for point in result.validation_curve:
+        for k, v in point.scores.items():
+            out.append(Metric(f"val_score_r{k}", float(v), now, int(point.step)))
+    out.append(Metric("selection_metric", float(result.selection_metric), now, 0))
+    for rule, v in result.selection_metric_by_rule.items():  # what chose it, per rule
         out.append(Metric(f"selection_metric_{rule}", float(v), now, 0))
-    for k, v in result.get("aurac", {}).items():
+    for k, v in result.aurac.items():
         out.append(Metric(f"aurac_{k}", float(v), now, 0))
-    for k, v in result["cost"].items():
+    for k, v in result.cost.model_dump().items():
         if isinstance(v, int | float):
             out.append(Metric(f"cost_{k}", float(v), now, 0))
     return out
 
 
-def trial_run_name(record: dict, status: str) -> str:
+def trial_run_name(record: TrialRecord, status: str) -> str:
     """What the MLflow run table shows without configuring columns: arm, method and rank,
     trial number, seed of a repeat, status."""
-    seed = f" · seed {record['seed']}" if "seed" in record else ""
-    return (
-        f"{record['arm']} · {record['method']} r{record['rank']} · "
-        f"trial {record['trial']}{seed} · {status}"
-    )
+    seed = f" · seed {record.seed}" if record.seed is not None else ""
+    return f"{record.arm} · {record.method} r{record.rank} · trial {record.trial}{seed} · {status}"
 
 
 def software_versions() -> dict[str, str]:

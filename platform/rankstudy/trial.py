@@ -13,7 +13,6 @@ import contextlib
 import ctypes
 import functools
 import gc
-import json
 import math
 import os
 import resource
@@ -31,6 +30,7 @@ from rankstudy.checkpoint import load_checkpoint, save_checkpoint
 from rankstudy.cost import eval_flops, model_shape, train_flops
 from rankstudy.engine import build_engine, init_distributed, precision, use_gpu
 from rankstudy.metrics import aurac
+from rankstudy.records import RESULT_FILE, ByRule, TrialResult, read_result, write_result
 from rankstudy.spec import StudySpec, parse_spec
 from rankstudy.storage import publish_checkpoint, trial_storage
 from rankstudy.tasks.base import Task
@@ -316,9 +316,9 @@ def _run_trial(config: dict, engines: list) -> dict:
     previous = _previous_result(out_dir) if "validation" not in splits else None
     if previous is not None:  # a test pass after a validation-only run: keep what it measured
         validation = _measured(previous, "validation_scores_by_rule", "validation_extra_scores")
-        state["eval_seconds"] = previous["cost"]["eval_seconds"]
-        state["eval_tokens"] = previous["cost"]["eval_tokens"]
-        prior_wall = previous["cost"]["wall_seconds"]
+        state["eval_seconds"] = previous.cost.eval_seconds
+        state["eval_tokens"] = previous.cost.eval_tokens
+        prior_wall = previous.cost.wall_seconds
     else:
         validation = scored("validation")
     test = scored("test") if "test" in splits else None
@@ -336,15 +336,10 @@ def _run_trial(config: dict, engines: list) -> dict:
     }
     state["wall_seconds"] = wall()
     result = trial_result(spec, arm, config, task, validation, test, state, world, gpu, flops)
-    if base is not None:
-        result["base_scores"] = base
+    result.base_scores = base
     if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        partial = out_dir / "result.json.tmp"
-        partial.write_text(json.dumps(result, indent=2))
-        partial.replace(out_dir / "result.json")  # atomic: never a result cut short
-        storage.push(out_dir / "result.json")
-    return result
+        storage.push(write_result(result, out_dir))
+    return result.wire()
 
 
 # What a trial evaluates at its end: the study's search trials stop at validation, and only
@@ -352,19 +347,14 @@ def _run_trial(config: dict, engines: list) -> dict:
 SPLITS = ("validation", "test")
 
 
-def _previous_result(out_dir: Path) -> dict | None:
-    path = out_dir / "result.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+def _previous_result(out_dir: Path) -> TrialResult | None:
+    path = out_dir / RESULT_FILE
+    return read_result(path) if path.is_file() else None
 
 
-def _unkeyed(curve: dict[str, float]) -> dict[int, float]:
-    return {int(k): v for k, v in curve.items()}
-
-
-def _measured(result: dict, primary: str, extra: str) -> dict[str, dict[str, dict[int, float]]]:
+def _measured(result: TrialResult, primary: str, extra: str) -> dict[str, ByRule]:
     """evaluate()'s {metric: {rule: {rank: score}}} back from a result.json."""
-    metrics = {"score": result[primary], **result.get(extra, {})}
-    return {m: {r: _unkeyed(c) for r, c in by_rule.items()} for m, by_rule in metrics.items()}
+    return {"score": getattr(result, primary), **getattr(result, extra)}
 
 
 def arm_loss(model, task: Task, batch, arm: Arm) -> torch.Tensor:
@@ -388,7 +378,9 @@ def _keyed_metrics(scores: dict[str, dict[str, dict[int, float]]]) -> dict:
     return {m: {r: _keyed(c) for r, c in by_rule.items()} for m, by_rule in scores.items()}
 
 
-def trial_result(spec, arm, config, task, validation, test, state, world, gpu, flops) -> dict:
+def trial_result(
+    spec, arm, config, task, validation, test, state, world, gpu, flops
+) -> TrialResult:
     """result.json. validation and test: evaluate()'s {metric: {rule: {rank: score}}}; test is
     None for a validation-only run: scores and aurac stay empty."""
     extra_validation = {m: v for m, v in validation.items() if m != "score"}
@@ -399,7 +391,6 @@ def trial_result(spec, arm, config, task, validation, test, state, world, gpu, f
     curve = test.get(primary, {})
     reference = task.reference_curve(spec.adapters.evaluation_ranks)
     result = {
-        "status": "ok",
         "arm": arm.name,
         "method": arm.method,
         "max_rank": arm.max_rank,
@@ -448,4 +439,4 @@ def trial_result(spec, arm, config, task, validation, test, state, world, gpu, f
     }
     if reference is not None:
         result["reference"] = _keyed(reference)
-    return result
+    return TrialResult.model_validate(result)
