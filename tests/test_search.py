@@ -44,6 +44,7 @@ def test_each_arm_gets_its_trials_then_its_test_passes():
                 "selection_truncated_p": truncated,
                 "out_dir": f"/trials/{i}",
                 "param:training__lr": configs[i]["training__lr"],
+                "config/training__lr": configs[i]["training__lr"],  # as Tune flattens it
             },
         )
     tests = [search.suggest(f"x{i}") for i in range(4)]
@@ -55,6 +56,8 @@ def test_each_arm_gets_its_trials_then_its_test_passes():
         ("/trials/0", ["truncated_p"], 1, False),
     ]
     assert tests[0]["param:training__lr"] == configs[1]["training__lr"]
+    carried = [k for k in tests[0] if "training" in k]
+    assert carried == ["param:training__lr"]  # only what the trial reported, not its config
     for i in range(4):
         search.on_trial_complete(f"x{i}", {"selection_metric": 0.0})
     assert search.suggest("done") == Searcher.FINISHED

@@ -17,7 +17,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from rankstudy.spec import ParamRange
-from rankstudy.tune_keys import reported, sampled, tune_key
+from rankstudy.tune_keys import reported_in, tune_key
 
 # Relative step cost, for ordering only: nested_multiloss runs |S| forwards a step, the binary
 # variant |S| adapter products; every other arm one forward. Costly arms go first in each round
@@ -155,7 +155,7 @@ class ArmSearch(Searcher):
                         "rules": rules,
                         "seed": seed,
                         "first_seed": i == 0,
-                        **reported(sampled(best)),
+                        **reported_in(best),
                     }
                 )
 

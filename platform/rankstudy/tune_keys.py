@@ -30,6 +30,12 @@ def reported(params: Mapping[str, Any]) -> dict[str, Any]:
     return {f"{REPORTED}{tune_key(path)}": v for path, v in params.items()}
 
 
+def reported_in(result: Mapping[str, Any]) -> dict[str, Any]:
+    """What a trial reported of its hyperparameters, from its Tune result (which also holds
+    its config, flattened as config/training__lr: never read as one)."""
+    return {k: v for k, v in result.items() if k.startswith(REPORTED)}
+
+
 def as_overrides(params: Mapping[str, Any]) -> list[str]:
     """Sampled hyperparameters (by spec path) as spec overrides."""
     return [f"{path}={json.dumps(v)}" for path, v in params.items()]
