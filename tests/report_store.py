@@ -7,8 +7,53 @@ from __future__ import annotations
 import math
 
 from rankstudy.metrics import aurac
+from rankstudy.records import TrialCost, TrialRecord, TrialResult
 from rankstudy.scoring import total_cost
 from rankstudy.tracking import StudyTracker
+
+
+def make_result(**fields) -> TrialResult:
+    """A whole result.json with neutral values (a one-rank validation-only run of 1 step):
+    tests set the fields they read."""
+    cost = {
+        "train_seconds": 1.0,
+        "eval_seconds": 0.0,
+        "wall_seconds": 1.0,
+        "shared_setup_seconds": 0.0,
+        "device_seconds": 1.0,
+        "devices": 1,
+        "device_type": "cpu",
+        "train_tokens": 0,
+        "eval_tokens": 0,
+        "flops": 0.0,
+        "train_flops": 0.0,
+        "peak_memory_bytes": 0,
+    }
+    fields["cost"] = TrialCost(**cost | fields.get("cost", {}))
+    neutral = {
+        "arm": "lora_r1",
+        "method": "lora",
+        "max_rank": 1,
+        "train_ranks": [1],
+        "seed": 0,
+        "hparams": {"lr": 1e-3, "weight_decay": 0.0, "overrides": []},
+        "inference_rule": "scaled",
+        "metric": "score",
+        "scores": {},
+        "validation_scores": {1: 0.0},
+        "scores_by_rule": {},
+        "validation_scores_by_rule": {"scaled": {1: 0.0}},
+        "extra_scores": {},
+        "validation_extra_scores": {},
+        "selection_metric": 0.0,
+        "selection_metric_by_rule": {"scaled": 0.0},
+        "aurac": {},
+        "loss_curve": [1.0],
+        "validation_curve": [],
+        "steps": 1,
+        "resumed_from": [],
+    }
+    return TrialResult.model_validate(neutral | fields)
 
 
 def score(method: int, rank: int, seed: int) -> float:
@@ -18,28 +63,33 @@ def score(method: int, rank: int, seed: int) -> float:
     )
 
 
-def trial_result(method: int, ranks: list[int], seed: int, steps: int, test: bool) -> dict:
-    """A result.json as a trial writes it (the fields tracking logs)."""
-    curve = {str(r): score(method, r, seed) - 0.02 for r in ranks}
-    result = {
-        "method": f"m{method}",
-        "max_rank": ranks[-1],
-        "inference_rule": "scaled",
-        "loss_curve": [3.0 * math.exp(-3 * s / steps) + 0.5 for s in range(steps)],
-        "validation_scores_by_rule": {"scaled": curve},
-        "validation_curve": [{"step": steps, "scores": curve}],
-        "selection_metric": aurac(ranks, list(curve.values())),
-        "selection_metric_by_rule": {"scaled": aurac(ranks, list(curve.values()))},
-        "cost": {
+def trial_result(method: int, ranks: list[int], seed: int, steps: int, test: bool) -> TrialResult:
+    """A trial's result with known curves and cost (the fields tracking logs)."""
+    curve = {r: score(method, r, seed) - 0.02 for r in ranks}
+    result = make_result(
+        arm=f"m{method}",
+        method=f"m{method}",
+        max_rank=ranks[-1],
+        train_ranks=ranks,
+        seed=seed,
+        loss_curve=[3.0 * math.exp(-3 * s / steps) + 0.5 for s in range(steps)],
+        validation_scores=curve,
+        validation_scores_by_rule={"scaled": curve},
+        validation_curve=[{"step": steps, "scores": curve}],
+        selection_metric=aurac(ranks, list(curve.values())),
+        selection_metric_by_rule={"scaled": aurac(ranks, list(curve.values()))},
+        steps=steps,
+        cost={
             "device_seconds": 60.0 * (method + 1),
             "train_seconds": 50.0 * (method + 1),
             "eval_seconds": 10.0 * (method + 1),
             "flops": 1e12 * (method + 1),
-            "train_tokens": 1e6 * steps,
+            "train_tokens": int(1e6 * steps),
         },
-    }
+    )
     if test:
-        result["scores_by_rule"] = {"scaled": {str(r): score(method, r, seed) for r in ranks}}
+        tested = {r: score(method, r, seed) for r in ranks}
+        result = result.model_copy(update={"scores": tested, "scores_by_rule": {"scaled": tested}})
     return result
 
 
@@ -65,26 +115,38 @@ def fill_study(
     summaries = {}
     for i in range(methods):
         method = arm = f"m{i}"
-        base = {"arm": arm, "method": method, "rank": f"1-{ranks[-1]}"}
+        base = {"arm": arm, "method": method, "rank": f"1-{ranks[-1]}", "out_dir": ""}
         spent = []
         for t in range(trials_per_arm):
             fails = method in failed
-            record = base | {
-                "key": f"{arm}/t{t}",
-                "trial": t,
-                "params": {"training.lr": 10 ** (-3 + t / trials_per_arm)},
-                "failure": "loss is NaN at step 3" if fails else None,
-            }
             result = None if fails else trial_result(i, ranks, seeds[0], steps, test=False)
+            record = TrialRecord(
+                **base,
+                key=f"{arm}/t{t}",
+                trial=t,
+                params={"training.lr": 10 ** (-3 + t / trials_per_arm)},
+                status="failed" if fails else "ok",
+                failure="loss is NaN at step 3" if fails else None,
+                selection_metric=-1.0 if fails else result.selection_metric,
+            )
             tracker.log_trial(record, result)
             spent += [result] if result else []
         if method in failed:
             continue
         for s, seed in enumerate(seeds):
             key = f"{arm}/t0" if s == 0 else f"{arm}/t0-seed{seed}"
-            record = base | {"key": key, "trial": 0, "params": {}, "failure": None}
-            record |= {"seed": seed, "rules": ["scaled"]}
             tested = trial_result(i, ranks, seed, steps, test=True)
+            record = TrialRecord(
+                **base,
+                key=key,
+                trial=0,
+                params={},
+                status="ok",
+                failure=None,
+                selection_metric=tested.selection_metric,
+                seed=seed,
+                rules=["scaled"],
+            )
             tracker.log_trial(record, tested)
             if s == 0:  # the first seed's test pass resumes trial 0 in its folder: one run
                 spent[0] = tested

@@ -146,16 +146,15 @@ def test_a_result_cut_short_makes_a_failed_trial_not_a_crash(tmp_path):
     from rankstudy.tracking import StudyTracker
 
     s = study(tmp_path)
-    s.tracker = StudyTracker(f"sqlite:///{tmp_path / 'm.db'}", "e")
-    s.tracker.start_study("s", {})
+    s.attach(StudyTracker(f"sqlite:///{tmp_path / 'm.db'}", "e")).tracker.start_study("s", {})
     trial_dir = tmp_path / "out" / "trials" / "matryoshka" / "t0"
     trial_dir.mkdir(parents=True)
     (trial_dir / "result.json").write_text('{"arm": "matryoshka", "scores_by_rule": {"sca')
     config = {"arm": "matryoshka", "phase": "search", "trial": 0, "study_dir": str(s.out_dir)}
     record = s.record(config, {"out_dir": str(trial_dir), "selection_metric": 0.5}, None)
-    s.flush()
-    assert record["status"] == "failed"
-    assert "result.json cannot be read (cut short or corrupt" in record["failure"]
+    s.recorder.flush()
+    assert record.status == "failed"
+    assert "result.json cannot be read (cut short or corrupt" in record.failure
     assert json.loads((tmp_path / "out" / "study_state.json").read_text())["trials"]
 
 

@@ -14,6 +14,8 @@ from rankstudy.adapters import load_adapters, set_rank
 from rankstudy.build import load_model
 from rankstudy.checkpoint import latest_tag
 from rankstudy.export import ExportError, plan_exports, study_spec
+from rankstudy.records import RESULT_FILE, read_result
+from rankstudy.study_state import STATE_FILE, StudyState, read_state
 from studies import TINY, run_study, write_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,8 +49,8 @@ def export(study: Path, out: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*cmd, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
-def state(study: Path) -> dict:
-    return json.loads((study / "study_state.json").read_text())
+def state(study: Path) -> StudyState:
+    return read_state(study / STATE_FILE)
 
 
 @pytest.mark.slow
@@ -74,8 +76,8 @@ def test_exported_ranks_reproduce_the_study_model(study, tmp_path):
         (tmp_path / "grid4", "lora_r4", "scaled", 1, 4),
     ]
     for exported, arm, rule, seed, k in cases:
-        record = next(t for t in s["tests"].values() if t["arm"] == arm and t["seed"] == seed)
-        ckpt = Path(record["out_dir"]) / "checkpoints"
+        record = next(t for t in s.tests.values() if t.arm == arm and t.seed == seed)
+        ckpt = Path(record.out_dir) / "checkpoints"
         ours = load_model(spec.model, torch.float32).model.eval()
         load_adapters(ours, ckpt / latest_tag(ckpt) / "adapters.safetensors")
         set_rank(ours, k, rule)
@@ -128,12 +130,9 @@ def test_the_base_model_is_scored_once_and_recorded(study):
     summary = json.loads((study / "study_summary.json").read_text())
     base = summary["base_scores"]["score"]
     assert base == pytest.approx(0.5, abs=0.08)
-    with_base = [
-        json.loads(p.read_text())
-        for p in study.glob("trials/*/*/result.json")
-        if "base_scores" in json.loads(p.read_text())
-    ]
-    assert len(with_base) == 1 and with_base[0]["arm"] == "lora_r1" and with_base[0]["seed"] == 0
+    results = [read_result(p) for p in study.glob(f"trials/*/*/{RESULT_FILE}")]
+    with_base = [r for r in results if r.base_scores is not None]
+    assert len(with_base) == 1 and with_base[0].arm == "lora_r1" and with_base[0].seed == 0
     client = MlflowClient(summary["mlflow"]["tracking_uri"])
     parent = client.get_run(summary["mlflow"]["parent_run_id"])
     assert parent.data.metrics["base_score"] == pytest.approx(base)

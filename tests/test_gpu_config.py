@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import ray
 
+from rankstudy import study_tuner
 from rankstudy.engine import deepspeed_config
 from rankstudy.ray_train import scaling_config
 from rankstudy.spec import load_spec
@@ -72,8 +73,10 @@ def test_cpu_switch_keeps_the_same_config_with_fp32():
 def test_concurrent_trials_follow_the_gpus(tmp_path, monkeypatch, overrides, cluster, slots):
     monkeypatch.setattr(ray, "cluster_resources", lambda: cluster)
     study = Study(str(PAPER), overrides, str(tmp_path / "o"), resume=False)
-    assert study.slots() == slots
-    assert study.max_concurrent() == (slots if "resources.workers=8" in overrides else None)
+    assert study_tuner.slots(study.spec) == slots
+    assert study_tuner.max_concurrent(study.spec) == (
+        slots if "resources.workers=8" in overrides else None
+    )
 
 
 @pytest.mark.slow

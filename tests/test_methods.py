@@ -139,3 +139,11 @@ def test_a_method_added_to_the_registry_alone_runs_in_a_trial(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == '["half_lora", true, ["1", "2", "4", "8"]]'
+
+
+def test_an_arms_search_weight_is_its_methods_forwards_per_step():
+    """The searcher orders arms by this (nested_multiloss: |S| forwards, whatever S is)."""
+    spec = parse_spec(TINY, ["adapters.train_ranks=[2,4,8]"])
+    assert parse_arm("nested_multiloss", spec).forwards_per_step == 3
+    assert parse_arm("matryoshka", spec).forwards_per_step == 1
+    assert parse_arm("lora_r4", spec).forwards_per_step == 1

@@ -5,6 +5,7 @@ import pytest
 
 from rankstudy.scoring import score_method
 from rankstudy.spec import parse_spec
+from report_store import make_result
 
 SPEC = parse_spec(
     {
@@ -19,26 +20,22 @@ SPEC = parse_spec(
 
 
 def result(curves: dict[str, dict[int, float]], nll: dict[str, dict[int, float]] | None = None):
-    """A test pass's result.json, as far as scoring reads it: rule -> rank -> score."""
-    keyed = {rule: {str(r): v for r, v in c.items()} for rule, c in curves.items()}
-    out = {"metric": "token_accuracy", "scores_by_rule": keyed}
-    if nll is not None:
-        out["extra_scores"] = {
-            "token_nll": {rule: {str(r): v for r, v in c.items()} for rule, c in nll.items()}
-        }
-    return out
+    """A test pass's result: rule -> rank -> score, and the extra metric's the same way."""
+    extra = {} if nll is None else {"token_nll": nll}
+    return make_result(metric="token_accuracy", scores_by_rule=curves, extra_scores=extra)
 
 
-def cost(device_seconds: float, flops: float) -> dict:
-    return {
-        "cost": {
+def cost(device_seconds: float, flops: float):
+    """A spent trial's result, as far as its cost goes."""
+    return make_result(
+        cost={
             "device_seconds": device_seconds,
             "train_seconds": device_seconds * 0.75,
             "eval_seconds": device_seconds * 0.25,
             "flops": flops,
             "train_tokens": 1000,
         }
-    }
+    )
 
 
 def test_the_lora_grid_curve_is_each_arm_at_its_own_rank_and_aurac_is_averaged_over_seeds():

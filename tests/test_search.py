@@ -17,9 +17,10 @@ ARMS = {
 
 
 def test_round_one_by_weight_round_two_by_measured_seconds():
-    search = ArmSearch(ARMS, SPACE, trials_per_arm=2, seed=0, seeds=[0])
+    weights = {"nested_multiloss": 4}  # its forwards per step (|S|); every other arm's: 1
+    search = ArmSearch(ARMS, SPACE, trials_per_arm=2, seed=0, seeds=[0], weights=weights)
     first = [search.suggest(f"t{i}")["arm"] for i in range(4)]
-    assert first[0] == "nested_multiloss"  # weight 6: first in its round
+    assert first[0] == "nested_multiloss"  # the heaviest: first in its round
     assert sorted(first) == sorted(ARMS)
     seconds = {"lora_r1": 5.0, "lora_r2": 30.0, "nested_multiloss": 10.0, "matryoshka": 20.0}
     for i, arm in enumerate(first):
@@ -44,6 +45,7 @@ def test_each_arm_gets_its_trials_then_its_test_passes():
                 "selection_truncated_p": truncated,
                 "out_dir": f"/trials/{i}",
                 "param:training__lr": configs[i]["training__lr"],
+                "config/training__lr": configs[i]["training__lr"],  # as Tune flattens it
             },
         )
     tests = [search.suggest(f"x{i}") for i in range(4)]
@@ -55,6 +57,8 @@ def test_each_arm_gets_its_trials_then_its_test_passes():
         ("/trials/0", ["truncated_p"], 1, False),
     ]
     assert tests[0]["param:training__lr"] == configs[1]["training__lr"]
+    carried = [k for k in tests[0] if "training" in k]
+    assert carried == ["param:training__lr"]  # only what the trial reported, not its config
     for i in range(4):
         search.on_trial_complete(f"x{i}", {"selection_metric": 0.0})
     assert search.suggest("done") == Searcher.FINISHED

@@ -90,13 +90,14 @@ def test_each_study_gets_its_own_folder_and_resumes_only_with_it(tmp_path, monke
     spec = str(write_spec(tmp_path, TINY | {"storage": "s3://bucket/studies"}))
     one = Study(spec, [], str(tmp_path / "one"), resume=False)
     two = Study(spec, [], str(tmp_path / "two"), resume=False)
-    assert one.storage.uri.startswith("s3://bucket/studies/tiny-study-")
-    assert one.storage.uri != two.storage.uri  # same name, same bucket: never the same path
-    one.save_state()
+    assert one.files.storage.uri.startswith("s3://bucket/studies/tiny-study-")
+    assert one.files.storage.uri != two.files.storage.uri  # same bucket: never the same path
+    one.files.save()
     again = Study(spec, [], str(tmp_path / "one"), resume=True)
-    assert again.storage.uri == one.storage.uri
+    assert again.files.storage.uri == one.files.storage.uri
     with pytest.raises(StudyError, match="storage: this study keeps its trials under"):
         Study(spec, ["storage=s3://other/place"], str(tmp_path / "one"), resume=True)
     monkeypatch.setenv("RANKSTUDY_STORAGE", "")  # as cluster.yaml exports it with no bucket
     plain = Study(str(write_spec(tmp_path, TINY, "plain.yaml")), [], str(tmp_path / "p"), False)
-    assert plain.storage.shared and plain.storage.path_of("tune") == str(tmp_path / "p" / "tune")
+    storage = plain.files.storage
+    assert storage.shared and storage.path_of("tune") == str(tmp_path / "p" / "tune")

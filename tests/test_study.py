@@ -18,6 +18,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
+from rankstudy.records import RESULT_FILE, read_result
 from studies import (
     ARMS,
     ROOT,
@@ -135,8 +136,8 @@ def test_killed_trial_process_is_retried_from_its_checkpoint(tmp_path):
     assert victim is not None, "no trial reached its first checkpoint"
     os.kill(int((victim / "trial.pid").read_text()), signal.SIGKILL)
     assert proc.wait(timeout=1200) == 0, (tmp_path / "out.log").read_text()[-4000:]
-    result = json.loads((victim / "result.json").read_text())
-    assert result["resumed_from"] and result["steps"] == 400
+    result = read_result(victim / RESULT_FILE)
+    assert result.resumed_from and result.steps == 400
     summary = json.loads((out / "study_summary.json").read_text())
     _, runs = mlflow_runs(summary)
     assert all(r.info.status == "FINISHED" for r in runs)
@@ -230,29 +231,42 @@ def test_multi_worker_trials_and_seed_repeats(tmp_path):
     assert m["aurac_log2"] == pytest.approx(sum(per_seed_aurac) / 2)
     assert m["aurac_log2_std"] == pytest.approx(abs(per_seed_aurac[0] - per_seed_aurac[1]) / 2)
     assert m["cost"]["trials"] == 2
-    results = [json.loads(p.read_text()) for p in (tmp_path / "out").glob("trials/*/*/result.json")]
-    assert {r["cost"]["devices"] for r in results} == {2}
-    assert {r["seed"] for r in results} == {0, 1}
+    results = [read_result(p) for p in (tmp_path / "out").glob(f"trials/*/*/{RESULT_FILE}")]
+    assert {r.cost.devices for r in results} == {2}
+    assert {r.seed for r in results} == {0, 1}
 
 
 def test_a_trial_lost_by_a_kill_and_rerun_leaves_search_and_mlflow(tmp_path):
     """Tune can lose a trial that ended just before the kill and rerun its suggestion under a
     new id: the first copy stops counting as a trial and its MLflow run is deleted."""
+    from rankstudy.records import TrialRecord
     from rankstudy.study import Study
+    from rankstudy.study_tuner import drop_superseded
     from rankstudy.tracking import StudyTracker
 
     study = Study(str(write_spec(tmp_path)), [], str(tmp_path / "out"), resume=False)
-    study.tracker = StudyTracker(f"sqlite:///{tmp_path / 'm.db'}", "e")
-    study.tracker.start_study("s", {})
+    recorder = study.attach(StudyTracker(f"sqlite:///{tmp_path / 'm.db'}", "e"))
+    recorder.tracker.start_study("s", {})
+    trials = study.files.state.trials
     for key in ("lora_r1/lost", "lora_r1/kept"):
-        record = {"key": key, "arm": "lora_r1", "method": "lora", "rank": "1", "trial": 0}
-        study.tracker.log_trial(record | {"params": {}, "failure": None}, None)
-        study.state["trials"][key] = {"key": key, "arm": "lora_r1", "status": "ok"}
-    study.drop_superseded({"lora_r1/kept"})
-    study.flush()  # MLflow writes are queued to the driver's writer thread
-    assert study.state["trials"]["lora_r1/lost"]["superseded"]
-    assert not study.state["trials"]["lora_r1/kept"].get("superseded")
-    runs = study.tracker.client.search_runs([study.tracker.experiment_id])
+        record = TrialRecord(
+            key=key,
+            arm="lora_r1",
+            method="lora",
+            rank="1",
+            trial=0,
+            out_dir=f"/nowhere/{key}",
+            params={},
+            status="ok",
+            failure=None,
+            selection_metric=0.5,
+        )
+        recorder.tracker.log_trial(record, None)
+        trials[key] = record
+    drop_superseded(study.files, recorder, {"lora_r1/kept"}, study.log)
+    recorder.flush()  # MLflow writes are queued to the driver's writer thread
+    assert trials["lora_r1/lost"].superseded and not trials["lora_r1/kept"].superseded
+    runs = recorder.tracker.client.search_runs([recorder.tracker.experiment_id])
     assert sorted(
         r.data.tags.get("rankstudy.trial_key")
         for r in runs

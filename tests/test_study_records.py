@@ -2,30 +2,32 @@
 study recorded its trial. A resumed study redoes exactly those writes: no missing run, no
 duplicate, and a half-written run is replaced."""
 
-import json
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from rankstudy.study import Study, summary_table
+from rankstudy.records import TrialConfig, TrialRecord
+from rankstudy.study import Study
+from rankstudy.study_state import STATE_FILE, StudyState, read_state
+from rankstudy.study_summary import chosen_results, summarise, summary_table
 from rankstudy.tracking import StudyTracker
 from studies import TINY, write_spec
 
 
-def failed_record(key: str, logged: bool) -> dict:
-    return {
-        "key": key,
-        "arm": key.split("/")[0],
-        "method": "lora" if key.startswith("lora") else key.split("/")[0],
-        "rank": "1",
-        "trial": 0,
-        "out_dir": f"/nowhere/{key}",
-        "params": {"training.lr": 0.001},
-        "status": "failed",
-        "failure": "loss is NaN at step 3",
-        "selection_metric": -1.0,
-        "logged": logged,
-    }
+def failed_record(key: str, logged: bool) -> TrialRecord:
+    return TrialRecord(
+        key=key,
+        arm=key.split("/")[0],
+        method="lora" if key.startswith("lora") else key.split("/")[0],
+        rank="1",
+        trial=0,
+        out_dir=f"/nowhere/{key}",
+        params={"training.lr": 0.001},
+        status="failed",
+        failure="loss is NaN at step 3",
+        selection_metric=-1.0,
+        logged=logged,
+    )
 
 
 def test_resume_redoes_only_the_cut_off_writes(tmp_path):
@@ -43,31 +45,29 @@ def test_resume_redoes_only_the_cut_off_writes(tmp_path):
             "rankstudy.kind": "trial",
         },
     )
-    state = {
-        "trials": {
+    state = StudyState(
+        trials={
             "lora_r1/a": failed_record("lora_r1/a", logged=True),
             "lora_r2/b": failed_record("lora_r2/b", logged=False),
             "dylora/c": failed_record("dylora/c", logged=False),
         },
-        "tests": {},
-        "parent_run_id": parent,
-        "tracking_uri": uri,
-        "experiment_id": tracker.experiment_id,
-    }
-    (out / "study_state.json").write_text(json.dumps(state))
+        parent_run_id=parent,
+        tracking_uri=uri,
+        experiment_id=tracker.experiment_id,
+    )
+    (out / STATE_FILE).write_text(state.model_dump_json())
     spec = dict(TINY, tracking={"uri": uri, "experiment": "records"})
     study = Study(str(write_spec(tmp_path, spec)), [], str(out), resume=True)
-    study.tracker = StudyTracker(uri, "records")
-    study.tracker.start_study("records", spec, parent)
-    study.relog()
+    recorder = study.attach(StudyTracker(uri, "records"))
+    recorder.start("records", spec)
+    recorder.relog()
 
     runs = MlflowClient(uri).search_runs([tracker.experiment_id], "tags.`rankstudy.kind` = 'trial'")
     keys = sorted(r.data.tags["rankstudy.trial_key"] for r in runs)
     assert keys == ["dylora/c", "lora_r1/a", "lora_r2/b"]
     assert {r.info.status for r in runs} == {"FAILED"}
     assert half.info.run_id not in {r.info.run_id for r in runs}
-    saved = json.loads((out / "study_state.json").read_text())
-    assert all(r["logged"] for r in saved["trials"].values())
+    assert all(r.logged for r in read_state(out / STATE_FILE).trials.values())
 
 
 def test_a_failed_arm_leaves_the_other_methods_scored_and_reported(tmp_path):
@@ -83,35 +83,35 @@ def test_a_failed_arm_leaves_the_other_methods_scored_and_reported(tmp_path):
     out = tmp_path / "out"
     study = Study(str(write_spec(tmp_path, spec)), [], str(out), resume=False)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    study.tracker = StudyTracker(uri, "failed-arm")
-    parent = study.tracker.start_study("failed-arm", spec)
-    study.state |= {"parent_run_id": parent, "tracking_uri": uri, "experiment_id": "1"}
+    recorder = study.attach(StudyTracker(uri, "failed-arm"))
+    recorder.start("failed-arm", spec)
+    state = study.files.state
     for arm in ("lora_r1", "lora_r2"):
         trial_dir = out / "trials" / arm / "t0"
-        run_trial(
-            {"spec": study.raw, "arm": arm, "out_dir": str(trial_dir), "overrides": study.overrides}
+        config = TrialConfig(
+            spec=study.raw, arm=arm, out_dir=str(trial_dir), overrides=study.overrides
         )
-        base = {"arm": arm, "out_dir": str(trial_dir), "failure": None, "status": "ok"}
-        study.state["trials"][f"{arm}/t0"] = base | {"key": f"{arm}/t0"}
-        study.state["tests"][f"{arm}/t0/0"] = base | {
-            "key": f"{arm}/t0",
-            "rules": ["scaled"],
-            "seed": 0,
-        }
-    failed = failed_record("matryoshka/t0", logged=False) | {"rank": "1-2"}
-    study.state["trials"]["matryoshka/t0"] = failed
-    study.log_record(failed, None)
-    study.flush()
+        run_trial(config.wire())
+        ok = failed_record(f"{arm}/t0", logged=True).model_copy(
+            update={"out_dir": str(trial_dir), "failure": None, "status": "ok"}
+        )
+        state.trials[ok.key] = ok
+        state.tests[f"{ok.key}/0"] = ok.model_copy(update={"rules": ["scaled"], "seed": 0})
+    failed = failed_record("matryoshka/t0", logged=False).model_copy(update={"rank": "1-2"})
+    state.trials[failed.key] = failed
+    recorder.log_trial(failed, None)
+    recorder.flush()
 
-    chosen, missing = study.chosen_results()
+    chosen, missing = chosen_results(study.spec, study.files, study.seeds)
     assert set(chosen) == {("lora_r1", "scaled"), ("lora_r2", "scaled")}
     assert list(missing) == [("matryoshka", "scaled")]
-    summary = study.summarise(chosen, missing, 1.0)
+    summary = summarise(study.spec, study.spec_path, study.files, chosen, missing, 1.0, print)
     assert list(summary["methods"]) == ["lora_grid"]
     assert summary["missing"] == {
         "matryoshka": f"arm matryoshka: no trial succeeded; see {out / 'trials' / 'matryoshka'}"
     }
     assert "matryoshka                       not scored: arm matryoshka" in summary_table(summary)
+    study.record_summary(summary)
     page = Path(study.report()).read_text()
     assert (
         "<b>matryoshka</b>: arm matryoshka: its only trial failed (loss is NaN at step 3)" in page

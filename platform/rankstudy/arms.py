@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from rankstudy.methods import REGISTRY, Method, served
+from rankstudy.methods import REGISTRY, Method, Ranks, served
 from rankstudy.spec import StudySpec
 
 GRID = next(m for m in REGISTRY.values() if m.grid)
@@ -33,6 +33,10 @@ class Arm:
     @property
     def nested(self) -> bool:
         return not self.kind.grid
+
+    @property
+    def forwards_per_step(self) -> int:
+        return self.kind.forwards_per_step(Ranks(self.max_rank, self.train_ranks))
 
 
 def parse_arm(name: str, spec: StudySpec) -> Arm:

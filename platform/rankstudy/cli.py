@@ -24,20 +24,18 @@ def _trial(args: argparse.Namespace) -> int:
         print(f"rankstudy trial: invalid input\n{e}", file=sys.stderr)
         return 2
     from rankstudy.checkpoint import CorruptCheckpoint
+    from rankstudy.records import RESULT_FILE, TrialConfig, TrialResult
     from rankstudy.trial import TrialFailed, run_trial
 
     out = Path(args.out or f"runs/{spec.name}/{args.arm}")
-    config = {
-        "spec": read_spec_file(args.spec),
-        "arm": args.arm,
-        "out_dir": str(out),
-        "overrides": list(args.set),
-    }
+    config = TrialConfig(
+        spec=read_spec_file(args.spec), arm=args.arm, out_dir=str(out), overrides=args.set
+    )
     try:
-        result = run_trial(config)
+        result = TrialResult.model_validate(run_trial(config.wire()))
     except TrialFailed as e:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "result.json").write_text(
+        (out / RESULT_FILE).write_text(
             json.dumps({"status": "failed", "arm": args.arm, "failure": str(e)}, indent=2)
         )
         print(f"rankstudy trial: FAILED: {e}", file=sys.stderr)
@@ -45,10 +43,10 @@ def _trial(args: argparse.Namespace) -> int:
     except CorruptCheckpoint as e:
         print(f"rankstudy trial: {e}; run it again", file=sys.stderr)
         return 1
-    curve = "  ".join(f"r={k}: {v:.3f}" for k, v in result["scores"].items())
+    curve = "  ".join(f"r={k}: {v:.3f}" for k, v in result.scores.items())
     print(
-        f"{args.arm}: test {curve}  AURAC log2 {result['aurac']['log2']:.3f} "
-        f"linear {result['aurac']['linear']:.3f}\nwrote {out / 'result.json'}"
+        f"{args.arm}: test {curve}  AURAC log2 {result.aurac['log2']:.3f} "
+        f"linear {result.aurac['linear']:.3f}\nwrote {out / RESULT_FILE}"
     )
     return 0
 

@@ -9,16 +9,15 @@ study's own model at rank k. Every request is checked before the base model is l
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from rankstudy.arms import parse_arm
+from rankstudy.arms import method_arms, method_rule, parse_arm
 from rankstudy.checkpoint import latest_tag
-from rankstudy.scoring import METHOD_ARMS, method_rule
 from rankstudy.spec import StudySpec, parse_spec
 from rankstudy.storage import TrialStorage
+from rankstudy.study_state import STATE_FILE, StudyError, StudyState, read_state
 
 
 class ExportError(ValueError):
@@ -33,17 +32,17 @@ class Export:
     trial_dir: str  # the chosen trial's folder, as the study names it
 
 
-def study_spec(state: dict) -> StudySpec:
-    if "spec" not in state:
+def study_spec(state: StudyState) -> StudySpec:
+    if state.spec is None:
         raise ExportError(
             "--study: this study's state does not record its spec (made by an "
             "older rankstudy); run the study again to export from it"
         )
-    return parse_spec(state["spec"]["raw"], state["spec"]["overrides"])
+    return parse_spec(state.spec.raw, state.spec.overrides)
 
 
 def plan_exports(
-    state: dict, spec: StudySpec, method: str, ranks: list[int] | None, seed: int | None
+    state: StudyState, spec: StudySpec, method: str, ranks: list[int] | None, seed: int | None
 ) -> list[Export]:
     """What to export for `method` (a method of the study, or one of its LoRA arms such as
     lora_r4) at `ranks` (None: every rank it serves), from the trial chosen at `seed`."""
@@ -62,7 +61,7 @@ def plan_exports(
         served = {k: method for k in parse_arm(method, spec).eval_ranks}
         what = f"{method} was trained at rank {own}: it serves ranks up to {own}"
     elif method in spec.methods:
-        arm = parse_arm(METHOD_ARMS[method][0], spec)
+        arm = parse_arm(method_arms(method, spec)[0], spec)
         served = {k: arm.name for k in sorted({*arm.train_ranks, *arm.eval_ranks})}
         what = f"{method} was trained for ranks S = {list(arm.train_ranks)}"
     else:
@@ -75,15 +74,15 @@ def plan_exports(
     bad = [k for k in wanted if k not in served]
     if bad:
         raise ExportError(f"--rank: {bad[0]} is not a rank {method} serves: {what}")
-    tests = state.get("tests", {}).values()
+    tests = state.tests.values()
     out = []
     for k in wanted:
         arm = served[k]
-        found = [t for t in tests if t["arm"] == arm and rule in t["rules"] and t["seed"] == seed]
-        if not found or found[0]["status"] != "ok":
-            why = found[0]["failure"] if found else "the study has not tested it (yet)"
+        found = [t for t in tests if t.arm == arm and rule in t.rules and t.seed == seed]
+        if not found or found[0].status != "ok":
+            why = found[0].failure if found else "the study has not tested it (yet)"
             raise ExportError(f"--method: no chosen trial of {arm} at seed {seed}: {why}")
-        out.append(Export(arm, rule, k, found[0]["out_dir"]))
+        out.append(Export(arm, rule, k, found[0].out_dir))
     return out
 
 
@@ -100,15 +99,17 @@ def run_export(
 
     from rankstudy.adapters import export_peft, load_adapters
     from rankstudy.build import load_model
-    from rankstudy.study import STATE_FILE
 
     study_dir = Path(study_dir).resolve()
     if not (study_dir / STATE_FILE).is_file():
         raise ExportError(f"--study: {study_dir} holds no study (no {STATE_FILE})")
-    state = json.loads((study_dir / STATE_FILE).read_text())
+    try:
+        state = read_state(study_dir / STATE_FILE, "--study")
+    except StudyError as e:
+        raise ExportError(str(e)) from None
     spec = study_spec(state)
     exports = plan_exports(state, spec, method, ranks, seed)
-    storage = TrialStorage(state.get("storage"), study_dir)
+    storage = TrialStorage(state.storage, study_dir)
     written, loaded = [], {}
     for e in exports:
         if e.trial_dir not in loaded:  # the base with this trial's adapters, once a trial

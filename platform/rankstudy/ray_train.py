@@ -7,8 +7,7 @@ started from a Tune function, never handed to a Tuner).
 
 from __future__ import annotations
 
-import json
-
+from rankstudy.records import RESULT_FILE, TrialConfig, read_result
 from rankstudy.spec import StudySpec, parse_spec
 from rankstudy.storage import trial_storage
 from rankstudy.trial import run_trial
@@ -26,25 +25,24 @@ def scaling_config(spec: StudySpec):
     )
 
 
-def fit_trial(config: dict, storage_path: str, name: str) -> dict:
-    """Train and score one trial on `resources.workers` Ray Train workers; returns result.json.
-
-    config is run_trial's; the driver must already be connected to Ray (ray.init).
-    """
+def fit_trial(config: TrialConfig | dict, storage_path: str, name: str) -> dict:
+    """Train and score one trial on `resources.workers` Ray Train workers; returns its
+    result.json's object, as run_trial does. The driver must already be connected to Ray
+    (ray.init)."""
     from ray.train import RunConfig
     from ray.train.torch import TorchTrainer
 
-    spec = parse_spec(config["spec"], config.get("overrides", ()))
+    config = TrialConfig.of(config)
     trainer = TorchTrainer(
         run_trial,
-        train_loop_config=config,
-        scaling_config=scaling_config(spec),
+        train_loop_config=config.wire(),
+        scaling_config=scaling_config(parse_spec(config.spec, config.overrides)),
         run_config=RunConfig(storage_path=storage_path, name=name),
     )
     outcome = trainer.fit()
     if outcome.error is not None:
         raise outcome.error
-    storage = trial_storage(config)
-    result = storage.local(config["out_dir"]) / "result.json"
+    storage = trial_storage(config.wire())
+    result = storage.local(config.out_dir) / RESULT_FILE
     storage.pull(result)  # rank 0 may have run on another node
-    return json.loads(result.read_text())
+    return read_result(result).wire()

@@ -7,69 +7,39 @@ from __future__ import annotations
 import statistics
 from collections.abc import Iterable
 
+from rankstudy.arms import method_arms, method_rule
+from rankstudy.methods import served
 from rankstudy.metrics import aurac
+from rankstudy.records import TrialResult
 from rankstudy.spec import StudySpec
-
-# method -> (arm name, or None for the LoRA grid, and the inference rule it is served with)
-METHOD_ARMS = {
-    "lora_grid": (None, "scaled"),
-    "dylora": ("dylora", "scaled"),
-    "matryoshka": ("matryoshka", "scaled"),
-    "matryoshka_truncated_p": ("matryoshka", "truncated_p"),
-    "matryoshka_binary": ("matryoshka_binary", "scaled"),
-    "matryoshka_binary_truncated_p": ("matryoshka_binary", "truncated_p"),
-    "nested_multiloss": ("nested_multiloss", "scaled"),
-}
-
-
-def method_arms(method: str, spec: StudySpec) -> list[str]:
-    arm, _ = METHOD_ARMS[method]
-    return [f"lora_r{r}" for r in spec.adapters.rank_set] if arm is None else [arm]
-
-
-def method_rule(method: str) -> str:
-    return METHOD_ARMS[method][1]
-
-
-def study_arms(spec: StudySpec) -> list[str]:
-    """Every arm the spec's methods need, each once, in a stable order."""
-    return list(dict.fromkeys(a for m in spec.methods for a in method_arms(m, spec)))
-
-
-def study_rules(spec: StudySpec) -> list[str]:
-    """The inference rules trials must evaluate: the paper's first, then any other asked for."""
-    return list(dict.fromkeys(["scaled", *(method_rule(m) for m in spec.methods)]))
 
 
 def test_curve(
     method: str, spec: StudySpec, chosen: dict, seed: int, metric: str | None = None
 ) -> dict[int, float]:
     """The method's test curve for one seed: the primary metric's, or an extra `metric`'s.
-    chosen[(arm, rule)][seed] is a result.json."""
+    chosen[(arm, rule)][seed] is a test pass's result."""
     rule = method_rule(method)
 
-    def curve(result: dict) -> dict[str, float]:
-        by_rule = result["scores_by_rule"] if metric is None else result["extra_scores"][metric]
+    def curve(result: TrialResult) -> dict[int, float]:
+        by_rule = result.scores_by_rule if metric is None else result.extra_scores[metric]
         return by_rule[rule]
 
-    if METHOD_ARMS[method][0] is None:
-        return {
-            r: curve(chosen[(f"lora_r{r}", rule)][seed])[str(r)] for r in spec.adapters.rank_set
-        }
-    result = chosen[(method_arms(method, spec)[0], rule)][seed]
-    return {int(k): v for k, v in curve(result).items()}
+    if served(method)[0].grid:
+        return {r: curve(chosen[(f"lora_r{r}", rule)][seed])[r] for r in spec.adapters.rank_set}
+    return dict(curve(chosen[(method_arms(method, spec)[0], rule)][seed]))
 
 
-def total_cost(results: Iterable[dict], price_per_device_hour: float | None) -> dict:
+def total_cost(results: Iterable[TrialResult], price_per_device_hour: float | None) -> dict:
     """Everything spent: every search trial, seed repeat and test pass of the method's arms."""
     results = list(results)
     cost = {
         "trials": len(results),
-        "device_seconds": sum(r["cost"]["device_seconds"] for r in results),
-        "train_seconds": sum(r["cost"]["train_seconds"] for r in results),
-        "eval_seconds": sum(r["cost"]["eval_seconds"] for r in results),
-        "flops": sum(r["cost"]["flops"] for r in results),
-        "train_tokens": sum(r["cost"]["train_tokens"] for r in results),
+        "device_seconds": sum(r.cost.device_seconds for r in results),
+        "train_seconds": sum(r.cost.train_seconds for r in results),
+        "eval_seconds": sum(r.cost.eval_seconds for r in results),
+        "flops": sum(r.cost.flops for r in results),
+        "train_tokens": sum(r.cost.train_tokens for r in results),
     }
     cost["device_hours"] = cost["device_seconds"] / 3600
     cost["money"] = (
@@ -79,23 +49,20 @@ def total_cost(results: Iterable[dict], price_per_device_hour: float | None) -> 
 
 
 def score_method(
-    method: str, spec: StudySpec, chosen: dict, spent: list[dict], seeds: list[int]
+    method: str, spec: StudySpec, chosen: dict, spent: list[TrialResult], seeds: list[int]
 ) -> dict:
     """ranks, mean scores, AURAC on both axes (mean and population std over seeds), cost; and
     the mean curve of every extra metric the trials scored."""
     curves = [test_curve(method, spec, chosen, s) for s in seeds]
     ranks = sorted(curves[0])
     first = next(iter(chosen.values()))[seeds[0]]
-    extra = {
-        m: [test_curve(method, spec, chosen, s, m) for s in seeds]
-        for m in first.get("extra_scores", {})
-    }
+    extra = {m: [test_curve(method, spec, chosen, s, m) for s in seeds] for m in first.extra_scores}
     per_seed = {
         axis: [aurac(ranks, [c[r] for r in ranks], axis) for c in curves]
         for axis in ("log2", "linear")
     }
     return {
-        "metric": first.get("metric", "score"),
+        "metric": first.metric,
         "ranks": ranks,
         "scores": [statistics.fmean(c[r] for c in curves) for r in ranks],
         "extra_scores": {

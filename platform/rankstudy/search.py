@@ -17,22 +17,16 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from rankstudy.spec import ParamRange
-
-# Relative step cost, for ordering only: nested_multiloss runs |S| forwards a step, the binary
-# variant |S| adapter products; every other arm one forward. Costly arms go first in each round
-# (longest processing time first) so that long trials, and the test passes that wait for an
-# arm's last trial, do not run alone at the end while the other slots idle. Once an arm has
-# finished a trial, its measured duration replaces this guess.
-FORWARDS_PER_STEP = {"nested_multiloss": 6, "matryoshka_binary": 2}
+from rankstudy.tune_keys import reported_in, tune_key
 
 
 def optuna_space(space: dict[str, ParamRange]) -> dict:
-    """Optuna distributions keyed for Tune ('.' in spec paths becomes '__')."""
+    """Optuna distributions keyed for Tune (rankstudy.tune_keys)."""
     import optuna
 
     out = {}
     for key, r in space.items():
-        out[key.replace(".", "__")] = (
+        out[tune_key(key)] = (
             optuna.distributions.CategoricalDistribution(r.choices)
             if r.choices is not None
             else optuna.distributions.FloatDistribution(r.low, r.high, log=r.log)
@@ -60,7 +54,11 @@ def choose(ok: list[dict], rules: list[str]) -> dict[str, list[str]]:
 
 
 class ArmSearch(Searcher):
-    """arms: arm -> the inference rules its methods are served with."""
+    """arms: arm -> the inference rules its methods are served with. weights: an arm's
+    relative step cost (its method's forwards per step), for ordering only: costly arms go
+    first in each round (longest processing time first), so that long trials, and the test
+    passes that wait for an arm's last trial, do not run alone at the end while the other
+    slots idle. Once an arm has finished a trial, its measured duration replaces the guess."""
 
     def __init__(
         self,
@@ -69,6 +67,7 @@ class ArmSearch(Searcher):
         trials_per_arm: int,
         seed: int,
         seeds: list[int],
+        weights: dict[str, float] | None = None,
         metric: str = "selection_metric",
         mode: str = "max",
     ) -> None:
@@ -82,7 +81,7 @@ class ArmSearch(Searcher):
             for arm in arms
         }
         self.suggested = {arm: 0 for arm in arms}
-        self.weight = {arm: FORWARDS_PER_STEP.get(arm, 1) for arm in arms}
+        self.weight = {arm: (weights or {}).get(arm, 1) for arm in arms}
         self.seconds: dict[str, float] = {}  # measured duration of an arm's search trial
         self.owner: dict[str, tuple[str, str, int]] = {}  # trial id -> (arm, phase, index)
         self.ended: dict[str, list[dict]] = {arm: [] for arm in arms}
@@ -154,7 +153,7 @@ class ArmSearch(Searcher):
                         "rules": rules,
                         "seed": seed,
                         "first_seed": i == 0,
-                        **{k: v for k, v in best.items() if k.startswith("param:")},
+                        **reported_in(best),
                     }
                 )
 

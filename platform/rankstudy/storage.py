@@ -17,6 +17,8 @@ import os
 import shutil
 from pathlib import Path
 
+from rankstudy.records import RESULT_FILE
+
 SCHEMES = ("s3://", "gs://", "gcs://", "hdfs://", "file://")
 
 
@@ -147,7 +149,7 @@ class TrialStorage:
         steps are not needed to resume)."""
         if self.shared:
             return
-        self.pull(out_dir / "result.json")
+        self.pull(out_dir / RESULT_FILE)
         latest = out_dir / "checkpoints" / "latest"
         tag = self._remote_text(latest)
         if tag is None or (latest.is_file() and latest.read_text() == tag):

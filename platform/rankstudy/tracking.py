@@ -18,6 +18,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from rankstudy import mlflow_names as names
+from rankstudy.records import TrialRecord, TrialResult
 
 BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
 
@@ -122,36 +123,35 @@ class StudyTracker:
         )
         return runs[0].info.run_id if runs else None
 
-    def log_trial(self, record: dict, result: dict | None) -> str:
+    def log_trial(self, record: TrialRecord, result: TrialResult | None) -> str:
         """A child run for an ended search trial or test pass (once per key); status FAILED
         with the reason when it failed. A test pass logged later adds its test curve to its
-        trial's run and marks it chosen. record: the study's record (key, arm, method, rank,
-        trial, params, failure, and seed and rules for a test pass)."""
-        key, error = record["key"], record["failure"]
+        trial's run and marks it chosen."""
+        key, error = record.key, record.failure
         run_id = self._child(key)
         new = run_id is None
-        chosen = "rules" in record and result is not None
+        chosen = record.is_test and result is not None
         status = names.FAILED if error else names.CHOSEN if chosen else names.OK
         tags = {names.STATUS_TAG: status}
-        if "seed" in record:
-            tags[names.SEED_TAG] = str(record["seed"])
+        if record.seed is not None:
+            tags[names.SEED_TAG] = str(record.seed)
         if chosen:
-            tags[names.CHOSEN_FOR_TAG] = ",".join(record["rules"])
+            tags[names.CHOSEN_FOR_TAG] = ",".join(record.rules)
         if new:
             tags |= {
                 names.PARENT_TAG: self.parent_id,
                 names.KIND_TAG: names.TRIAL,
                 names.TRIAL_KEY_TAG: key,
-                names.ARM_TAG: record["arm"],
-                names.METHOD_TAG: record["method"],
-                names.RANK_TAG: record["rank"],
-                names.TRIAL_TAG: str(record["trial"]),
+                names.ARM_TAG: record.arm,
+                names.METHOD_TAG: record.method,
+                names.RANK_TAG: record.rank,
+                names.TRIAL_TAG: str(record.trial),
             }
             run = self.client.create_run(
                 self.experiment_id, run_name=trial_run_name(record, status), tags=tags
             )
             run_id = run.info.run_id
-            self._log(run_id, params={k: str(v) for k, v in record["params"].items()})
+            self._log(run_id, params={k: str(v) for k, v in record.params.items()})
         else:
             self.client.update_run(run_id, name=trial_run_name(record, status))
             for k, v in tags.items():
@@ -232,45 +232,41 @@ class StudyTracker:
             )
 
 
-def trial_metrics(result: dict) -> list[Metric]:
+def trial_metrics(result: TrialResult) -> list[Metric]:
     """Loss curve (step = optimizer step), validation and test scores (step = rank), cost."""
     now = int(time.time() * 1000)
-    own = result["inference_rule"]
-    out = [
-        Metric(names.TRAIN_LOSS, float(v), now, i + 1) for i, v in enumerate(result["loss_curve"])
-    ]
+    own = result.inference_rule
+    out = [Metric(names.TRAIN_LOSS, float(v), now, i + 1) for i, v in enumerate(result.loss_curve)]
     curves = [
-        (names.VAL, names.SCORE, result["validation_scores_by_rule"]),
-        (names.TEST, names.SCORE, result.get("scores_by_rule", {})),
+        (names.VAL, names.SCORE, result.validation_scores_by_rule),
+        (names.TEST, names.SCORE, result.scores_by_rule),
     ]
-    for split, key in ((names.VAL, "validation_extra_scores"), (names.TEST, "extra_scores")):
-        curves += [(split, metric, by_rule) for metric, by_rule in result.get(key, {}).items()]
+    extras = ((names.VAL, result.validation_extra_scores), (names.TEST, result.extra_scores))
+    for split, extra in extras:
+        curves += [(split, metric, by_rule) for metric, by_rule in extra.items()]
     for split, metric, by_rule in curves:
         for rule, curve in by_rule.items():
             name = names.curve_metric(split, metric, rule, own)
             out += [Metric(name, float(v), now, int(k)) for k, v in curve.items()]
-    for point in result["validation_curve"]:
-        for k, v in point["scores"].items():
-            out.append(Metric(names.validation_at_rank(k), float(v), now, int(point["step"])))
-    out.append(Metric(names.SELECTION_METRIC, float(result["selection_metric"]), now, 0))
-    for rule, v in result.get("selection_metric_by_rule", {}).items():  # what chose it, per rule
+    for point in result.validation_curve:
+        for k, v in point.scores.items():
+            out.append(Metric(names.validation_at_rank(k), float(v), now, int(point.step)))
+    out.append(Metric(names.SELECTION_METRIC, float(result.selection_metric), now, 0))
+    for rule, v in result.selection_metric_by_rule.items():  # what chose it, per rule
         out.append(Metric(f"{names.SELECTION_RULE_PREFIX}{rule}", float(v), now, 0))
-    for k, v in result.get("aurac", {}).items():
+    for k, v in result.aurac.items():
         out.append(Metric(f"{names.AURAC_PREFIX}{k}", float(v), now, 0))
-    for k, v in result["cost"].items():
+    for k, v in result.cost.model_dump().items():
         if isinstance(v, int | float):
             out.append(Metric(f"{names.COST_PREFIX}{k}", float(v), now, 0))
     return out
 
 
-def trial_run_name(record: dict, status: str) -> str:
+def trial_run_name(record: TrialRecord, status: str) -> str:
     """What the MLflow run table shows without configuring columns: arm, method and rank,
     trial number, seed of a repeat, status."""
-    seed = f" · seed {record['seed']}" if "seed" in record else ""
-    return (
-        f"{record['arm']} · {record['method']} r{record['rank']} · "
-        f"trial {record['trial']}{seed} · {status}"
-    )
+    seed = f" · seed {record.seed}" if record.seed is not None else ""
+    return f"{record.arm} · {record.method} r{record.rank} · trial {record.trial}{seed} · {status}"
 
 
 def software_versions() -> dict[str, str]:

@@ -7,49 +7,39 @@ imports once, and on a small machine those seconds are a study's overhead.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import ray
 from ray import tune
 
-from rankstudy.scoring import study_arms
+from rankstudy.arms import study_arms
+from rankstudy.records import TrialConfig, TrialResult
 from rankstudy.spec import StudySpec, parse_spec
 from rankstudy.storage import trial_storage
+from rankstudy.tune_keys import as_overrides, reported, sampled
 
 FAILED_METRIC = -1.0  # what a deterministically failed trial reports to the searcher
 
 
-def execute(config: dict, storage: str) -> dict:
+def execute(config: TrialConfig, storage: str) -> TrialResult:
     """Run one trial config where it is: this process for one worker, Ray Train for more."""
     from rankstudy.trial import run_trial
 
-    if parse_spec(config["spec"], config.get("overrides", ())).resources.workers == 1:
-        return run_trial(config)
-    from rankstudy.ray_train import fit_trial
+    if parse_spec(config.spec, config.overrides).resources.workers == 1:
+        result = run_trial(config.wire())
+    else:
+        from rankstudy.ray_train import fit_trial
 
-    return fit_trial(config, storage, Path(config["out_dir"]).name)
-
-
-def search_overrides(config: dict) -> list[str]:
-    """Sampled values ('training__lr', or 'param:training__lr' as a test pass carries its
-    trial's) as spec overrides."""
-    return [
-        f"{k.removeprefix('param:').replace('__', '.')}={json.dumps(v)}"
-        for k, v in config.items()
-        if "__" in k
-    ]
+        result = fit_trial(config, storage, Path(config.out_dir).name)
+    return TrialResult.model_validate(result)
 
 
-def tune_trial(config: dict) -> None:
-    """The Tune trainable. phase "search": train one arm with the sampled hyperparameters and
-    validate. phase "test": score a chosen trial on test (resuming at its final checkpoint),
-    or train and score it again at another seed."""
-    from rankstudy.trial import TrialFailed
-
+def trial_config(config: dict, storage: str | None) -> TrialConfig:
+    """What a Tune config asks of its trial. phase "search": train one arm with the sampled
+    hyperparameters and validate. phase "test": score a chosen trial on test (resuming at its
+    final checkpoint), or train and score it again at another seed."""
     study_dir = Path(config["study_dir"])
-    storage = trial_storage(config)
-    overrides = [*config["overrides"], *search_overrides(config)]
+    overrides = [*config["overrides"], *as_overrides(sampled(config))]
     if config["phase"] == "search":
         out_dir = study_dir / "trials" / config["arm"] / tune.get_context().get_trial_id()
         splits = ["validation"]
@@ -59,42 +49,49 @@ def tune_trial(config: dict) -> None:
         out_dir = Path(f"{config['test_of']}-seed{config['seed']}")
         overrides.append(f"seed={config['seed']}")
         splits = ["validation", "test"]
-    trial_config = {  # paths as the study names them; each process maps them to its copy
-        "spec": config["spec"],
-        "arm": config["arm"],
-        "out_dir": str(out_dir),
-        "overrides": overrides,
-        "splits": splits,
-        "cache_dir": str(study_dir / "cache"),
-        "storage": storage.uri,
-        "study_dir": str(study_dir),
+    return TrialConfig(  # paths as the study names them; each process maps them to its copy
+        spec=config["spec"],
+        arm=config["arm"],
+        out_dir=str(out_dir),
+        overrides=overrides,
+        splits=splits,
+        cache_dir=str(study_dir / "cache"),
+        storage=storage,
+        study_dir=str(study_dir),
         # the base model's test score, once a study: with the first arm's chosen trial
-        "score_base": config["phase"] == "test"
+        score_base=config["phase"] == "test"
         and config["first_seed"]
         and config["arm"] == study_arms(parse_spec(config["spec"], config["overrides"]))[0],
-    }
+    )
+
+
+def tune_trial(config: dict) -> None:
+    """The Tune trainable: run the trial its config asks for (trial_config) and report."""
+    from rankstudy.trial import TrialFailed
+
+    storage = trial_storage(config)
+    trial = trial_config(config, storage.uri)
     # the trial's hyperparameters, and the node it ran on (a multi-worker trial's workers may
     # be elsewhere), go into every report: the study records both
-    reported = {f"param:{k.removeprefix('param:')}": v for k, v in config.items() if "__" in k}
-    reported["node"] = ray.get_runtime_context().get_node_id()
+    report = reported(sampled(config)) | {"node": ray.get_runtime_context().get_node_id()}
     try:
-        result = execute(trial_config, storage.path_of("ray"))
+        result = execute(trial, storage.path_of("ray"))
     except TrialFailed as e:  # deterministic: report it instead of retrying it
-        local = storage.local(out_dir)
+        local = storage.local(trial.out_dir)
         local.mkdir(parents=True, exist_ok=True)
         (local / "failure.txt").write_text(str(e))
         storage.push(local / "failure.txt")
         tune.report(
-            {"selection_metric": FAILED_METRIC, "failed": True, "out_dir": str(out_dir), **reported}
+            {"selection_metric": FAILED_METRIC, "failed": True, "out_dir": trial.out_dir, **report}
         )
         return
     tune.report(
         {
-            "selection_metric": result["selection_metric"],
+            "selection_metric": result.selection_metric,
             "failed": False,
-            "out_dir": str(out_dir),
-            **reported,
-            **{f"selection_{r}": v for r, v in result["selection_metric_by_rule"].items()},
+            "out_dir": trial.out_dir,
+            **report,
+            **{f"selection_{r}": v for r, v in result.selection_metric_by_rule.items()},
         }
     )
 

@@ -32,13 +32,10 @@ from rankstudy.checkpoint import load_checkpoint, save_checkpoint
 from rankstudy.cost import eval_flops, model_shape, train_flops
 from rankstudy.engine import build_engine, init_distributed, precision, use_gpu
 from rankstudy.evaluation import Scores, evaluate, reduce, score_split
+from rankstudy.records import TrialConfig, write_result
 from rankstudy.spec import StudySpec, parse_spec
 from rankstudy.storage import publish_checkpoint, trial_storage
-from rankstudy.trial_result import measured, previous_result, trial_result, write_result
-
-# What a trial evaluates at its end: the study's search trials stop at validation, and only
-# each arm's chosen trial is scored on test, by running the trial again with splits=("test",).
-SPLITS = ("validation", "test")
+from rankstudy.trial_result import measured, previous_result, trial_result
 
 
 class TrialFailed(RuntimeError):
@@ -91,17 +88,15 @@ def method_loss(model, task, batch, arm) -> torch.Tensor:
 
 
 class Trial:
-    """One arm trained and scored on this worker. config: {"spec": dict, "arm": str,
-    "out_dir": str, "overrides": [key=value, ...], "splits", "cache_dir", "storage",
-    "score_base"} (rankstudy.trainable builds it)."""
+    """One arm trained and scored on this worker, as a TrialConfig (or its wire dict) asks."""
 
-    def __init__(self, config: dict) -> None:
+    def __init__(self, config: TrialConfig | dict) -> None:
         self.invoked = time.perf_counter()  # the devices are held from here: set-up is cost
-        self.config = config
-        self.spec = parse_spec(config["spec"], config.get("overrides", ()))
-        self.arm = parse_arm(config["arm"], self.spec)
-        self.storage = trial_storage(config)
-        self.out_dir = self.storage.local(config["out_dir"])  # this node's copy of its folder
+        self.config = config = TrialConfig.of(config)
+        self.spec = parse_spec(config.spec, config.overrides)
+        self.arm = parse_arm(config.arm, self.spec)
+        self.storage = trial_storage(config.wire())
+        self.out_dir = self.storage.local(config.out_dir)  # this node's copy of its folder
         self.engine = None
         self.progress = TrialProgress()
 
@@ -119,8 +114,7 @@ class Trial:
         if model is None:
             model, tokenizer, setup_seconds = load_model(spec.model, torch.float32)
         if task is None:
-            cache = self.config.get("cache_dir")
-            cache = cache and self.storage.local(cache)
+            cache = self.config.cache_dir and self.storage.local(self.config.cache_dir)
             task = build_task(spec, model, tokenizer, arm, spec.seed, cache)
         task.synced_gpus = self.world > 1 and spec.deepspeed.zero_stage == 3
         self.task = task
@@ -276,18 +270,18 @@ class Trial:
     def finish(self) -> dict:
         """Score the splits the config asks for and write result.json (rank 0)."""
         p, config = self.progress, self.config
-        splits = config.get("splits", SPLITS)
+        splits = config.splits
         previous = previous_result(self.out_dir) if "validation" not in splits else None
         if previous is not None:  # a test pass after a validation-only run: keep what it measured
             validation = measured(previous, "validation_scores_by_rule", "validation_extra_scores")
-            p.eval_seconds = previous["cost"]["eval_seconds"]
-            p.eval_tokens = previous["cost"]["eval_tokens"]
-            self.prior_wall = previous["cost"]["wall_seconds"]
+            p.eval_seconds = previous.cost.eval_seconds
+            p.eval_tokens = previous.cost.eval_tokens
+            self.prior_wall = previous.cost.wall_seconds
         else:
             validation = self.evaluate("validation")
         test = self.evaluate("test") if "test" in splits else None
         # the base model's test scores: the study asks one test pass for them
-        base = self.evaluate_base("test") if config.get("score_base") and test else None
+        base = self.evaluate_base("test") if config.score_base and test else None
         p.wall_seconds = self.wall()
         result = trial_result(
             self.spec,
@@ -301,12 +295,10 @@ class Trial:
             self.gpu,
             self.flops(),
         )
-        if base is not None:
-            result["base_scores"] = base
+        result.base_scores = base
         if self.rank == 0:
-            write_result(self.out_dir, result)
-            self.storage.push(self.out_dir / "result.json")
-        return result
+            self.storage.push(write_result(result, self.out_dir))
+        return result.wire()
 
     def flops(self) -> dict[str, float]:
         """The cost model's training and evaluation FLOPs of what the trial ran."""
@@ -345,7 +337,8 @@ def release_freed_memory() -> None:
 
 
 def run_trial(config: dict) -> dict:
-    """The whole trial on this worker; returns result.json's content."""
+    """The whole trial on this worker (config: a TrialConfig's wire dict, as Ray carries it);
+    returns result.json's object."""
     trial = Trial(config)
     try:
         trial.setup()

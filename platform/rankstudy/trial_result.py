@@ -1,16 +1,17 @@
-"""result.json: what a trial measured, as the study, the report and export read it."""
+"""A trial's result (rankstudy.records.TrialResult, its result.json) built from what it
+measured, and read back by a test pass that keeps its validation scores."""
 
 from __future__ import annotations
 
-import json
 import resource
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from rankstudy.evaluation import reduce, selection_metric
+from rankstudy.evaluation import Scores, reduce, selection_metric
 from rankstudy.metrics import aurac
+from rankstudy.records import RESULT_FILE, TrialResult, read_result
 
 
 def peak_memory(gpu: bool) -> int:
@@ -19,27 +20,14 @@ def peak_memory(gpu: bool) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def write_result(out_dir: Path, result: dict) -> None:
-    """result.json, written atomically: never a result cut short."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    partial = out_dir / "result.json.tmp"
-    partial.write_text(json.dumps(result, indent=2))
-    partial.replace(out_dir / "result.json")
+def previous_result(out_dir: Path) -> TrialResult | None:
+    path = out_dir / RESULT_FILE
+    return read_result(path) if path.is_file() else None
 
 
-def previous_result(out_dir: Path) -> dict | None:
-    path = out_dir / "result.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def _unkeyed(curve: dict[str, float]) -> dict[int, float]:
-    return {int(k): v for k, v in curve.items()}
-
-
-def measured(result: dict, primary: str, extra: str) -> dict[str, dict[str, dict[int, float]]]:
+def measured(result: TrialResult, primary: str, extra: str) -> Scores:
     """evaluate()'s {metric: {rule: {rank: score}}} back from a result.json."""
-    metrics = {"score": result[primary], **result.get(extra, {})}
-    return {m: {r: _unkeyed(c) for r, c in by_rule.items()} for m, by_rule in metrics.items()}
+    return {"score": getattr(result, primary), **getattr(result, extra)}
 
 
 def _keyed(curve: dict[int, float]) -> dict[str, float]:
@@ -50,7 +38,9 @@ def _keyed_metrics(scores: dict[str, dict[str, dict[int, float]]]) -> dict:
     return {m: {r: _keyed(c) for r, c in by_rule.items()} for m, by_rule in scores.items()}
 
 
-def trial_result(spec, arm, config, task, validation, test, state, world, gpu, flops) -> dict:
+def trial_result(
+    spec, arm, config, task, validation, test, state, world, gpu, flops
+) -> TrialResult:
     """result.json. validation and test: evaluate()'s {metric: {rule: {rank: score}}}; test is
     None for a validation-only run: scores and aurac stay empty."""
     extra_validation = {m: v for m, v in validation.items() if m != "score"}
@@ -61,7 +51,6 @@ def trial_result(spec, arm, config, task, validation, test, state, world, gpu, f
     curve = test.get(primary, {})
     reference = task.reference_curve(spec.adapters.evaluation_ranks)
     result = {
-        "status": "ok",
         "arm": arm.name,
         "method": arm.method,
         "max_rank": arm.max_rank,
@@ -70,7 +59,7 @@ def trial_result(spec, arm, config, task, validation, test, state, world, gpu, f
         "hparams": {
             "lr": spec.training.lr,
             "weight_decay": spec.training.weight_decay,
-            "overrides": list(config.get("overrides", ())),
+            "overrides": list(config.overrides),
         },
         "inference_rule": primary,
         "metric": task.metric,  # what `scores` measure
@@ -92,22 +81,28 @@ def trial_result(spec, arm, config, task, validation, test, state, world, gpu, f
         "validation_curve": state["validation"],
         "steps": state["step"],
         "resumed_from": state.get("resumed_from", []),
-        "cost": {
-            "train_seconds": state["train_seconds"],
-            "eval_seconds": state["eval_seconds"],
-            "wall_seconds": state["wall_seconds"],
-            # the devices held for this trial, less the one-off set-up later trials reuse
-            "shared_setup_seconds": state["shared_seconds"],
-            "device_seconds": (state["wall_seconds"] - state["shared_seconds"]) * world,
-            "devices": world,
-            "device_type": "gpu" if gpu else "cpu",
-            "train_tokens": state["train_tokens"],
-            "eval_tokens": state["eval_tokens"],
-            "flops": flops["train"] + flops["eval"],
-            "train_flops": flops["train"],  # of it: training (throughput is measured on it)
-            "peak_memory_bytes": int(reduce(peak_memory(gpu), dist.ReduceOp.MAX)),
-        },
+        "cost": trial_cost(state, world, gpu, flops),
     }
     if reference is not None:
         result["reference"] = _keyed(reference)
-    return result
+    return TrialResult.model_validate(result)
+
+
+def trial_cost(state: dict, world: int, gpu: bool, flops: dict[str, float]) -> dict:
+    """What the trial spent: seconds, device-seconds, tokens, the cost model's FLOPs, peak
+    memory (the largest of its workers')."""
+    return {
+        "train_seconds": state["train_seconds"],
+        "eval_seconds": state["eval_seconds"],
+        "wall_seconds": state["wall_seconds"],
+        # the devices held for this trial, less the one-off set-up later trials reuse
+        "shared_setup_seconds": state["shared_seconds"],
+        "device_seconds": (state["wall_seconds"] - state["shared_seconds"]) * world,
+        "devices": world,
+        "device_type": "gpu" if gpu else "cpu",
+        "train_tokens": state["train_tokens"],
+        "eval_tokens": state["eval_tokens"],
+        "flops": flops["train"] + flops["eval"],
+        "train_flops": flops["train"],  # of it: training (throughput is measured on it)
+        "peak_memory_bytes": int(reduce(peak_memory(gpu), dist.ReduceOp.MAX)),
+    }

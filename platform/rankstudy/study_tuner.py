@@ -1,0 +1,173 @@
+"""A study's Tune search: one Tuner for every arm's trials and test passes (the searcher is
+rankstudy.search.ArmSearch), restored after a kill, and the records of the trials it ends.
+
+Each Tune trial is a function that trains one arm with one set of hyperparameters
+(rankstudy.trainable): in its own (reused) actor when the spec asks for one worker, or as a
+Ray Train TorchTrainer over several. Crashed trials are retried from their last checkpoint
+(FailureConfig); a study killed mid-way continues with --resume, rerunning nothing that ended.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+from ray import tune
+from ray.tune.search import Searcher
+
+from rankstudy.arms import parse_arm
+from rankstudy.records import TrialRecord
+from rankstudy.spec import StudySpec
+from rankstudy.storage import TrialStorage
+from rankstudy.study_recorder import MlflowRecorder
+from rankstudy.study_state import StudyFiles
+from rankstudy.trainable import FAILED_METRIC, trial_bundles, trial_resources, tune_trial
+from rankstudy.tune_keys import sampled
+from rankstudy.waiting import WaitWatch
+
+# (Tune config, last reported metrics, why it failed or None): what the study does as a
+# trial ends
+TrialEnded = Callable[[dict, dict, "str | None"], None]
+
+
+class TrialEvents(tune.Callback):
+    """Hands each ended trial to the study as it ends, and watches trials waiting for
+    resources (stopping the study as Ctrl-C does once they gave up).
+
+    Tune pickles its callbacks into the Tuner's state and a restored Tuner unpickles them: this
+    one pickles detached (the live study holds threads and locks), and `open_tuner` attaches
+    the running study's own to a restored Tuner, so a resumed study records into itself."""
+
+    def __init__(self, ended: TrialEnded, waiting: WaitWatch) -> None:
+        self.ended = ended
+        self.waiting = waiting
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def on_step_begin(self, iteration, trials, **info) -> None:
+        if not self.waiting.gave_up:
+            self.waiting.step(trials)
+            if self.waiting.gave_up:  # Tune's own stop on Ctrl-C: resumable, every trial kept
+                os.kill(os.getpid(), signal.SIGINT)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self.ended(trial.config, trial.last_result or {}, None)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        why = f"trial {trial.trial_id} crashed {trial.num_failures} times; see {trial.path}"
+        self.ended(trial.config, trial.last_result or {}, why)
+
+
+def open_tuner(
+    spec: StudySpec,
+    param_space: dict,
+    searcher: Searcher,
+    samples: int,
+    storage: TrialStorage,
+    events: TrialEvents,
+    resume: bool,
+) -> tune.Tuner:
+    """The study's Tuner: restored, when resuming one that Tune saved, with `events`
+    attached in place of the detached copy Tune unpickled; else a new one."""
+    trainable = tune.with_resources(tune_trial, trial_resources(spec))
+    path = f"{storage.path_of('tune')}/search"
+    # Tune keeps one trial pending at a time behind a custom searcher, so the second slot's
+    # actor would start only once the first is up; let every slot's actor start at once.
+    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(slots(spec)))
+    if resume and tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
+        tuner._local_tuner.get_run_config().callbacks = [events]  # Ray has no public way
+        return tuner
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            num_samples=samples,
+            reuse_actors=True,
+            max_concurrent_trials=max_concurrent(spec),
+        ),
+        run_config=tune.RunConfig(
+            name="search",
+            storage_path=storage.path_of("tune"),
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=2),
+            callbacks=[events],
+        ),
+    )
+
+
+def slots(spec: StudySpec) -> int:
+    """How many trials the cluster holds at once now."""
+    import ray
+
+    kind = "GPU" if spec.resources.use_gpu else "CPU"
+    per_trial = sum(b.get(kind, 0) for b in trial_bundles(spec))
+    return max(1, int(ray.cluster_resources().get(kind, 0)) // per_trial)
+
+
+def max_concurrent(spec: StudySpec) -> int | None:
+    """Multi-worker trials: as many as the cluster holds at once, each driver with its
+    workers. One-worker trials: Tune packs them by their resources."""
+    return slots(spec) if spec.resources.workers > 1 else None
+
+
+def ended_trial(config: dict, metrics: dict) -> tuple[str, str, Path]:
+    """(key, entry in the state's book, folder) of a trial Tune ended: a search trial's key
+    is <arm>/<its folder>, a test pass's entry adds its seed."""
+    out_dir = Path(
+        metrics.get("out_dir")
+        or config.get("test_of")
+        or Path(config["study_dir"]) / "trials" / config["arm"] / metrics.get("trial_id", "x")
+    )
+    if config["phase"] == "test" and not config["first_seed"]:
+        out_dir = Path(f"{config['test_of']}-seed{config['seed']}")
+    key = f"{config['arm']}/{out_dir.name}"
+    return key, key if config["phase"] == "search" else f"{key}/{config['seed']}", out_dir
+
+
+def new_record(
+    spec: StudySpec, config: dict, metrics: dict, key: str, out_dir: Path, failure: str | None
+) -> TrialRecord:
+    """An ended trial as the study keeps it."""
+    shape = parse_arm(config["arm"], spec)
+    test = config["phase"] == "test"
+    return TrialRecord(
+        key=key,
+        arm=config["arm"],
+        method=shape.method,
+        rank=str(shape.max_rank) if shape.method == "lora" else f"1-{shape.max_rank}",
+        trial=config.get("trial"),
+        out_dir=str(out_dir),
+        params=sampled(config),
+        status="failed" if failure else "ok",
+        failure=failure,
+        selection_metric=metrics.get("selection_metric", FAILED_METRIC),
+        selection_by_rule={
+            k.removeprefix("selection_"): v
+            for k, v in metrics.items()
+            if k.startswith("selection_") and k != "selection_metric"
+        },
+        node=metrics.get("node"),
+        rules=config["rules"] if test else None,
+        seed=config["seed"] if test else None,
+    )
+
+
+def drop_superseded(
+    files: StudyFiles, recorder: MlflowRecorder, kept: set[str], log: Callable[[str], None]
+) -> None:
+    """A kill can land after a trial ended (and was recorded) but before Tune saved that;
+    the resumed Tuner then runs the same suggestion again under a new id. The earlier copy
+    leaves the search (selection and trial counts) and MLflow; its compute stays in the
+    method's cost, since it was spent."""
+    for key, record in files.state.trials.items():
+        if key not in kept and not record.superseded:
+            with files.lock:
+                record.superseded = True
+            recorder.drop_trial(key)
+            log(f"{key}: superseded by its rerun after the resume")
+    files.save()

@@ -1,0 +1,112 @@
+"""The typed records: each written and read back unchanged by its one writer and reader, and
+a result.json of another version (or cut short) refused with a message that says so."""
+
+import json
+
+import pytest
+
+from rankstudy.records import (
+    RESULT_FILE,
+    RESULT_VERSION,
+    ResultError,
+    TrialConfig,
+    TrialRecord,
+    read_result,
+    write_result,
+)
+from rankstudy.spec import parse_spec
+from rankstudy.study_state import STATE_FILE, StudyError, StudyFiles, StudyState, read_state
+from rankstudy.tune_keys import as_overrides, reported, reported_in, sampled, tune_key
+from report_store import make_result
+from studies import TINY
+
+
+def test_a_result_round_trips_through_its_file(tmp_path):
+    result = make_result(
+        scores={1: 0.25},
+        scores_by_rule={"scaled": {1: 0.25}},
+        extra_scores={"token_nll": {"scaled": {1: float("inf")}}},  # json writes Infinity
+        validation_curve=[{"step": 1, "scores": {1: 0.5}}],
+        reference={1: 0.75},
+    )
+    path = write_result(result, tmp_path / "t")
+    assert (
+        path == tmp_path / "t" / RESULT_FILE and not (tmp_path / "t" / "result.json.tmp").exists()
+    )
+    on_disk = json.loads(path.read_text())
+    assert on_disk["version"] == RESULT_VERSION
+    assert on_disk["scores"] == {"1": 0.25} and on_disk["reference"] == {"1": 0.75}
+    assert "base_scores" not in on_disk  # absent, as a trial without one wrote it before
+    assert read_result(path) == result
+
+
+def test_a_result_of_another_version_or_cut_short_is_refused(tmp_path):
+    path = tmp_path / RESULT_FILE
+    on_disk = make_result().wire()
+    path.write_text(json.dumps(on_disk | {"version": RESULT_VERSION + 1}))
+    with pytest.raises(ResultError, match=f"version {RESULT_VERSION + 1}.*reads version 1"):
+        read_result(path)
+    path.write_text(json.dumps({k: v for k, v in on_disk.items() if k != "version"}))
+    with pytest.raises(ResultError, match="version None"):
+        read_result(path)
+    path.write_text(json.dumps(on_disk)[:50])
+    with pytest.raises(ResultError, match="cannot be read \\(cut short or corrupt"):
+        read_result(path)
+    path.write_text(json.dumps(on_disk | {"cost": {}}))
+    with pytest.raises(ResultError, match="is not a trial result"):
+        read_result(path)
+
+
+def test_a_trial_config_crosses_ray_as_a_dict_and_back():
+    config = TrialConfig(spec=TINY, arm="dylora", out_dir="/o", overrides=["seed=1"])
+    wire = config.wire()
+    assert wire["splits"] == ["validation", "test"] and wire["score_base"] is False
+    assert TrialConfig.of(json.loads(json.dumps(wire))) == config
+    assert TrialConfig.of(config) is config
+    with pytest.raises(ValueError, match="arms"):
+        TrialConfig.of(wire | {"arms": "dylora"})  # a misspelt field is no silent default
+
+
+def test_the_study_state_keeps_its_records(tmp_path):
+    spec = parse_spec(TINY)
+    files = StudyFiles(spec, tmp_path, resume=False)
+    search = TrialRecord(
+        key="dylora/t0",
+        arm="dylora",
+        method="dylora",
+        rank="1-8",
+        trial=0,
+        out_dir=str(tmp_path / "trials/dylora/t0"),
+        params={"training.lr": 0.01},
+        status="ok",
+        failure=None,
+        selection_metric=0.5,
+        selection_by_rule={"scaled": 0.5},
+    )
+    test = search.model_copy(update={"rules": ["scaled"], "seed": 3})
+    files.keep("dylora/t0", search)
+    files.keep("dylora/t0/3", test)
+    state = read_state(tmp_path / STATE_FILE)
+    assert state.trials == {"dylora/t0": search} and state.tests == {"dylora/t0/3": test}
+    assert not search.is_test and test.is_test
+    resumed = StudyFiles(spec, tmp_path, resume=True)
+    assert resumed.state == files.state
+    (tmp_path / STATE_FILE).write_text(json.dumps({"trials": {"x": {"key": "x"}}, "tests": {}}))
+    with pytest.raises(StudyError, match="--resume: .* is not a study state"):
+        StudyFiles(spec, tmp_path, resume=True)
+    assert StudyState().trials == {}
+
+
+def test_sampled_hyperparameters_keep_their_spec_paths_through_tune():
+    suggestion = {"arm": "lora_r1", "phase": "search", tune_key("training.lr"): 0.01}
+    assert suggestion == {"arm": "lora_r1", "phase": "search", "training__lr": 0.01}
+    params = sampled(suggestion)
+    assert params == {"training.lr": 0.01}
+    report = reported(params) | {"selection_metric": 0.5, "out_dir": "/t"}
+    assert report["param:training__lr"] == 0.01
+    tune_result = report | {"config/training__lr": 0.01, "time_total_s": 1.0}
+    carried = reported_in(tune_result)  # what a test pass carries of its chosen trial
+    assert carried == {"param:training__lr": 0.01}
+    assert sampled({"arm": "lora_r1", "phase": "test", **carried}) == params
+    assert as_overrides(params) == ["training.lr=0.01"]
+    assert as_overrides(sampled({"adapters__scale": "sqrt"})) == ['adapters.scale="sqrt"']
