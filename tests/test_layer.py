@@ -82,7 +82,10 @@ def test_dylora_at_a_fixed_b_is_truncated_lora(b):
     torch.testing.assert_close(layer(X), expected, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("method", ["lora", "dylora", "matryoshka", "matryoshka_binary"])
+@pytest.mark.parametrize(
+    "method",
+    ["lora", "dylora", "matryoshka", "matryoshka_binary", "nested_sampled", "dylora_frozen"],
+)
 @pytest.mark.parametrize("k", [1, 3, 8])
 def test_inference_at_rank_k_paper_rule(method, k):
     layer = make_layer(method).eval()
@@ -99,6 +102,56 @@ def test_inference_at_rank_k_truncated_p_rule(k):
     A, B = layer.lora_A[:k].T, layer.lora_B[:k]
     expected = layer.base(X) + (X @ A) @ torch.diag(p) @ B
     torch.testing.assert_close(layer(X), expected, rtol=1e-12, atol=1e-12)
+
+
+# b -> lo, the largest rank of S below b (0 below the smallest), written out for S = {1, 2, 4, 8}
+PREVIOUS = {1: 0, 2: 1, 4: 2, 8: 4}
+
+
+@pytest.mark.parametrize("b", S)
+def test_dylora_frozen_forward_is_dyloras_at_the_same_b(b):
+    frozen, dylora = make_layer("dylora_frozen").train(), make_layer("dylora").train()
+    frozen.schedule.sampled_rank = dylora.schedule.sampled_rank = b
+    expected = frozen.base(X) + s(b) * sub_adapter(frozen, X, b)
+    torch.testing.assert_close(frozen(X), expected, rtol=1e-12, atol=1e-12)
+    assert torch.equal(frozen(X), dylora(X))  # the same products, bit for bit
+
+
+@pytest.mark.parametrize("b", S)
+def test_dylora_frozen_trains_only_components_from_the_previous_rank_to_b(b):
+    """Gradients by autograd: zero on components below lo, DyLoRA's own on lo..b-1, and
+    zero past b (as for DyLoRA); for the smallest rank (lo = 0) exactly DyLoRA's."""
+    upstream = torch.randn(
+        3, 5, OUT, dtype=torch.float64, generator=torch.Generator().manual_seed(5)
+    )
+    frozen, dylora = make_layer("dylora_frozen").train(), make_layer("dylora").train()
+    for layer in (frozen, dylora):
+        layer.schedule.sampled_rank = b
+        (layer(X) * upstream).sum().backward()
+    lo = PREVIOUS[b]
+    for name in ("lora_A", "lora_B"):
+        got, full = getattr(frozen, name).grad, getattr(dylora, name).grad
+        assert torch.all(got[:lo] == 0) and torch.all(got[b:] == 0), name
+        assert torch.all(full[:b].abs().sum(1) > 0), name  # DyLoRA trains every one below b
+        torch.testing.assert_close(got[lo:b], full[lo:b], rtol=1e-12, atol=0)
+
+
+def test_dylora_frozen_gradient_against_an_explicit_split_of_the_adapter():
+    """b = 4, lo = 2: the gradient of sum(upstream * (base + s_4 (x A_c^T B_c + x A_t^T B_t)))
+    with the first two components A_c, B_c constants, the next two A_t, B_t trained."""
+    upstream = torch.randn(
+        3, 5, OUT, dtype=torch.float64, generator=torch.Generator().manual_seed(6)
+    )
+    layer = make_layer("dylora_frozen").train()
+    layer.schedule.sampled_rank = 4
+    (layer(X) * upstream).sum().backward()
+    A_t = layer.lora_A[2:4].detach().clone().requires_grad_()
+    B_t = layer.lora_B[2:4].detach().clone().requires_grad_()
+    A_c, B_c = layer.lora_A[:2].detach(), layer.lora_B[:2].detach()
+    delta = s(4) * ((X @ A_c.T) @ B_c + (X @ A_t.T) @ B_t)
+    ((layer.base(X) + delta) * upstream).sum().backward()
+    torch.testing.assert_close(layer.lora_A.grad[2:4], A_t.grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(layer.lora_B.grad[2:4], B_t.grad, rtol=1e-12, atol=1e-12)
 
 
 def test_gradient_of_each_component_scales_with_p():

@@ -7,15 +7,23 @@ import textwrap
 
 import pytest
 import torch
+from peft import PeftModel
+from safetensors.torch import load_file
 
 from conftest import TARGETS
 from rankstudy import methods
-from rankstudy.adapters import attach_adapters, get_schedule, set_rank
+from rankstudy.adapters import (
+    RankSchedule,
+    attach_adapters,
+    export_peft,
+    get_schedule,
+    set_rank,
+)
 from rankstudy.arms import method_arms, parse_arm
 from rankstudy.cost import ModelShape, train_flops
 from rankstudy.models import tiny_model
 from rankstudy.spec import METHODS as SPEC_METHODS
-from rankstudy.spec import parse_spec
+from rankstudy.spec import StudySpec, parse_spec
 from rankstudy.trial import method_loss
 from studies import ROOT, TINY
 
@@ -62,6 +70,8 @@ def test_binary_p_is_matryoshka_p_over_set_size():
         ("matryoshka", [8]),
         ("matryoshka_binary", [15]),
         ("nested_multiloss", [1, 2, 4, 8]),
+        ("nested_sampled", [8, 7 / 3]),  # R, and the mean of the draw from {1, 2, 4}
+        ("dylora_frozen", [15 / 4]),  # frozen components still run forward: as DyLoRA
     ],
 )
 def test_cost_ranks_and_forwards_per_step_follow_the_rank_set(name, per_step):
@@ -79,29 +89,140 @@ def test_train_flops_sums_a_forward_and_backward_per_cost_rank():
     assert train_flops(shape, 100, 8, "nested_multiloss", 8, S) == pytest.approx(sum(one.values()))
 
 
-def test_nested_multiloss_loss_is_the_explicit_sum_of_per_rank_losses(tokens):
-    """method_loss, against the sum over S of the loss at each rank computed one by one."""
+class LM:
+    def loss(self, m, batch):
+        return m(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss
+
+
+def adapted_model(name: str):
+    """A tiny llama with `name`'s adapters (S = {1, 2, 4, 8}) and its arm; B non-zero, so
+    that every rank's model differs."""
     spec = parse_spec(TINY, ["adapters.max_rank=8", "adapters.train_ranks=[1,2,4,8]"])
-    arm = parse_arm("nested_multiloss", spec)
     model = tiny_model("llama", seed=0, hidden=64, layers=2, vocab=256)
-    attach_adapters(model, "nested_multiloss", 8, S, target_modules=TARGETS["llama"], seed=0)
-    for layer in model.modules():  # B non-zero, so that every rank's model differs
+    attach_adapters(model, name, 8, S, target_modules=TARGETS["llama"], seed=0)
+    for layer in model.modules():
         if hasattr(layer, "lora_B"):
             torch.nn.init.normal_(layer.lora_B, std=0.1, generator=torch.Generator().manual_seed(2))
+    return model, parse_arm(name, spec)
 
-    class LM:
-        def loss(self, m, batch):
-            return m(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss
 
-    batch = {"input_ids": tokens}
-    explicit = []
-    for r in S:
-        set_rank(model, r)
-        explicit.append(LM().loss(model, batch).item())
+def loss_at(model, batch, r: int) -> float:
+    set_rank(model, r)
+    loss = LM().loss(model, batch).item()
     set_rank(model, None)
+    return loss
+
+
+def test_nested_multiloss_loss_is_the_explicit_sum_of_per_rank_losses(tokens):
+    """method_loss, against the sum over S of the loss at each rank computed one by one."""
+    model, arm = adapted_model("nested_multiloss")
+    batch = {"input_ids": tokens}
+    explicit = [loss_at(model, batch, r) for r in S]
     assert len(set(explicit)) == len(S)
     assert method_loss(model, LM(), batch, arm).item() == pytest.approx(sum(explicit), rel=1e-6)
     assert get_schedule(model).rank is None  # back to the method's own training forward
+
+
+def test_nested_sampled_loss_is_the_loss_at_R_plus_the_loss_at_the_drawn_rank(tokens):
+    """method_loss after each draw, against loss(8) + loss(b) computed one by one; every
+    b in {1, 2, 4} comes up, and each gives a different total."""
+    model, arm = adapted_model("nested_sampled")
+    schedule, batch = get_schedule(model), {"input_ids": tokens}
+    at = {r: loss_at(model, batch, r) for r in S}
+    assert len(set(at.values())) == len(S)
+    seen = set()
+    for _ in range(20):
+        b = schedule.resample()
+        seen.add(b)
+        got = method_loss(model, LM(), batch, arm).item()
+        assert got == pytest.approx(at[8] + at[b], rel=1e-6), b
+        assert schedule.rank is None and schedule.sampled_rank == b
+    assert seen == {1, 2, 4}
+
+
+def test_nested_sampled_with_only_R_runs_one_forward(tokens):
+    """S = {R}: nothing is left to draw, so the loss is the loss at R alone."""
+    spec = parse_spec(TINY, ["adapters.max_rank=4", "adapters.train_ranks=[4]"])
+    model = tiny_model("llama", seed=0, hidden=64, layers=2, vocab=256)
+    attach_adapters(model, "nested_sampled", 4, (4,), target_modules=TARGETS["llama"], seed=0)
+    assert get_schedule(model).resample() is None
+    batch = {"input_ids": tokens}
+    alone = loss_at(model, batch, 4)
+    got = method_loss(model, LM(), batch, parse_arm("nested_sampled", spec)).item()
+    assert got == pytest.approx(alone, rel=1e-6)
+    assert methods.method("nested_sampled").cost_ranks(methods.Ranks(4, (4,))) == [4]
+
+
+def draws(schedule: RankSchedule, n: int) -> list:
+    return [schedule.resample() for _ in range(n)]
+
+
+@pytest.mark.parametrize(
+    "name, pool", [("nested_sampled", {1, 2, 4}), ("dylora_frozen", {1, 2, 4, 8})]
+)
+def test_draws_are_uniform_over_the_pool_seeded_and_resumable(name, pool):
+    """The draws come from S without R (nested_sampled) or S (dylora_frozen), about equally
+    often; the seed fixes them; a schedule given a saved generator state (what a checkpoint
+    keeps) continues the sequence exactly."""
+    schedule = RankSchedule(name, 8, S, seed=3)
+    sequence = draws(schedule, 1200)
+    assert set(sequence) == pool
+    for r in pool:  # expected 1200 / |pool| each; 5 sigma is well under 25 %
+        assert abs(sequence.count(r) / 1200 - 1 / len(pool)) < 0.25 / len(pool)
+    assert draws(RankSchedule(name, 8, S, seed=3), 1200) == sequence
+    assert draws(RankSchedule(name, 8, S, seed=4), 50) != sequence[:50]
+    first = RankSchedule(name, 8, S, seed=3)
+    head = draws(first, 500)
+    resumed = RankSchedule(name, 8, S, seed=99)
+    resumed.set_rng_state(first.rng_state())
+    assert head + draws(resumed, 700) == sequence
+
+
+def test_dylora_frozen_freezes_below_the_previous_rank_of_the_set():
+    """lo for each b, written out: the largest rank of S below b, 0 for the smallest."""
+    ranks = methods.Ranks(8, (1, 2, 4, 8))
+    assert [methods.previous_rank(ranks, b) for b in (1, 2, 4, 8)] == [0, 1, 2, 4]
+    forward = methods.method("dylora_frozen").forward
+    assert forward(ranks, 4) == [(4, 0.5, 2)]
+    assert forward(methods.Ranks(8, (2, 8)), 8) == [(8, pytest.approx(8**-0.5), 2)]
+
+
+def test_train_flops_of_the_new_methods_by_hand():
+    """FLOPs per token: base 4 N (forward + activation gradient), adapter 6 r W, attention
+    3 * 4 L d seq; nested_sampled pays that at r = 8 and at r = 7/3, dylora_frozen at 15/4."""
+    shape = ModelShape(matmul_params=1000, layers=2, attn_dim=16, adapter_width=10)
+    attention = 3 * 4 * 2 * 16 * 8  # 3072
+
+    def per_token(r):
+        return 4 * 1000 + 6 * r * 10 + attention
+
+    sampled = train_flops(shape, 100, 8, "nested_sampled", 8, S)
+    assert sampled == pytest.approx(100 * (per_token(8) + per_token(7 / 3)))
+    assert sampled == pytest.approx(100 * (7552 + 7212))
+    frozen = train_flops(shape, 100, 8, "dylora_frozen", 8, S)
+    assert frozen == pytest.approx(100 * per_token(15 / 4)) == pytest.approx(100 * 7297)
+    assert frozen == pytest.approx(train_flops(shape, 100, 8, "dylora", 8, S))
+
+
+def test_new_methods_are_served_but_not_in_the_default_study():
+    """A spec may ask for nested_sampled and dylora_frozen, each its own arm at R; a spec
+    that names no methods still gets the seven methods it always had, in their order."""
+    assert methods.DEFAULT == (
+        "lora_grid",
+        "dylora",
+        "matryoshka",
+        "matryoshka_truncated_p",
+        "matryoshka_binary",
+        "matryoshka_binary_truncated_p",
+        "nested_multiloss",
+    )
+    assert StudySpec.model_fields["methods"].default == list(methods.DEFAULT)
+    spec = parse_spec(TINY | {"methods": ["lora_grid", "nested_sampled", "dylora_frozen"]})
+    for name in ("nested_sampled", "dylora_frozen"):
+        assert methods.served(name) == (methods.method(name), "scaled")
+        assert method_arms(name, spec) == [name]
+        arm = parse_arm(name, spec)
+        assert (arm.max_rank, arm.train_ranks, arm.nested) == (8, S, True)
 
 
 def test_the_grid_is_one_lora_arm_per_rank_of_the_set():
@@ -147,3 +268,27 @@ def test_an_arms_search_weight_is_its_methods_forwards_per_step():
     assert parse_arm("nested_multiloss", spec).forwards_per_step == 3
     assert parse_arm("matryoshka", spec).forwards_per_step == 1
     assert parse_arm("lora_r4", spec).forwards_per_step == 1
+
+
+@pytest.mark.parametrize("name", ["nested_sampled", "dylora_frozen"])
+def test_new_methods_export_to_peft_under_the_scaled_rule(tmp_path, tokens, name):
+    """PEFT, loading the rank-2 export, reproduces our logits at rank 2 with s_2; asking for
+    truncated_p exports the same tensors, since both methods train each rank with s_k."""
+    model, _ = adapted_model(name)
+    set_rank(model, 2)
+    with torch.no_grad():
+        ours = model(tokens).logits
+        base = tiny_model("llama", seed=0, hidden=64, layers=2, vocab=256)(tokens).logits
+    assert (ours - base).abs().max() > 1e-3  # the adapter really changes the output
+    export_peft(model, 2, tmp_path / "scaled", rule="scaled")
+    export_peft(model, 2, tmp_path / "truncated", rule="truncated_p")
+    base_model = tiny_model("llama", seed=0, hidden=64, layers=2, vocab=256)
+    peft_model = PeftModel.from_pretrained(base_model, tmp_path / "scaled").eval()
+    with torch.no_grad():
+        theirs = peft_model(tokens).logits
+    torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-5)
+    scaled, truncated = (
+        load_file(tmp_path / d / "adapter_model.safetensors") for d in ("scaled", "truncated")
+    )
+    assert scaled.keys() == truncated.keys()
+    assert all(torch.equal(scaled[k], truncated[k]) for k in scaled)

@@ -38,6 +38,8 @@ def mean_trapezoid(curve: dict[str, float], axis) -> float:
         ("matryoshka", ["1", "2", "4", "8"]),
         ("matryoshka_binary", ["1", "2", "4", "8"]),
         ("nested_multiloss", ["1", "2", "4", "8"]),
+        ("nested_sampled", ["1", "2", "4", "8"]),
+        ("dylora_frozen", ["1", "2", "4", "8"]),
     ],
 )
 def test_each_method_completes_and_writes_every_field(tmp_path, arm, ranks):

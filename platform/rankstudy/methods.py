@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from rankstudy.ranks import check_choice
 
@@ -43,9 +44,15 @@ class Ranks:
         return rank_scale(r, self.scaling, self.alpha)
 
 
-# One product of a forward: (k, scale) adds scale * x A[:k] B[:k]; a scale of None multiplies
-# by the trained p[:k] instead (diag(p), entry by entry).
-Term = tuple[int, float | None]
+class Term(NamedTuple):
+    """One product of a forward: scale * x A[:k] B[:k]. A scale of None multiplies by the
+    trained p[:k] instead (diag(p), entry by entry). The first `frozen` components enter
+    detached: they add to the output but get no gradient from it (DyLoRA's frozen mode).
+    A method's forward may return plain (k, scale) pairs; the schedule reads them as Terms."""
+
+    rank: int
+    scale: float | None
+    frozen: int = 0
 
 
 def _flat_p(ranks: Ranks) -> list[float]:
@@ -67,6 +74,43 @@ def _at_max_rank(ranks: Ranks, drawn: int | None) -> list[Term]:
     return [(ranks.max_rank, ranks.scale(ranks.max_rank))]
 
 
+def _at_drawn_rank(ranks: Ranks, b: int | None) -> list[Term]:
+    """DyLoRA's forward: the first b components with s_b (at R outside training)."""
+    return [(b or ranks.max_rank, ranks.scale(b or ranks.max_rank))]
+
+
+def _mean(values: tuple[int, ...]) -> float:
+    return sum(values) / len(values)
+
+
+def previous_rank(ranks: Ranks, b: int) -> int:
+    """The largest rank of S below b (0 below the smallest): dylora_frozen trains the
+    components from there to b - 1 and keeps the ones below fixed."""
+    return max((r for r in ranks.train_ranks if r < b), default=0)
+
+
+def _at_drawn_rank_frozen_below(ranks: Ranks, b: int | None) -> list[Term]:
+    """DyLoRA's forward with the components below the previous rank of S detached."""
+    if b is None:
+        return _at_drawn_rank(ranks, b)
+    return [Term(b, ranks.scale(b), frozen=previous_rank(ranks, b))]
+
+
+def _below_top(ranks: Ranks) -> tuple[int, ...]:
+    """S without its largest rank: what nested_sampled draws from."""
+    return ranks.train_ranks[:-1]
+
+
+def _top_and_drawn(ranks: Ranks, b: int | None) -> list[tuple[int | None, float]]:
+    """nested_sampled's loss: at max(S), plus at this step's draw when there is one."""
+    return [(max(ranks.train_ranks), 1.0), *([(b, 1.0)] if b is not None else [])]
+
+
+def _top_and_expected_draw(ranks: Ranks) -> list[float]:
+    below = _below_top(ranks)
+    return [max(ranks.train_ranks), *([_mean(below)] if below else [])]
+
+
 @dataclass(frozen=True)
 class Method:
     """A training method: a P (or a draw of it) and a loss over forwards of the one layer.
@@ -77,6 +121,8 @@ class Method:
     loss_ranks: (rank, weight) of each forward whose losses a micro-batch sums; rank None is the
         `forward` above, a rank k a forward served at k with s_k.
     cost_ranks: the adapter rank of each forward and backward a step runs, for the FLOP count.
+    draws_rank: draws a rank each optimizer step, uniformly and seeded, from `draw_from`
+        (no draw, drawn None, when that is empty).
     per_rank_scale: trains each rank k with s_k itself, so truncated_p serves it as scaled.
     rules: the inference rules that give it different models (a trial scores each).
     served: the names a study serves it under (spec `methods`) -> their inference rule.
@@ -93,6 +139,7 @@ class Method:
     )
     cost_ranks: Callable[[Ranks], list[float]] = lambda ranks: [ranks.max_rank]
     draws_rank: bool = False
+    draw_from: Callable[[Ranks], tuple[int, ...]] = lambda ranks: ranks.train_ranks
     per_rank_scale: bool = False
     rules: tuple[str, ...] = ("scaled",)
     grid: bool = False
@@ -126,9 +173,9 @@ for _method in (
     Method(
         "dylora",
         "DyLoRA: each step draws b from S and trains the first b components with s_b",
-        forward=lambda ranks, b: [(b or ranks.max_rank, ranks.scale(b or ranks.max_rank))],
+        forward=_at_drawn_rank,
         served={"dylora": "scaled"},
-        cost_ranks=lambda ranks: [sum(ranks.train_ranks) / len(ranks.train_ranks)],
+        cost_ranks=lambda ranks: [_mean(ranks.train_ranks)],
         draws_rank=True,
         per_rank_scale=True,
     ),
@@ -164,10 +211,43 @@ for _method in (
         cost_ranks=lambda ranks: list(ranks.train_ranks),
         per_rank_scale=True,
     ),
+    Method(
+        "nested_sampled",
+        "the nested loss at max(S) plus at one rank drawn each step from the rest of S",
+        forward=_at_max_rank,
+        served={"nested_sampled": "scaled"},
+        loss_ranks=_top_and_drawn,
+        cost_ranks=_top_and_expected_draw,
+        draws_rank=True,
+        draw_from=_below_top,
+        per_rank_scale=True,
+    ),
+    Method(
+        "dylora_frozen",
+        "DyLoRA's frozen mode: a step at b trains only the components from S's previous rank",
+        forward=_at_drawn_rank_frozen_below,
+        served={"dylora_frozen": "scaled"},
+        # the frozen components still run forward and carry the activation gradient: as DyLoRA
+        cost_ranks=lambda ranks: [_mean(ranks.train_ranks)],
+        draws_rank=True,
+        per_rank_scale=True,
+    ),
 ):
     register(_method)
 
 METHODS = tuple(REGISTRY)  # the built-in methods, in the order reports list them
+# What a study serves when its spec names no methods: the methods it has always compared.
+# A method added later is served when a spec asks for it, so that adding one does not
+# change (and lengthen) every default study.
+DEFAULT = (
+    "lora_grid",
+    "dylora",
+    "matryoshka",
+    "matryoshka_truncated_p",
+    "matryoshka_binary",
+    "matryoshka_binary_truncated_p",
+    "nested_multiloss",
+)
 
 
 def method(name: str) -> Method:

@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from rankstudy.methods import DEFAULT as DEFAULT_METHODS
 from rankstudy.methods import SERVED
 from rankstudy.ranks import powers_of_two
 from rankstudy.storage import check_storage_uri
@@ -342,7 +343,7 @@ class StudySpec(Strict):
     deepspeed: DeepSpeedSpec = DeepSpeedSpec()
     resources: ResourcesSpec = ResourcesSpec()
     seed: int = 0
-    methods: list[Literal[METHODS]] = list(METHODS)  # type: ignore[valid-type]
+    methods: list[Literal[METHODS]] = list(DEFAULT_METHODS)  # type: ignore[valid-type]
     seeds: list[int] | None = Field(None, description="repeat every arm; default [seed]")
     search: SearchSpec = SearchSpec()
     tracking: TrackingSpec = TrackingSpec()

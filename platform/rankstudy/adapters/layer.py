@@ -77,15 +77,24 @@ class NestedLoRA(nn.Module):
             f"max_rank={s.max_rank}, train_ranks={list(s.train_ranks)}, scaling={s.scaling}"
         )
 
-    def _addmm(self, out: torch.Tensor, h: torch.Tensor, k: int, scale: float) -> torch.Tensor:
+    @staticmethod
+    def _rows(factor: torch.Tensor, k: int, frozen: int) -> torch.Tensor:
+        """factor[:k] with its first `frozen` rows detached: they count in the forward (the
+        same values, bit for bit) but pass no gradient back to the parameter."""
+        if not frozen:
+            return factor[:k]
+        return torch.cat([factor[:frozen].detach(), factor[frozen:k]])
+
+    def _addmm(
+        self, out: torch.Tensor, h: torch.Tensor, k: int, scale: float, frozen: int = 0
+    ) -> torch.Tensor:
         """out + scale * h @ B[:k], one fused GEMM on the flattened tokens."""
-        flat = torch.addmm(
-            out.reshape(-1, self.out_features), h.reshape(-1, k), self.lora_B[:k], alpha=scale
-        )
+        B = self._rows(self.lora_B, k, frozen)
+        flat = torch.addmm(out.reshape(-1, self.out_features), h.reshape(-1, k), B, alpha=scale)
         return flat.view(out.shape)
 
-    def _down(self, x: torch.Tensor, k: int) -> torch.Tensor:
-        return F.linear(x, self.lora_A[:k])
+    def _down(self, x: torch.Tensor, k: int, frozen: int = 0) -> torch.Tensor:
+        return F.linear(x, self._rows(self.lora_A, k, frozen))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
@@ -93,10 +102,10 @@ class NestedLoRA(nn.Module):
         if s.disabled:  # adapters_off: the base model alone
             return out
         x = self.dropout(x)
-        for k, scale in s.terms(self.training):  # the method's products (rankstudy.methods)
+        for k, scale, frozen in s.terms(self.training):  # the method's (rankstudy.methods)
             if scale is None:  # diag(p): the trained p, entry by entry
-                h = self._down(x, k) * self.trained_p[:k].to(x.dtype)
-                out = self._addmm(out, h, k, 1.0)
+                h = self._down(x, k, frozen) * self.trained_p[:k].to(x.dtype)
+                out = self._addmm(out, h, k, 1.0, frozen)
             else:
-                out = self._addmm(out, self._down(x, k), k, scale)
+                out = self._addmm(out, self._down(x, k, frozen), k, scale, frozen)
         return out

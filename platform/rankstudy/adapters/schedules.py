@@ -78,9 +78,12 @@ class RankSchedule:
         return Ranks(self.max_rank, self.train_ranks, self.scaling, self.alpha)
 
     # -- training-time p -------------------------------------------------------------------
-    def resample(self) -> int:
-        """A drawing method (DyLoRA): draw this step's b from S, uniformly, seeded."""
-        self.sampled_rank = self._rng.choice(self.train_ranks)
+    def resample(self) -> int | None:
+        """A drawing method (DyLoRA, nested_sampled): draw this step's b uniformly, seeded,
+        from the ranks the method draws from (methods.Method.draw_from); None when there are
+        none (nested_sampled with S = {R}). The generator is the one checkpoints save."""
+        pool = self.kind.draw_from(self.ranks)
+        self.sampled_rank = self._rng.choice(pool) if pool else None
         return self.sampled_rank
 
     def rng_state(self) -> object:
@@ -98,9 +101,9 @@ class RankSchedule:
         method's own training forward (with this step's draw while training)."""
         k = self.rank
         if k is not None:
-            return [(k, None if self.uses_trained_p() else self.scale(k))]
+            return [Term(k, None if self.uses_trained_p() else self.scale(k))]
         drawn = self.sampled_rank if training else None
-        return self.kind.forward(self.ranks, drawn)
+        return [Term(*term) for term in self.kind.forward(self.ranks, drawn)]
 
     def check_rank(self, k: int) -> int:
         if isinstance(k, bool) or not isinstance(k, int):
