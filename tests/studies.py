@@ -17,6 +17,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[1]
+# the real GSM8K beside the repository (../shared), never committed
+GSM8K_DATA = ROOT.parent / "shared" / "data" / "gsm8k"
 VENV_BIN = Path(sys.executable).parent
 
 TINY = {

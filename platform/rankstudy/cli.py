@@ -198,12 +198,15 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _add_trial(sub) -> None:
+    from rankstudy.methods import REGISTRY  # torch-free: the help names every method
+
+    nested = ", ".join(name for name, m in REGISTRY.items() if not m.grid)
     trial = sub.add_parser("trial", help="train and score one arm (no Ray Tune)")
     trial.add_argument("--spec", required=True, help="study spec YAML")
     trial.add_argument(
         "--arm",
         required=True,
-        help="lora_r<rank>, dylora, matryoshka, matryoshka_binary, nested_multiloss",
+        help=f"lora_r<rank>, or a nested method: {nested}",
     )
     trial.add_argument("--out", help="output dir (default runs/<study>/<arm>)")
     trial.add_argument(

@@ -26,7 +26,8 @@ def test_curve(
         return by_rule[rule]
 
     if served(method)[0].grid:
-        return {r: curve(chosen[(f"lora_r{r}", rule)][seed])[r] for r in spec.adapters.rank_set}
+        arms = zip(spec.adapters.rank_set, method_arms(method, spec), strict=True)
+        return {r: curve(chosen[(arm, rule)][seed])[r] for r, arm in arms}
     return dict(curve(chosen[(method_arms(method, spec)[0], rule)][seed]))
 
 

@@ -139,7 +139,7 @@ def new_record(
         key=key,
         arm=config["arm"],
         method=shape.method,
-        rank=str(shape.max_rank) if shape.method == "lora" else f"1-{shape.max_rank}",
+        rank=f"1-{shape.max_rank}" if shape.nested else str(shape.max_rank),
         trial=config.get("trial"),
         out_dir=str(out_dir),
         params=sampled(config),

@@ -16,9 +16,7 @@ from rankstudy.checkpoint import latest_tag
 from rankstudy.export import ExportError, plan_exports, study_spec
 from rankstudy.records import RESULT_FILE, read_result
 from rankstudy.study_state import STATE_FILE, StudyState, read_state
-from studies import TINY, run_study, write_spec
-
-ROOT = Path(__file__).resolve().parents[1]
+from studies import ROOT, TINY, run_study, write_spec
 
 
 @pytest.fixture(scope="module")

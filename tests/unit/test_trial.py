@@ -5,7 +5,6 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from rankstudy.trial import TrialFailed, run_trial
-from studies import ROOT, SMALL
+from studies import GSM8K_DATA, ROOT, SMALL
 
 
 def trial(arm, out, overrides=(), spec=SMALL):
@@ -169,12 +168,9 @@ def test_cli_runs_a_trial(tmp_path):
     assert json.loads((tmp_path / "out" / "result.json").read_text())["steps"] == 4
 
 
-GSM8K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gsm8k"
-
-
 def test_gsm8k_trial_on_a_tiny_local_model_runs_end_to_end(tmp_path):
     """The hub code path (AutoModelForCausalLM / AutoTokenizer.from_pretrained) on a model
-    saved locally, trained and scored on a handful of real GSM8K problems."""
+    saved locally, trained and scored on a handful of real GSM8K_DATA problems."""
     from rankstudy.models import tiny_model
     from rankstudy.tokenizer import byte_tokenizer
 
@@ -186,7 +182,7 @@ def test_gsm8k_trial_on_a_tiny_local_model_runs_end_to_end(tmp_path):
         "model": {"name": str(model_dir)},
         "task": {
             "kind": "gsm8k",
-            "path": str(GSM8K),
+            "path": str(GSM8K_DATA),
             "shots": 1,
             "max_new_tokens": 8,
             "max_length": 640,

@@ -2,7 +2,6 @@
 
 import json
 import random
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,13 +16,14 @@ from rankstudy.tasks.gsm8k import (
     strip_calculator,
 )
 from rankstudy.tokenizer import BYTE_VOCAB_SIZE, byte_tokenizer
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gsm8k"
+from studies import GSM8K_DATA
 
 
 def rows(name: str) -> list[dict]:
-    assert (DATA / name).is_file(), f"the real GSM8K data is expected at {DATA}"
-    return [json.loads(line) for line in (DATA / name).read_text(encoding="utf-8").splitlines()]
+    assert (GSM8K_DATA / name).is_file(), f"the real GSM8K data is expected at {GSM8K_DATA}"
+    return [
+        json.loads(line) for line in (GSM8K_DATA / name).read_text(encoding="utf-8").splitlines()
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def tok():
 
 @pytest.fixture(scope="module")
 def task(tok):
-    return GSM8KTask(tok, path=str(DATA), shots=2, max_new_tokens=16, max_length=2048)
+    return GSM8KTask(tok, path=str(GSM8K_DATA), shots=2, max_new_tokens=16, max_length=2048)
 
 
 def test_gold_answers_of_the_whole_test_file_score_one(task):
@@ -124,16 +124,16 @@ def test_validation_is_held_out_of_train_and_seeded(tok, task):
     assert task.size("train") + task.size("validation") == len(rows("train.jsonl"))
     assert not {"Question: " + q for q in val_q} & train_q
     assert not val_q & {e["question"] + "\nAnswer:" for e in task.exemplars}
-    again = GSM8KTask(tok, path=str(DATA), shots=2)
+    again = GSM8KTask(tok, path=str(GSM8K_DATA), shots=2)
     assert again.examples["validation"] == task.examples["validation"]
-    other = GSM8KTask(tok, path=str(DATA), shots=2, seed=1)
+    other = GSM8KTask(tok, path=str(GSM8K_DATA), shots=2, seed=1)
     assert other.examples["validation"] != task.examples["validation"]
-    small = GSM8KTask(tok, path=str(DATA), validation_size=50, max_train=10, max_eval=7)
+    small = GSM8KTask(tok, path=str(GSM8K_DATA), validation_size=50, max_train=10, max_eval=7)
     assert (small.size("train"), small.size("validation"), small.size("test")) == (10, 7, 7)
 
 
 def test_single_jsonl_file_and_stripped_annotations(tok, tmp_path):
-    lines = (DATA / "train.jsonl").read_text(encoding="utf-8").splitlines()[:60]
+    lines = (GSM8K_DATA / "train.jsonl").read_text(encoding="utf-8").splitlines()[:60]
     file = tmp_path / "mine.jsonl"
     file.write_text("\n".join(lines) + "\n", encoding="utf-8")
     t = GSM8KTask(tok, path=str(file), validation_size=10, test_size=5, strip_annotations=True)
@@ -149,7 +149,7 @@ def test_single_jsonl_file_and_stripped_annotations(tok, tmp_path):
 
 
 def test_collate_masks_the_prompt(tok):
-    t = GSM8KTask(tok, path=str(DATA), max_train=3, max_length=2048)
+    t = GSM8KTask(tok, path=str(GSM8K_DATA), max_train=3, max_length=2048)
     batch = t.collate("train", [0, 1])
     ids, labels, mask = batch["input_ids"], batch["labels"], batch["attention_mask"]
     for row, e in enumerate(t.examples["train"][:2]):
@@ -160,7 +160,7 @@ def test_collate_masks_the_prompt(tok):
         assert mask[row].sum() == p + r + 1
         assert labels[row, p + r + 1 :].eq(-100).all() and ids[row, p + r + 1 :].eq(256).all()
     # Too long: the prompt loses its start, the response stays whole.
-    cut = GSM8KTask(tok, path=str(DATA), max_train=3, max_length=300)
+    cut = GSM8KTask(tok, path=str(GSM8K_DATA), max_train=3, max_length=300)
     row = cut.collate("train", [0])
     e = cut.examples["train"][0]
     assert row["input_ids"].shape[1] == 300
@@ -189,7 +189,7 @@ class Oracle(nn.Module):
 
 
 def test_score_sum_uses_generation_and_scores_final_numbers(tok):
-    t = GSM8KTask(tok, path=str(DATA), shots=1, max_eval=9, max_length=4096)
+    t = GSM8KTask(tok, path=str(GSM8K_DATA), shots=1, max_eval=9, max_length=4096)
     gold = {e.prompt: e.response for e in t.examples["test"]}
     right = Oracle(tok, lambda p: gold[p])
     right.train()
@@ -203,7 +203,9 @@ def test_score_sum_uses_generation_and_scores_final_numbers(tok):
     plain = Oracle(tok, lambda p: "The answer is " + gold[p].rsplit("#### ", 1)[1])
     assert t.score_sum(plain, "test", range(9), batch_size=3) == 9.0
     # Generation prompts keep their end, within max_length - max_new_tokens tokens.
-    short = GSM8KTask(tok, path=str(DATA), shots=1, max_eval=2, max_length=300, max_new_tokens=100)
+    short = GSM8KTask(
+        tok, path=str(GSM8K_DATA), shots=1, max_eval=2, max_length=300, max_new_tokens=100
+    )
     seen = []
     spy = Oracle(tok, lambda p: seen.append(p) or "#### 0")
     short.score_sum(spy, "test", range(2), batch_size=2)
@@ -213,7 +215,7 @@ def test_score_sum_uses_generation_and_scores_final_numbers(tok):
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_tiny_model_generation_end_to_end(tok, family):
-    t = GSM8KTask(tok, path=str(DATA), shots=0, max_new_tokens=12, max_eval=5, max_length=512)
+    t = GSM8KTask(tok, path=str(GSM8K_DATA), shots=0, max_new_tokens=12, max_eval=5, max_length=512)
     model = tiny_model(family, vocab=BYTE_VOCAB_SIZE)
     seen = []
     scorer = t.score_generation

@@ -10,7 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from studies import ROOT
+
 HEAVY = ("torch", "transformers")
 NOT_IN_ADAPTERS = ("ray", "deepspeed", "mlflow")
 MAX_LINES = 60
@@ -75,7 +76,7 @@ def test_the_adapters_know_nothing_of_ray_deepspeed_or_mlflow():
 def imports_between_tests(folder: Path) -> dict[str, set[str]]:
     """test file -> the test files it imports (a helper belongs in a helper module)."""
     found = {}
-    for path in sorted(folder.glob("test_*.py")):
+    for path in sorted(folder.rglob("test_*.py")):
         tests = {n for n in imported_names(path) if n.startswith("test_")}
         if tests:
             found[path.name] = tests

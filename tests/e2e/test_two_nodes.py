@@ -16,9 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from studies import TINY, VENV_BIN, end_group, free_port, write_spec
-
-ROOT = Path(__file__).resolve().parents[1]
+from studies import ROOT, TINY, VENV_BIN, end_group, free_port, write_spec
 
 
 def start_node(args: list[str], log: Path, scratch: Path) -> subprocess.Popen:

@@ -1,8 +1,6 @@
 """Text tasks beyond exact match: teacher-forced token accuracy and NLL scored side by side,
 prompts rendered through a chat template, and length-bucketed batches."""
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -11,8 +9,8 @@ from rankstudy.models import tiny_model
 from rankstudy.tasks.gsm8k import GSM8KTask
 from rankstudy.tasks.text import IGNORE
 from rankstudy.tokenizer import BYTE_VOCAB_SIZE, byte_tokenizer
+from studies import GSM8K_DATA
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gsm8k"
 # A chat template of the usual shape, on the byte tokenizer (which ships none).
 TEMPLATE = (
     "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
@@ -26,7 +24,7 @@ def tok():
 
 
 def gsm8k(tok, **kw) -> GSM8KTask:
-    args = dict(path=str(DATA), max_length=512, validation_size=6, max_eval=6, max_train=40)
+    args = dict(path=str(GSM8K_DATA), max_length=512, validation_size=6, max_eval=6, max_train=40)
     return GSM8KTask(tok, **(args | kw))
 
 

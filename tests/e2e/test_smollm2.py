@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from studies import ROOT
+
 SPEC = ROOT / "jobs" / "specs" / "smollm2-gsm8k-cpu.yaml"
 GSM8K = ROOT.parent / "shared" / "data" / "gsm8k"
 ARMS = ("lora_r4", "dylora", "matryoshka", "nested_multiloss")

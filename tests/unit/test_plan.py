@@ -3,16 +3,14 @@ calibration run, `jobs/study.py --dry-run`, and a clear error when the model can
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 
 from rankstudy.cli import main
 from rankstudy.plan import add_time, plan, shape_of, split_sizes
 from rankstudy.spec import load_spec
-from studies import study_job
+from studies import ROOT, study_job
 
-ROOT = Path(__file__).resolve().parents[1]
 GSM8K = ROOT.parent / "shared" / "data" / "gsm8k"
 S = [1, 2, 4, 8, 16, 32]
 

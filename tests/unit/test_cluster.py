@@ -9,7 +9,8 @@ import jsonschema
 import ray
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from studies import ROOT
+
 CLUSTER = yaml.safe_load((ROOT / "cluster.yaml").read_text())
 
 

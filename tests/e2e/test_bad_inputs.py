@@ -23,9 +23,7 @@ from rankstudy.spec import SpecError, parse_spec
 from rankstudy.study import Study, StudyError
 from rankstudy.trial import run_trial
 from rankstudy.waiting import WaitWatch
-from studies import free_port, study_job, write_spec
-
-ROOT = Path(__file__).resolve().parents[1]
+from studies import ROOT, free_port, study_job, write_spec
 
 # hidden 32, 4 heads of 8, 2 key/value heads: q_proj 32x32, v_proj 32x16
 SPEC = {

