@@ -143,8 +143,8 @@ def test_killed_trial_process_is_retried_from_its_checkpoint(tmp_path):
     assert all(r.info.status == "FINISHED" for r in runs)
     # the retried trial ends where the same trial run without a kill ends
     whole = uninterrupted(out, victim, tmp_path / "whole")
-    assert result["loss_curve"] == whole["loss_curve"]
-    assert result["validation_scores"] == whole["validation_scores"]
+    assert result.wire()["loss_curve"] == whole["loss_curve"]
+    assert result.wire()["validation_scores"] == whole["validation_scores"]
     retried, alone = (
         load_file(d / "checkpoints" / "step400" / "adapters.safetensors")
         for d in (victim, tmp_path / "whole")
