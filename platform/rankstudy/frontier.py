@@ -75,10 +75,15 @@ def frontier_points(points: dict) -> dict[str, list[FrontierPoint]]:
     return {m: sorted(line, key=lambda p: (p.flops, p.budget)) for m, line in lines.items()}
 
 
+def reference_budget(budgets) -> float:
+    """The budget the grid is read at: 1.0, the spec's own, when swept; else the largest."""
+    budgets = {float(b) for b in budgets}
+    return 1.0 if 1.0 in budgets else max(budgets)
+
+
 def grid_reference(line: list[FrontierPoint], axis: str) -> GridReference:
     """The grid at budget 1.0, else at its largest budget."""
-    budgets = {p.budget: p for p in line}
-    point = budgets.get(1.0) or budgets[max(budgets)]
+    point = {p.budget: p for p in line}[reference_budget(p.budget for p in line)]
     return GridReference(point.budget, point.aurac, point.cost(axis))
 
 
