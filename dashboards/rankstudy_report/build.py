@@ -113,7 +113,7 @@ def render(view: StudyView, figures: dict[str, str], sweep: SweepView | None = N
     env = Environment(
         loader=PackageLoader("rankstudy_report"), autoescape=select_autoescape(["html", "j2"])
     )
-    env.filters |= {"num": num, "sci": sci, "param": param, "cost": cost, "reached": reached}
+    env.filters |= {"num": num, "sci": sci, "param": param, "reached": reached}
     arms: dict[str, list] = {}
     for t in view.trials:
         arms.setdefault(t.arm, []).append(t)

@@ -14,6 +14,7 @@ import pytest
 from chromium import column, render
 from rankstudy_report import ReportError, build_report
 from report_store import fill_study, fill_sweep
+from studies import ROOT
 
 
 def point(aurac, flops, seconds, std=0.01):
@@ -46,6 +47,7 @@ SWEEP = {
 }
 POINTS = {"lora_grid": 3, "dylora": 4, "nested_multiloss": 3, "matryoshka": 4}
 POINTS["matryoshka_truncated_p"] = 3
+PATHS = ":".join(str(ROOT / d) for d in ("platform", "dashboards"))  # this tree's, not installed
 NOT_REACHED, OUTSIDE = "not reached within the sweep", "outside its sweep"
 
 
@@ -150,6 +152,14 @@ def test_sweep_flag_names_the_sweep_and_defaults_the_experiment_to_it(tmp_path):
         [sys.executable, "-m", "rankstudy.cli", "report", "--help"], capture_output=True, text=True
     )
     assert "--sweep NAME" in proc.stdout and "rankstudy.budget" in proc.stdout
+    proc = subprocess.run(
+        [sys.executable, "-m", "rankstudy.cli", "report"],
+        capture_output=True,
+        text=True,
+        env={"MLFLOW_TRACKING_URI": uri, "PATH": "", "PYTHONPATH": PATHS},
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2 and "give --experiment, --run or --sweep" in proc.stderr
 
 
 def test_a_single_study_gets_no_frontier(tmp_path):
