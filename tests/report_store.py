@@ -1,11 +1,12 @@
 """Studies written into an MLflow store through the platform's own tracking module, with the
 same calls a study makes, and numbers the tests know in advance: for report tests of odd
-shapes (a failed arm, many methods) and for the report benchmark."""
+shapes (a failed arm, many methods, a budget sweep) and for the report benchmark."""
 
 from __future__ import annotations
 
 import math
 
+from rankstudy import mlflow_names as names
 from rankstudy.metrics import aurac
 from rankstudy.records import TrialCost, TrialRecord, TrialResult
 from rankstudy.scoring import total_cost
@@ -170,3 +171,50 @@ def fill_study(
         summaries[method] = summary
     tracker.finish_study({"methods": summaries}, "FAILED" if failed else "FINISHED")
     return summaries
+
+
+def point_summary(point: dict[str, float], ranks: list[int]) -> dict:
+    """A method's summary at one budget point whose AURAC, spread and cost are `point`'s: a
+    flat curve at the AURAC, and two seeds at AURAC - std and AURAC + std (population spread
+    std, mean the AURAC)."""
+    a, std, seconds = point["aurac"], point["std"], point["device_seconds"]
+    return {
+        "ranks": ranks,
+        "scores": [a] * len(ranks),
+        "scores_by_seed": {"0": [a - std] * len(ranks), "1": [a + std] * len(ranks)},
+        "aurac_log2": a,
+        "aurac_log2_std": std,
+        "aurac_linear": a,
+        "aurac_linear_std": std,
+        "cost": {
+            "trials": 1,
+            "device_seconds": seconds,
+            "device_hours": seconds / 3600,
+            "flops": point["flops"],
+            "train_tokens": 0,
+        },
+        "trials": 1,
+    }
+
+
+def fill_sweep(
+    uri: str, experiment: str, sweep: str, points: dict, ranks: list[int] = (1, 2, 4)
+) -> dict[float, str]:
+    """Log a budget sweep the way its points record it: per budget a study run in one
+    experiment, tagged with the sweep's name and the budget, and one summary run per method
+    holding `points` (frontier.py's input: {budget: {method: {aurac, std, flops,
+    device_seconds}}}). Returns budget -> the point's parent run id."""
+    tracker = StudyTracker(uri, experiment)
+    runs = {}
+    for budget, methods in points.items():
+        name = f"{sweep}-x{budget:g}"
+        spec = {"name": name, "methods": list(methods), "seeds": [0, 1]}
+        parent = tracker.start_study(name, spec)
+        tracker.client.set_tag(parent, names.SWEEP_TAG, sweep)
+        tracker.client.set_tag(parent, names.BUDGET_TAG, str(float(budget)))
+        summaries = {m: point_summary(p, list(ranks)) for m, p in methods.items()}
+        for method, summary in summaries.items():
+            tracker.log_method(method, summary, None)
+        tracker.finish_study({"methods": summaries})
+        runs[budget] = parent
+    return runs

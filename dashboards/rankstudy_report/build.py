@@ -12,8 +12,10 @@ import yaml
 from jinja2 import Environment, PackageLoader, select_autoescape
 from mlflow.tracking import MlflowClient
 
+from rankstudy.frontier import FrontierRow
 from rankstudy_report import charts
 from rankstudy_report.collect import StudyView, collect
+from rankstudy_report.sweep import SweepView, collect_sweep
 
 ARTIFACT_DIR = "report"
 
@@ -26,6 +28,19 @@ def num(value, digits: int = 3) -> str:
 
 def sci(value) -> str:
     return "–" if value is None else f"{value:.3g}"
+
+
+def cost(value: float, axis: str) -> str:
+    """A cost as the report writes it on that axis: FLOPs to 3 figures, seconds to 0.1."""
+    return sci(value) if axis == "flops" else num(value, 1)
+
+
+def reached(row: FrontierRow) -> str:
+    """The frontier table's "least compute" cell: the cost, an upper bound when the method
+    reached the target at its cheapest point already, or that the sweep never got there."""
+    if row.reached_at is None:
+        return "not reached within the sweep"
+    return ("≤ " if row.reached_at_cheapest else "") + cost(row.reached_at, row.axis)
 
 
 def param(value: str) -> str:
@@ -83,11 +98,22 @@ def rules_of(view: StudyView) -> list[str]:
     return sorted({r for t in view.trials for r in t.validation}, key=lambda r: (r != "scaled", r))
 
 
-def render(view: StudyView, figures: dict[str, str]) -> str:
+def sweep_figures(sweep: SweepView) -> dict[str, str]:
+    """One frontier chart per cost axis, named frontier_<axis>."""
+    lines, tables = sweep.lines, sweep.tables
+    return {
+        f"frontier_{axis}": charts.frontier(
+            lines, axis, rows[0].grid if rows else None, sweep.tolerance
+        )
+        for axis, rows in tables.items()
+    }
+
+
+def render(view: StudyView, figures: dict[str, str], sweep: SweepView | None = None) -> str:
     env = Environment(
         loader=PackageLoader("rankstudy_report"), autoescape=select_autoescape(["html", "j2"])
     )
-    env.filters |= {"num": num, "sci": sci, "param": param}
+    env.filters |= {"num": num, "sci": sci, "param": param, "reached": reached}
     arms: dict[str, list] = {}
     for t in view.trials:
         arms.setdefault(t.arm, []).append(t)
@@ -95,6 +121,7 @@ def render(view: StudyView, figures: dict[str, str]) -> str:
     return env.get_template("report.html.j2").render(
         view=view,
         figures=figures,
+        sweep=sweep,
         cards=headline(view),
         ranks=ranks,
         extra_metrics=sorted({k for m in view.methods.values() for k in m.extra}),
@@ -116,11 +143,18 @@ def build_report(
     experiment: str | None = None,
     run_id: str | None = None,
     log: bool = True,
+    sweep: str | None = None,
 ) -> Path:
     """Read the study from MLflow, write out_dir/report.html and out_dir/figures/*.svg, and
-    (log=True) log both to the study's parent run under report/."""
-    view = collect(tracking_uri, experiment, run_id)
-    figures = {}
+    (log=True) log both to the study's parent run under report/. When the study is a point of
+    a budget sweep (or `sweep` names one; its experiment defaults to the sweep's name), the
+    page opens with the sweep's frontier and details the point the grid is read at, unless
+    run_id names another."""
+    if sweep is not None and experiment is None and run_id is None:
+        experiment = sweep  # a sweep records into its base spec's experiment, by default its name
+    found = collect_sweep(MlflowClient(tracking_uri), experiment, run_id, sweep)
+    view = collect(tracking_uri, experiment, run_id or (found.reference_run if found else None))
+    figures = sweep_figures(found) if found else {}
     if view.methods:
         figures["rank_curves"] = charts.rank_curves(view)
         figures["cost_front"] = charts.cost_front(view)
@@ -131,7 +165,7 @@ def build_report(
     for name, text in figures.items():
         (out / "figures" / f"{name}.svg").write_text(text)
     page = out / "report.html"
-    page.write_text(render(view, figures))
+    page.write_text(render(view, figures, found))
     if log:
         client = MlflowClient(tracking_uri)
         client.log_artifact(view.run_id, str(page), ARTIFACT_DIR)

@@ -12,6 +12,7 @@ matplotlib.use("Agg")  # no display where reports are built
 import matplotlib.pyplot as plt
 from matplotlib.ticker import NullFormatter
 
+from rankstudy.frontier import GRID, FrontierPoint, GridReference
 from rankstudy_report.collect import StudyView
 
 STYLE = {
@@ -138,6 +139,58 @@ def cost_front(view: StudyView) -> str:
             ax.set_xlabel(label)
         axes[0].set_ylabel("AURAC (log2 rank axis)")
         axes[0].set_title("AURAC against cost (ringed: Pareto front)", loc="left")
+        return svg(fig)
+
+
+COST_LABELS = {"flops": "training + evaluation FLOPs", "device_seconds": "device-seconds"}
+
+
+def frontier(
+    lines: dict[str, list[FrontierPoint]],
+    axis: str,
+    grid: GridReference | None,
+    tolerance: float,
+) -> str:
+    """AURAC against cost on a log x axis, one line per method through its budget points (in
+    budget order), the spread over seeds as error bars, the grid's AURAC minus the tolerance
+    dashed. Each method's line is the SVG group id="frontier-<method>"."""
+    colors = palette(list(lines))
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(8, 4.4))
+        for name, line in lines.items():
+            shown = sorted((p for p in line if p.cost(axis) > 0), key=lambda p: p.budget)
+            if not shown:
+                continue
+            is_grid = name == GRID
+            bars = ax.errorbar(
+                [p.cost(axis) for p in shown],
+                [p.aurac for p in shown],
+                yerr=[p.std for p in shown],
+                fmt="o:" if is_grid else ".-",
+                color=colors[name],
+                markersize=6 if is_grid else 5,
+                linewidth=1 if is_grid else 1.6,
+                capsize=3,
+                label=name,
+            )
+            bars.lines[0].set_gid(f"frontier-{name}")
+        if grid is not None:
+            ax.axhline(
+                grid.aurac - tolerance,
+                linestyle="--",
+                color="0.35",
+                linewidth=1,
+                label=f"{GRID} AURAC − {tolerance:g} (budget ×{grid.budget:g})",
+            )
+        ax.set_xscale("log")
+        log_ticks(ax)
+        ax.set_xlabel(COST_LABELS[axis])
+        ax.set_ylabel("AURAC (log2 rank axis)")
+        ax.set_title(
+            f"AURAC against {COST_LABELS[axis]} over the budget sweep (bars: spread over seeds)",
+            loc="left",
+        )
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
         return svg(fig)
 
 

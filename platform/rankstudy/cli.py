@@ -167,9 +167,14 @@ def _report(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    out = args.out or f"runs/{args.experiment or args.run}/report"
+    if not (args.experiment or args.run or args.sweep):
+        print("rankstudy report: give --experiment, --run or --sweep", file=sys.stderr)
+        return 2
+    out = args.out or f"runs/{args.experiment or args.run or args.sweep}/report"
     try:
-        page = build_report(uri, out, args.experiment, args.run, log=not args.no_log)
+        page = build_report(
+            uri, out, args.experiment, args.run, log=not args.no_log, sweep=args.sweep
+        )
     except (ReportError, MlflowException) as e:
         print(f"rankstudy report: {e}", file=sys.stderr)
         return 2
@@ -243,10 +248,23 @@ def _add_study_and_plan(sub) -> None:
 
 
 def _add_report(sub) -> None:
-    report = sub.add_parser("report", help="the HTML comparison report of a study, from MLflow")
-    which = report.add_mutually_exclusive_group(required=True)
+    report = sub.add_parser(
+        "report",
+        help="the HTML comparison report of a study, from MLflow",
+        description="A study whose parent run carries rankstudy.sweep and rankstudy.budget (a "
+        "point of a budget sweep) gets the sweep's AURAC-compute frontier at the top of its "
+        "page, with no flag: AURAC against FLOPs and device-seconds, one line per method "
+        "through its budget points, and the frontier table.",
+    )
+    which = report.add_mutually_exclusive_group()
     which.add_argument("--experiment", help="MLflow experiment: its newest study is reported")
     which.add_argument("--run", help="the study's parent run id")
+    report.add_argument(
+        "--sweep",
+        metavar="NAME",
+        help="the budget sweep (rankstudy.sweep tag) whose frontier to draw; the experiment "
+        "defaults to NAME; the page details the point the LoRA grid is read at (budget 1.0)",
+    )
     report.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI)")
     report.add_argument("--out", help="output folder (default runs/<experiment>/report)")
     report.add_argument(

@@ -18,6 +18,11 @@ STUDY, TRIAL, METHOD = "study", "trial", "method"
 TRIAL_KEY_TAG = "rankstudy.trial_key"
 VERSION_TAG_PREFIX = "version."  # + package name, on the study run: what made the numbers
 
+# Tags of a budget sweep's study runs: every point of a sweep records into one experiment, each
+# point's parent run naming its sweep (the base study's name) and its budget multiplier.
+SWEEP_TAG = "rankstudy.sweep"
+BUDGET_TAG = "rankstudy.budget"  # str(float): "0.25", "1.0", "4.0"
+
 # Tags of a trial run (method runs carry METHOD_TAG too).
 ARM_TAG, METHOD_TAG, RANK_TAG, TRIAL_TAG, SEED_TAG = "arm", "method", "rank", "trial", "seed"
 STATUS_TAG = "status"
