@@ -17,6 +17,10 @@ KIND_TAG = "rankstudy.kind"
 STUDY, TRIAL, METHOD = "study", "trial", "method"
 TRIAL_KEY_TAG = "rankstudy.trial_key"
 VERSION_TAG_PREFIX = "version."  # + package name, on the study run: what made the numbers
+# A sweep's points (study runs, one experiment): the sweep's base study name, and a budget
+# point's multiple of the spec's training budget as str(float), e.g. "0.25".
+SWEEP_TAG = "rankstudy.sweep"
+BUDGET_TAG = "rankstudy.budget"
 
 # Tags of a trial run (method runs carry METHOD_TAG too).
 ARM_TAG, METHOD_TAG, RANK_TAG, TRIAL_TAG, SEED_TAG = "arm", "method", "rank", "trial", "seed"
