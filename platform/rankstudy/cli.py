@@ -51,30 +51,16 @@ def _trial(args: argparse.Namespace) -> int:
     return 0
 
 
-def sweep_variants(spec) -> list[tuple[str, list[str]]]:
-    """(label, overrides) per point of the spec's sweep (the product of its fields' values)."""
-    import itertools
-
-    if not spec.sweep:
-        return [("", [])]
-    keys = list(spec.sweep)
-    out = []
-    for values in itertools.product(*(spec.sweep[k] for k in keys)):
-        label = "-".join(f"{k.rsplit('.', 1)[-1]}{v}" for k, v in zip(keys, values, strict=True))
-        sets = [f"{k}={json.dumps(v)}" for k, v in zip(keys, values, strict=True)]
-        out.append((label, [*sets, f"name={spec.name}-{label}"]))
-    return out
-
-
 def _plan(args: argparse.Namespace) -> int:
 
     from rankstudy.model_fit import check_fits_model
     from rankstudy.plan import add_time, calibrate, plan, plan_table, shape_of, split_sizes
     from rankstudy.spec import SpecError, load_spec, read_spec_file
+    from rankstudy.sweep import sweep_points
 
     try:
         spec = load_spec(args.spec, args.set)
-        variants = [(label, [*args.set, *sets]) for label, sets in sweep_variants(spec)]
+        variants = [(p.label, [*args.set, *p.overrides]) for p in sweep_points(spec)]
         plans = []
         for label, sets in variants:
             variant = load_spec(args.spec, sets)
@@ -99,21 +85,45 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _point_studies(args: argparse.Namespace, spec) -> tuple[list, list]:
+    """The points of the spec's sweep (one, with no sweep) and a Study for each, checked now.
+    A sweep's points record into one MLflow store and experiment; resumed, a point that never
+    started starts afresh."""
+    from rankstudy.study import Study, StudyError
+    from rankstudy.study_state import STATE_FILE
+    from rankstudy.sweep import shared_tracking, sweep_points
+    from rankstudy.tracking import tracking_uri
+
+    base = Path(args.out or f"runs/{spec.name}")
+    points = sweep_points(spec)
+    if len(points) == 1 and not points[0].label:
+        return points, [Study(args.spec, args.set, str(base), args.resume)]
+    folders = [base / p.label for p in points]
+    if args.resume and not any((f / STATE_FILE).exists() for f in folders):
+        raise StudyError(f"--resume: {base} holds no sweep to resume")
+    shared = shared_tracking(spec, tracking_uri(spec.tracking.uri, base))
+    return points, [
+        Study(
+            args.spec,
+            [*args.set, *p.overrides, *shared],
+            str(f),
+            args.resume and (f / STATE_FILE).exists(),
+            p.tags,
+        )
+        for p, f in zip(points, folders, strict=True)
+    ]
+
+
 def _study(args: argparse.Namespace) -> int:
     from rankstudy.ray_cluster import ClusterError, check_cluster, connect_ray
     from rankstudy.spec import SpecError, load_spec
-    from rankstudy.study import Study, StudyError, StudyInterrupted, summary_table
-    from rankstudy.tracking import ui_hint
+    from rankstudy.study import StudyError
 
     if args.dry_run:
         return _plan(args)
     try:  # every spec and output directory is checked before anything starts
         spec = load_spec(args.spec, args.set)
-        base = args.out or f"runs/{spec.name}"
-        studies = [
-            Study(args.spec, [*args.set, *sets], f"{base}/{label}" if label else base, args.resume)
-            for label, sets in sweep_variants(spec)
-        ]
+        points, studies = _point_studies(args, spec)
     except (SpecError, StudyError, ValueError) as e:
         print(f"rankstudy study: invalid input\n{e}", file=sys.stderr)
         return 2
@@ -129,8 +139,25 @@ def _study(args: argparse.Namespace) -> int:
     # its trials and saves its state, the parent run is marked KILLED, the exit ends this
     # process's own Ray, and the --resume command is printed
     signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
-    incomplete = []
+    sweep = (points, Path(args.out or f"runs/{spec.name}")) if spec.budgets else None
+    return _run_points(studies, sweep, args.resume)
+
+
+def _run_points(studies: list, sweep: tuple | None, resume: bool) -> int:
+    """Run each point's study in turn. A budget sweep (sweep: its points and folder) rewrites
+    <folder>/sweep_summary.json after each point and ends with its table; resumed, it skips
+    the points that file lists as finished."""
+    from rankstudy.study import StudyError, StudyInterrupted
+    from rankstudy.study_summary import SUMMARY_FILE
+    from rankstudy.sweep import finished_folders, sweep_summaries, write_sweep_summary
+
+    finished = finished_folders(sweep[1]) if sweep and resume else set()
+    done, incomplete, sweeps = {}, [], []
     for study in studies:
+        if str(study.out_dir) in finished:
+            study.log(f"finished before the resume: not run again ({SUMMARY_FILE} kept)")
+            done[str(study.out_dir)] = json.loads((study.out_dir / SUMMARY_FILE).read_text())
+            continue
         try:
             summary = study.run()
         except StudyInterrupted as e:
@@ -139,18 +166,43 @@ def _study(args: argparse.Namespace) -> int:
         except StudyError as e:  # what failed, and how to finish the study
             print(f"rankstudy study: {e}", file=sys.stderr)
             return 1
-        print(f"\n{study.spec.name}\n" + summary_table(summary))
-        print(
-            f"wrote {study.out_dir / 'study_summary.json'}\n"
-            + (f"report: {summary['report']}\n" if summary["report"] else "")
-            + ui_hint(summary["mlflow"]["tracking_uri"], summary["mlflow"]["experiment_id"])
-        )
+        _print_summary(study, summary)
+        done[str(study.out_dir)] = summary
         if summary["missing"]:
             incomplete.append(f"{study.spec.name}: {', '.join(summary['missing'])}")
+        if sweep:
+            sweeps = sweep_summaries(sweep[0], [s.out_dir for s in studies], done)
+            write_sweep_summary(sweep[1].resolve(), sweeps)
+    if sweep:
+        _print_sweeps(sweeps or sweep_summaries(sweep[0], [s.out_dir for s in studies], done))
+        print(f"wrote {sweep[1].resolve() / 'sweep_summary.json'}")
     if incomplete:
         print("rankstudy study: methods not scored: " + "; ".join(incomplete), file=sys.stderr)
         return 1
     return 0
+
+
+def _print_summary(study, summary: dict) -> None:
+    from rankstudy.study import summary_table
+    from rankstudy.tracking import ui_hint
+
+    print(f"\n{study.spec.name}\n" + summary_table(summary))
+    print(
+        f"wrote {study.out_dir / 'study_summary.json'}\n"
+        + (f"report: {summary['report']}\n" if summary["report"] else "")
+        + ui_hint(summary["mlflow"]["tracking_uri"], summary["mlflow"]["experiment_id"])
+    )
+
+
+def _print_sweeps(sweeps: list[dict]) -> None:
+    """Each budget sweep's table, and (once rankstudy.frontier is there) its frontier rows."""
+    from rankstudy.sweep import frontier_rows, sweep_table
+
+    for s in sweeps:
+        print("\n" + sweep_table(s))
+        rows = frontier_rows(s)  # LEAD: the frontier table's one call site; format its rows
+        if rows is not None:
+            print("\n".join(str(row) for row in rows))
 
 
 def _report(args: argparse.Namespace) -> int:

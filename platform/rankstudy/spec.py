@@ -356,6 +356,11 @@ class StudySpec(Strict):
     sweep: dict[str, list[float | int | str | bool]] | None = Field(
         None, description="run the whole study once per value of a spec field"
     )
+    budgets: list[float] | None = Field(
+        None,
+        description="run the whole study once per multiple of the training budget "
+        "(training.steps or training.epochs), crossed with any `sweep`",
+    )
 
     @model_validator(mode="after")
     def _study(self) -> StudySpec:
@@ -372,7 +377,9 @@ class StudySpec(Strict):
                 raise ValueError(f"sweep.{key}: give at least one value")
             probes += [(f"sweep.{key}", key, v) for v in values]
         for where, key, probe in probes:
-            data = self.model_dump(exclude={"search", "sweep"}) | {"search": {"space": {}}}
+            data = self.model_dump(exclude={"search", "sweep", "budgets"}) | {
+                "search": {"space": {}}
+            }
             try:
                 set_key(data, key, probe)
                 StudySpec.model_validate(data)
@@ -380,6 +387,34 @@ class StudySpec(Strict):
                 raise ValueError(f"{where}: {_format(e)}") from None
             except SpecError as e:
                 raise ValueError(f"{where}: {e}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _budgets(self) -> StudySpec:
+        """Each multiple a distinct point: a budget that rounds to another's steps would run
+        the same study twice under two labels."""
+        if self.budgets is None:
+            return self
+        if not self.budgets or any(b <= 0 for b in self.budgets):
+            raise ValueError(f"budgets: give at least one multiple, each > 0; got {self.budgets}")
+        if len(set(self.budgets)) != len(self.budgets):
+            raise ValueError(f"budgets: give each multiple once; got {self.budgets}")
+        swept = {"training.steps", "training.epochs"} & set(self.sweep or {})
+        if swept:
+            raise ValueError(
+                f"budgets: multiply the spec's own training budget; do not also sweep "
+                f"{', '.join(sorted(swept))}"
+            )
+        steps = self.training.steps
+        if steps is not None:
+            by_steps: dict[int, float] = {}
+            for b in self.budgets:
+                other = by_steps.setdefault(scaled_steps(steps, b), b)
+                if other != b:
+                    raise ValueError(
+                        f"budgets: {other} and {b} both give training.steps="
+                        f"{scaled_steps(steps, b)} (of {steps}); drop one"
+                    )
         return self
 
     @model_validator(mode="after")
@@ -391,6 +426,11 @@ class StudySpec(Strict):
                 f"tokenizer and needs vocab >= {BYTE_VOCAB_SIZE}, got {tiny.vocab}"
             )
         return self
+
+
+def scaled_steps(steps: int, budget: float) -> int:
+    """A budget multiple of `steps`: rounded, at least one step."""
+    return max(1, round(steps * budget))
 
 
 class SpecError(ValueError):

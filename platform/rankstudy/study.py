@@ -43,8 +43,14 @@ __all__ = ["Study", "StudyError", "StudyInterrupted", "summary_table"]
 
 class Study:
     def __init__(
-        self, spec_path: str, overrides: list[str], out_dir: str | None, resume: bool
+        self,
+        spec_path: str,
+        overrides: list[str],
+        out_dir: str | None,
+        resume: bool,
+        tags: dict[str, str] | None = None,
     ) -> None:
+        """tags: the parent run's own (a sweep point's, rankstudy.sweep.SweepPoint.tags)."""
         self.spec = load_spec(spec_path, overrides)  # every input error before any compute
         check_fits_model(self.spec)
         self.raw = read_spec_file(spec_path)
@@ -56,6 +62,7 @@ class Study:
         self.files.state.spec = SpecRecord(raw=self.raw, overrides=self.overrides)  # `export`
         self.seeds = self.spec.seeds or [self.spec.seed]
         self.resume = resume
+        self.tags = tags or {}
         self.recorder: MlflowRecorder | None = None  # once MLflow answers (run)
 
     def log(self, message: str) -> None:
@@ -71,7 +78,7 @@ class Study:
         if uri.startswith(("http://", "https://")) and not answers(uri):
             raise StudyError(f"tracking.uri: nothing answers at {uri} (the MLflow server)")
         recorder = self.attach(StudyTracker(uri, self.spec.tracking.experiment or self.spec.name))
-        parent = recorder.start(self.spec.name, self.spec.model_dump(mode="json"))
+        parent = recorder.start(self.spec.name, self.spec.model_dump(mode="json"), self.tags)
         start = time.perf_counter()
         try:
             recorder.relog()

@@ -30,10 +30,11 @@ class MlflowRecorder:
         self.pending: list[Future] = []
         self.failed: str | None = None  # why MLflow stopped taking writes (they wait for relog)
 
-    def start(self, name: str, spec: dict) -> str:
-        """Open (or, resumed, reopen) the study's parent run; note it in the state."""
+    def start(self, name: str, spec: dict, tags: dict[str, str] | None = None) -> str:
+        """Open (or, resumed, reopen) the study's parent run with its tags; note it in the
+        state."""
         state = self.files.state
-        state.parent_run_id = self.tracker.start_study(name, spec, state.parent_run_id)
+        state.parent_run_id = self.tracker.start_study(name, spec, state.parent_run_id, tags)
         state.tracking_uri = self.tracker.uri
         state.experiment_id = self.tracker.experiment_id
         self.files.save()

@@ -67,17 +67,24 @@ class StudyTracker:
         )
         self.parent_id: str | None = None
 
-    def start_study(self, name: str, spec: dict, parent_id: str | None = None) -> str:
+    def start_study(
+        self, name: str, spec: dict, parent_id: str | None = None, tags: dict | None = None
+    ) -> str:
         """Create the parent run, or reopen it (resume) when parent_id is given. spec: the
         resolved spec (overrides applied) that the study runs; the software versions go in its
-        tags, so the report and the run table say what produced the numbers."""
+        tags, so the report and the run table say what produced the numbers. tags: the study's
+        own (a sweep point's SWEEP_TAG and BUDGET_TAG), set again on a reopened run."""
         if parent_id is not None:
             self.client.update_run(parent_id, status="RUNNING")
+            for k, v in (tags or {}).items():
+                self.client.set_tag(parent_id, k, v)
             self.parent_id = parent_id
             return parent_id
-        tags = {names.KIND_TAG: names.STUDY} | {
-            f"{names.VERSION_TAG_PREFIX}{k}": v for k, v in software_versions().items()
-        }
+        tags = (
+            {names.KIND_TAG: names.STUDY}
+            | {f"{names.VERSION_TAG_PREFIX}{k}": v for k, v in software_versions().items()}
+            | (tags or {})
+        )
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         self.parent_id = run.info.run_id
         self.client.log_dict(self.parent_id, spec, names.SPEC_ARTIFACT)

@@ -1,0 +1,230 @@
+"""A spec's sweep: the study points its `sweep` fields and training `budgets` expand into (each a
+valid spec whose only differences are the point's own), bad budgets named, and the sweep's
+summary, table and record of finished points from constructed study summaries."""
+
+import copy
+import json
+
+import pytest
+
+from rankstudy import mlflow_names as names
+from rankstudy.spec import SpecError, parse_spec
+from rankstudy.sweep import (
+    SweepPoint,
+    finished_folders,
+    shared_tracking,
+    sweep_points,
+    sweep_summaries,
+    sweep_table,
+    write_sweep_summary,
+)
+from studies import TINY
+
+
+def spec_with(**fields):
+    data = copy.deepcopy(TINY)
+    for key, value in fields.items():
+        data[key] = value
+    return data
+
+
+def point_specs(data):
+    """Each point's label and the spec it runs (the base spec with the point's overrides)."""
+    return [(p.label, parse_spec(data, p.overrides)) for p in sweep_points(parse_spec(data))]
+
+
+def test_budgets_multiply_steps_and_change_nothing_else():
+    data = spec_with(budgets=[0.25, 0.5, 1, 2, 4])
+    points = point_specs(data)
+    assert [label for label, _ in points] == [
+        "budget0.25",
+        "budget0.5",
+        "budget1",
+        "budget2",
+        "budget4",
+    ]
+    assert [s.training.steps for _, s in points] == [15, 30, 60, 120, 240]  # TINY: 60 steps
+    base = parse_spec(data).model_dump(exclude={"name", "budgets", "training"})
+    for label, s in points:
+        assert s.name == f"tiny-study-{label}" and s.budgets is None
+        assert s.model_dump(exclude={"name", "budgets", "training"}) == base  # same search, seeds
+        assert s.training.model_dump(exclude={"steps"}) == parse_spec(data).training.model_dump(
+            exclude={"steps"}
+        )
+
+
+def test_budgets_multiply_epochs_when_the_spec_gives_epochs():
+    data = spec_with(budgets=[0.5, 3])
+    data["training"] = {k: v for k, v in data["training"].items() if k != "steps"} | {"epochs": 1.5}
+    points = point_specs(data)
+    assert [(label, s.training.epochs, s.training.steps) for label, s in points] == [
+        ("budget0.5", 0.75, None),
+        ("budget3", 4.5, None),
+    ]
+
+
+def test_steps_are_rounded_and_at_least_one():
+    data = spec_with(budgets=[0.1, 0.5, 1])
+    data["training"] = data["training"] | {"steps": 3}
+    assert [s.training.steps for _, s in point_specs(data)] == [1, 2, 3]  # 0.3, 1.5 (even), 3
+
+
+def test_budgets_cross_the_sweep_product_and_tag_each_line_of_budgets():
+    data = spec_with(budgets=[0.5, 1], sweep={"task.shift": [0.1, 0.5]})
+    points = sweep_points(parse_spec(data))
+    assert [p.label for p in points] == [
+        "shift0.1-budget0.5",
+        "shift0.1-budget1",
+        "shift0.5-budget0.5",
+        "shift0.5-budget1",
+    ]
+    specs = [parse_spec(data, p.overrides) for p in points]
+    assert [(s.task.shift, s.training.steps) for s in specs] == [
+        (0.1, 30),
+        (0.1, 60),
+        (0.5, 30),
+        (0.5, 60),
+    ]
+    assert [p.tags for p in points] == [
+        {names.SWEEP_TAG: f"tiny-study-shift{s}", names.BUDGET_TAG: b}
+        for s in (0.1, 0.5)
+        for b in ("0.5", "1.0")
+    ]
+
+
+def test_a_sweep_without_budgets_and_a_plain_study():
+    points = sweep_points(parse_spec(spec_with(sweep={"task.shift": [0.1, 0.5]})))
+    assert [(p.label, p.budget, p.tags) for p in points] == [
+        ("shift0.1", None, {names.SWEEP_TAG: "tiny-study"}),
+        ("shift0.5", None, {names.SWEEP_TAG: "tiny-study"}),
+    ]
+    assert points[0].overrides == ["task.shift=0.1", "name=tiny-study-shift0.1"]
+    assert sweep_points(parse_spec(TINY)) == [SweepPoint("")]
+    assert SweepPoint("").tags == {}
+
+
+def test_every_point_shares_one_store_and_experiment():
+    uri = "sqlite:////tmp/out/mlflow.db"
+    spec = parse_spec(spec_with(budgets=[0.5, 1]))
+    assert shared_tracking(spec, uri) == [
+        f"tracking.uri={uri}",
+        "tracking.experiment=tiny-study",  # the base spec's name, not the point's
+    ]
+    named = parse_spec(spec_with(budgets=[0.5, 1], tracking={"experiment": "team"}))
+    for p in sweep_points(named):
+        point = parse_spec(
+            spec_with(budgets=[0.5, 1]), [*p.overrides, *shared_tracking(named, uri)]
+        )
+        assert point.tracking.experiment == "team" and point.tracking.uri == uri
+
+
+BAD_BUDGETS = [
+    ({"budgets": []}, "budgets: give at least one multiple, each > 0; got []"),
+    ({"budgets": [0.5, 0]}, "budgets: give at least one multiple, each > 0; got [0.5, 0.0]"),
+    ({"budgets": [-1]}, "budgets: give at least one multiple, each > 0"),
+    ({"budgets": [1, 1.0]}, "budgets: give each multiple once; got [1.0, 1.0]"),
+    ({"budgets": ["x"]}, "budgets.0: Input should be a valid number"),
+    ({"budgets": [1.0, 1.004]}, "budgets: 1.0 and 1.004 both give training.steps=60 (of 60)"),
+    (
+        {"budgets": [0.5, 1], "sweep": {"training.steps": [10, 20]}},
+        "budgets: multiply the spec's own training budget; do not also sweep training.steps",
+    ),
+]
+
+
+@pytest.mark.parametrize("fields,message", BAD_BUDGETS, ids=[m for _, m in BAD_BUDGETS])
+def test_bad_budgets_are_named(fields, message):
+    with pytest.raises(SpecError) as e:
+        parse_spec(spec_with(**fields))
+    assert str(e.value).startswith(message), str(e.value)
+
+
+def study_summary(grid_aurac, grid_flops, missing=None):
+    """A point's study summary as rankstudy.study_summary writes it (the fields a sweep reads)."""
+
+    def method(aurac, std, flops, seconds, trials):
+        return {
+            "aurac_log2": aurac,
+            "aurac_log2_std": std,
+            "aurac_linear": aurac + 0.05,
+            "cost": {"flops": flops, "device_seconds": seconds},
+            "trials": trials,
+        }
+
+    return {
+        "methods": {
+            "lora_grid": method(grid_aurac, 0.004, grid_flops, 100.0, 12),
+            "dylora": method(0.77, 0.01, 3.3e11, 20.0, 2),
+        },
+        "missing": missing or {},
+    }
+
+
+def test_sweep_summary_holds_each_finished_point_and_says_what_is_left(tmp_path):
+    points = sweep_points(parse_spec(spec_with(budgets=[0.5, 1])))
+    folders = [tmp_path / p.label for p in points]
+    done = {str(folders[0]): study_summary(0.8, 8.4e11)}
+    path = write_sweep_summary(tmp_path, sweep_summaries(points, folders, done))
+    first = json.loads(path.read_text())
+    assert first == {
+        "sweep": "tiny-study",
+        "budgets": [0.5, 1.0],
+        "points": {
+            "0.5": {
+                "lora_grid": {
+                    "aurac": 0.8,
+                    "std": 0.004,
+                    "aurac_linear": pytest.approx(0.85),
+                    "flops": 8.4e11,
+                    "device_seconds": 100.0,
+                    "trials": 12,
+                },
+                "dylora": {
+                    "aurac": 0.77,
+                    "std": 0.01,
+                    "aurac_linear": pytest.approx(0.82),
+                    "flops": 3.3e11,
+                    "device_seconds": 20.0,
+                    "trials": 2,
+                },
+            }
+        },
+        "folders": {"0.5": str(folders[0]), "1.0": str(folders[1])},
+        "complete": False,
+    }
+    assert finished_folders(tmp_path) == {str(folders[0])}  # a resume skips only this one
+    done[str(folders[1])] = study_summary(0.825, 1.68e12, missing={"dylora": "arm failed"})
+    write_sweep_summary(tmp_path, sweep_summaries(points, folders, done))
+    whole = json.loads(path.read_text())
+    assert whole["complete"] and set(whole["points"]) == {"0.5", "1.0"}
+    assert whole["missing"] == {"1.0": {"dylora": "arm failed"}}
+    assert finished_folders(tmp_path) == {str(f) for f in folders}
+    assert finished_folders(tmp_path / "nothing") == set()
+
+
+def test_sweep_table_reads_every_method_at_every_budget(tmp_path):
+    points = sweep_points(parse_spec(spec_with(budgets=[0.5, 1])))
+    folders = [tmp_path / p.label for p in points]
+    done = {
+        str(folders[0]): study_summary(0.8, 8.4e11),
+        str(folders[1]): study_summary(0.825, 1.68e12),
+    }
+    done[str(folders[1])]["methods"].pop("dylora")
+    table = sweep_table(sweep_summaries(points, folders, done)[0]).splitlines()
+    assert table[0].startswith("sweep tiny-study: AURAC log2")
+    assert table[1].split() == ["method", "x0.5", "x1.0"]
+    assert table[2].split() == ["lora_grid", "0.800±0.004", "8.4e+11", "0.825±0.004", "1.7e+12"]
+    assert table[3].split() == ["dylora", "0.770±0.010", "3.3e+11", "not", "scored"]
+
+
+def test_crossed_sweeps_are_summarised_apart(tmp_path):
+    points = sweep_points(parse_spec(spec_with(budgets=[0.5, 1], sweep={"task.shift": [0.1, 0.5]})))
+    folders = [tmp_path / p.label for p in points]
+    done = {str(f): study_summary(0.8, 1e12) for f in folders[:3]}
+    write_sweep_summary(tmp_path, sweep_summaries(points, folders, done))
+    body = json.loads((tmp_path / "sweep_summary.json").read_text())
+    assert [(s["sweep"], s["complete"], sorted(s["points"])) for s in body["sweeps"]] == [
+        ("tiny-study-shift0.1", True, ["0.5", "1.0"]),
+        ("tiny-study-shift0.5", False, ["0.5"]),
+    ]
+    assert finished_folders(tmp_path) == {str(f) for f in folders[:3]}
