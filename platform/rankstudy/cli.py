@@ -195,14 +195,12 @@ def _print_summary(study, summary: dict) -> None:
 
 
 def _print_sweeps(sweeps: list[dict]) -> None:
-    """Each budget sweep's table, and (once rankstudy.frontier is there) its frontier rows."""
-    from rankstudy.sweep import frontier_rows, sweep_table
+    """Each budget sweep's table and its frontier: what each one-run method reaches against the
+    LoRA grid, at what compute."""
+    from rankstudy.sweep import frontier_text, sweep_table
 
     for s in sweeps:
-        print("\n" + sweep_table(s))
-        rows = frontier_rows(s)  # LEAD: the frontier table's one call site; format its rows
-        if rows is not None:
-            print("\n".join(str(row) for row in rows))
+        print("\n" + sweep_table(s) + "\n\n" + frontier_text(s))
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -17,11 +17,6 @@ KIND_TAG = "rankstudy.kind"
 STUDY, TRIAL, METHOD = "study", "trial", "method"
 TRIAL_KEY_TAG = "rankstudy.trial_key"
 VERSION_TAG_PREFIX = "version."  # + package name, on the study run: what made the numbers
-# A sweep's points (study runs, one experiment): the sweep's base study name, and a budget
-# point's multiple of the spec's training budget as str(float), e.g. "0.25".
-SWEEP_TAG = "rankstudy.sweep"
-BUDGET_TAG = "rankstudy.budget"
-
 # Tags of a budget sweep's study runs: every point of a sweep records into one experiment, each
 # point's parent run naming its sweep (the base study's name) and its budget multiplier.
 SWEEP_TAG = "rankstudy.sweep"

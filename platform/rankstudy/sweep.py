@@ -10,13 +10,13 @@ points (rankstudy.frontier). Plain Python: `rankstudy plan` expands sweeps witho
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rankstudy import mlflow_names as names
+from rankstudy.frontier import AXES, GRID, frontier_table
 from rankstudy.spec import StudySpec, scaled_steps
 
 SWEEP_SUMMARY_FILE = "sweep_summary.json"
@@ -159,12 +159,39 @@ def sweep_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def frontier_rows(summary: dict) -> list | None:
-    """LEAD: the one call site of the frontier table (rankstudy.frontier, written by the
-    other half of issue #13): its rows for this sweep, or None while that module is absent."""
-    if importlib.util.find_spec("rankstudy.frontier") is None:
-        return None
-    from rankstudy.frontier import frontier_table
-
+def frontier_text(summary: dict, tolerance: float = 0.01) -> str:
+    """The frontier table (rankstudy.frontier) of a sweep: per single-run method, its AURAC at
+    the LoRA grid's compute and the least compute at which it reaches the grid's AURAC minus
+    `tolerance`, on FLOPs and device-seconds."""
     points = {float(k): methods for k, methods in summary["points"].items()}
-    return frontier_table(points)
+    try:
+        by_axis = {a: frontier_table(points, tolerance=tolerance, axis=a) for a in AXES}
+    except ValueError as e:  # no grid in the sweep: nothing to read against
+        return f"frontier: {e}"
+    ref = {a: rows[0].grid for a, rows in by_axis.items() if rows}
+    if not ref:
+        return "frontier: no single-run method in the sweep"
+    flops, seconds = ref["flops"], ref["device_seconds"]
+    lines = [
+        f"frontier against {GRID} at budget x{flops.budget:g}: AURAC {flops.aurac:.3f}, "
+        f"{flops.cost:.2e} FLOPs, {seconds.cost:.0f} device-s; "
+        f"target {flops.aurac - tolerance:.3f}",
+        f"{'method':<30}{'AURAC at grid FLOPs':>20}{'reached at FLOPs':>26}{'at device-s':>14}",
+    ]
+    for row, by_time in zip(by_axis["flops"], by_axis["device_seconds"], strict=True):
+        at = (
+            "outside its sweep"
+            if row.aurac_at_grid_compute is None
+            else (f"{row.aurac_at_grid_compute:.3f}")
+        )
+        reached = (
+            "not reached"
+            if row.reached_at is None
+            else (
+                f"{'<=' if row.reached_at_cheapest else ''}{row.reached_at:.2e} "
+                f"({row.reached_at / flops.cost:.2f}x grid)"
+            )
+        )
+        secs = "-" if by_time.reached_at is None else f"{by_time.reached_at:.0f}"
+        lines.append(f"{row.method:<30}{at:>20}{reached:>26}{secs:>14}")
+    return "\n".join(lines)

@@ -11,7 +11,9 @@ from rankstudy import mlflow_names as names
 from rankstudy.spec import SpecError, parse_spec
 from rankstudy.sweep import (
     SweepPoint,
+    budget_key,
     finished_folders,
+    frontier_text,
     shared_tracking,
     sweep_points,
     sweep_summaries,
@@ -228,3 +230,26 @@ def test_crossed_sweeps_are_summarised_apart(tmp_path):
         ("tiny-study-shift0.5", False, ["0.5"]),
     ]
     assert finished_folders(tmp_path) == {str(f) for f in folders[:3]}
+
+
+def test_frontier_text_reads_each_method_against_the_grid_by_hand():
+    """The grid at x1: AURAC 0.80 for 1e12 FLOPs. DyLoRA crosses 0.79 between 2e11 (0.76) and
+    8e11 (0.80): three quarters of the way in log FLOPs, 10**(log10(2e11) + 0.75 * log10(4))
+    = 5.66e11 = 0.57x the grid; the grid's 1e12 lies past its last point."""
+
+    def point(aurac, flops, seconds):
+        return {"aurac": aurac, "std": 0.0, "flops": flops, "device_seconds": seconds}
+
+    summary = {
+        "sweep": "s",
+        "budgets": [0.5, 1.0, 4.0],
+        "points": {
+            budget_key(0.5): {"lora_grid": point(0.7, 5e11, 50), "dylora": point(0.7, 1e11, 10)},
+            budget_key(1.0): {"lora_grid": point(0.8, 1e12, 100), "dylora": point(0.76, 2e11, 20)},
+            budget_key(4.0): {"lora_grid": point(0.85, 4e12, 400), "dylora": point(0.8, 8e11, 80)},
+        },
+    }
+    text = frontier_text(summary)
+    assert "AURAC 0.800, 1.00e+12 FLOPs, 100 device-s; target 0.790" in text
+    row = next(line for line in text.splitlines() if line.startswith("dylora"))
+    assert row.split() == ["dylora", "outside", "its", "sweep", "5.66e+11", "(0.57x", "grid)", "57"]
