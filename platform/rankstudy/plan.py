@@ -22,6 +22,7 @@ from rankstudy.architecture import Architecture, read_architecture
 from rankstudy.arms import arm_rules, method_arms, parse_arm, study_arms, study_rules
 from rankstudy.cost import ModelShape, eval_flops, train_flops
 from rankstudy.spec import StudySpec
+from rankstudy.tasks.rows import gsm8k_splits, jsonl_splits
 
 
 def shape_of(spec: StudySpec, arch: Architecture | None = None) -> ModelShape:
@@ -32,8 +33,9 @@ def shape_of(spec: StudySpec, arch: Architecture | None = None) -> ModelShape:
 
 
 def split_sizes(spec: StudySpec) -> dict[str, int]:
-    """Examples per split, as the trial will see them (a text task is built for it, which
-    imports torch; the planted task's sizes are its spec's)."""
+    """Examples per split, as the trial will see them: the planted task's are its spec's; a
+    text task's are counted on the rows its task would build its splits from
+    (rankstudy.tasks.rows: no torch, and no tokenizer, which never decides a split)."""
     task = spec.task
     if task.kind == "planted":
         return {
@@ -41,14 +43,29 @@ def split_sizes(spec: StudySpec) -> dict[str, int]:
             "validation": task.validation_size,
             "test": task.test_size,
         }
-    from rankstudy.build import build_task
-    from rankstudy.tokenizer import byte_tokenizer
-
-    # The byte tokenizer only lets the task split its rows; the counts depend neither on it
-    # nor on the chat template (which the byte tokenizer has none of).
-    plain = spec.model_copy(update={"task": task.model_copy(update={"chat_template": False})})
-    built = build_task(plain, None, byte_tokenizer(), parse_arm("lora_r1", spec), spec.seed)
-    return {s: built.size(s) for s in ("train", "validation", "test")}
+    if task.kind == "gsm8k":
+        _, rows = gsm8k_splits(
+            task.path,
+            task.shots,
+            task.validation_size,
+            task.test_size,
+            task.max_train,
+            task.max_eval,
+            seed=spec.seed,
+        )
+    else:  # a jsonl spec has no test_size: a carved test slice is validation_size long
+        rows = jsonl_splits(
+            task.train,
+            task.validation,
+            task.test,
+            task.prompt_field,
+            task.response_field,
+            task.validation_size,
+            max_train=task.max_train,
+            max_eval=task.max_eval,
+            seed=spec.seed,
+        )
+    return {s: len(rows[s]) for s in ("train", "validation", "test")}
 
 
 def sequence_tokens(spec: StudySpec) -> int:

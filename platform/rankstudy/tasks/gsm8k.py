@@ -13,21 +13,16 @@ validation and test prompts are preceded by `shots` solved exemplars, each follo
 line: the first `shots` problems of the train file, in file order (lm-eval's "first_n"), never
 held out for validation and never from test. With `chat_template` the question (and each
 exemplar) is a user turn of the tokenizer's chat template and the solution the assistant's.
+Which problems each split holds is decided in rankstudy.tasks.rows (torch-free: the plan
+counts them there); this module turns them into prompts and scores the generations.
 """
 
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
 
-from rankstudy.tasks.text import (
-    Example,
-    PromptResponseTask,
-    chat_prompt,
-    check_metrics,
-    holdout,
-)
+from rankstudy.tasks.rows import Example, gsm8k_splits
+from rankstudy.tasks.text import PromptResponseTask, chat_prompt, check_metrics
 
 HUB_ID = "openai/gsm8k"
 SEPARATOR = "\n\n"  # between exemplars, and where a generation that runs on is cut
@@ -77,80 +72,9 @@ def few_shot_prompt(question: str, exemplars: list[dict]) -> str:
     return shots + question_prompt(question)
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            for key in ("question", "answer"):
-                if not isinstance(row.get(key), str):
-                    raise ValueError(f"path: {path} line {n} has no string {key!r}")
-            rows.append({"question": row["question"], "answer": row["answer"]})
-    return rows
-
-
-def load_gsm8k(path: str) -> tuple[list[dict], list[dict] | None]:
-    """(train rows, test rows) from a directory with train.jsonl and test.jsonl, from the hub
-    (an "owner/name" id such as HUB_ID, config "main"), or (rows, None) from one jsonl file."""
-    local = Path(path)
-    if local.is_dir():
-        missing = [n for n in ("train.jsonl", "test.jsonl") if not (local / n).is_file()]
-        if missing:
-            raise ValueError(f"path: {local} lacks {', '.join(missing)}")
-        return read_jsonl(local / "train.jsonl"), read_jsonl(local / "test.jsonl")
-    if local.is_file():
-        return read_jsonl(local), None
-    if path.endswith(".jsonl") or path.startswith((".", "/", "~")) or path.count("/") != 1:
-        raise ValueError(f"path: {path} is neither a local file or directory nor a hub id")
-    from datasets import load_dataset
-
-    data = load_dataset(path, "main")
-    rows = {
-        s: [{"question": r["question"], "answer": r["answer"]} for r in data[s]]
-        for s in ("train", "test")
-    }
-    return rows["train"], rows["test"]
-
-
-def gsm8k_splits(
-    path: str,
-    shots: int = 0,
-    validation_size: int = 200,
-    test_size: int | None = None,
-    max_train: int | None = None,
-    max_eval: int | None = None,
-    strip_annotations: bool = False,
-    seed: int = 0,
-) -> tuple[list[dict], dict[str, list[dict]]]:
-    """(the few-shot exemplars, split -> rows): validation a seeded slice of the train
-    problems (never an exemplar), test the test file or, with one jsonl `path`, a second slice."""
-    if shots < 0:
-        raise ValueError(f"shots: must be >= 0, got {shots}")
-    train_rows, test_rows = load_gsm8k(path)
-    if strip_annotations:
-        for row in (*train_rows, *(test_rows or ())):
-            row["answer"] = strip_calculator(row["answer"])
-    if shots > len(train_rows):
-        raise ValueError(f"shots: {shots} exceeds the {len(train_rows)} train problems")
-    sizes = (
-        [validation_size]
-        if test_rows is not None
-        else [validation_size, validation_size if test_size is None else test_size]
-    )
-    try:
-        rest, held = holdout(len(train_rows), sizes, seed, exclude=shots)
-    except ValueError as e:
-        raise ValueError(f"validation_size: {e}") from None
-    if test_rows is None:
-        test_rows = [train_rows[i] for i in held[1]]
-    rows = {
-        "train": [train_rows[i] for i in rest][:max_train],
-        "validation": [train_rows[i] for i in held[0]][:max_eval],
-        "test": test_rows[:max_eval],
-    }
-    return train_rows[:shots], rows
+def stripped(rows: list[dict]) -> list[dict]:
+    """The rows with their calculator annotations removed."""
+    return [row | {"answer": strip_calculator(row["answer"])} for row in rows]
 
 
 def gsm8k_examples(
@@ -196,9 +120,12 @@ class GSM8KTask(PromptResponseTask):
         seed: int = 0,
     ) -> None:
         check_metrics(metric, extra_metrics)  # before any data is read
-        self.exemplars, rows = gsm8k_splits(
-            path, shots, validation_size, test_size, max_train, max_eval, strip_annotations, seed
+        exemplars, rows = gsm8k_splits(
+            path, shots, validation_size, test_size, max_train, max_eval, seed
         )
+        if strip_annotations:  # the rows' text, not which split holds them
+            exemplars, rows = stripped(exemplars), {s: stripped(r) for s, r in rows.items()}
+        self.exemplars = exemplars
         examples = gsm8k_examples(rows, self.exemplars, tokenizer, chat_template)
         super().__init__(
             examples, tokenizer, max_length, metric, max_new_tokens, extra_metrics, chat_template

@@ -2,44 +2,14 @@
 
 Metrics: "exact_match" (greedy generation equals the response, surrounding whitespace
 ignored) and "token_accuracy" (teacher-forced next-token accuracy on the response). Missing
-validation or test files are replaced by seeded slices held out of the train file.
+validation or test files are replaced by seeded slices held out of the train file
+(rankstudy.tasks.rows reads the files and decides the splits, torch-free, for the plan too).
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-from rankstudy.tasks.text import (
-    Example,
-    PromptResponseTask,
-    chat_prompt,
-    check_metrics,
-    holdout,
-)
-
-
-def read_pairs(path: str, field: str, prompt_field: str, response_field: str) -> list[Example]:
-    """Examples from one jsonl file; `field` names the spec field the path came from."""
-    file = Path(path)
-    if not file.is_file():
-        raise ValueError(f"{field}: no such file {path}")
-    examples = []
-    with file.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{field}: {path} line {n} is not valid JSON: {e}") from None
-            for key in (prompt_field, response_field):
-                if not isinstance(row, dict) or not isinstance(row.get(key), str):
-                    raise ValueError(f"{field}: {path} line {n} has no string field {key!r}")
-            examples.append(Example(row[prompt_field], row[response_field]))
-    if not examples:
-        raise ValueError(f"{field}: {path} holds no examples")
-    return examples
+from rankstudy.tasks.rows import Example, jsonl_splits
+from rankstudy.tasks.text import PromptResponseTask, chat_prompt, check_metrics
 
 
 class JsonlTask(PromptResponseTask):
@@ -70,29 +40,18 @@ class JsonlTask(PromptResponseTask):
         seed: int = 0,
     ) -> None:
         check_metrics(metric, extra_metrics)  # before any data is read
-        paths = {"train": train, "validation": validation, "test": test}
-        loaded = {
-            split: read_pairs(p, split, prompt_field, response_field)
-            for split, p in paths.items()
-            if p is not None
-        }
-        sizes = {
-            "validation": validation_size,
-            "test": validation_size if test_size is None else test_size,
-        }
-        carve = [s for s in ("validation", "test") if s not in loaded]
-        try:
-            rest, held = holdout(len(loaded["train"]), [sizes[s] for s in carve], seed)
-        except ValueError as e:
-            raise ValueError(f"validation_size: train file {train}: {e}") from None
-        pool = loaded["train"]
-        loaded["train"] = [pool[i] for i in rest]
-        for split, idx in zip(carve, held, strict=True):
-            loaded[split] = [pool[i] for i in idx]
-        examples = {
-            split: rows[:max_train] if split == "train" else rows[:max_eval]
-            for split, rows in loaded.items()
-        }
+        examples = jsonl_splits(
+            train,
+            validation,
+            test,
+            prompt_field,
+            response_field,
+            validation_size,
+            test_size,
+            max_train,
+            max_eval,
+            seed,
+        )
         if chat_template:
             examples = {
                 split: [Example(chat_prompt(tokenizer, [], e.prompt), e.response) for e in rows]

@@ -12,9 +12,7 @@ batch size. With `chat_template`, prompts are rendered through the tokenizer's c
 
 from __future__ import annotations
 
-import random
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -22,33 +20,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from rankstudy.tasks.base import SPLITS, Task
+from rankstudy.tasks.rows import Example
 
 METRICS = ("exact_match", "token_accuracy", "token_nll")
 PRIMARY_METRICS = ("exact_match", "token_accuracy")  # higher is better: usable for selection
 TEACHER_FORCED = ("token_accuracy", "token_nll")
 IGNORE = -100  # label value the HF causal-LM loss skips
-
-
-class Example(NamedTuple):
-    prompt: str
-    response: str
-
-
-def holdout(
-    n: int, sizes: Sequence[int], seed: int, exclude: int = 0
-) -> tuple[list[int], list[list[int]]]:
-    """Carve disjoint seeded slices of the given sizes out of range(n), never taking the first
-    `exclude` indices (few-shot exemplars). Returns (the rest, [slice, ...]), all in order."""
-    pool = list(range(exclude, n))
-    if sum(sizes) >= len(pool):
-        raise ValueError(f"cannot hold out {sum(sizes)} of {len(pool)} examples")
-    random.Random(seed).shuffle(pool)
-    slices, start = [], 0
-    for size in sizes:
-        slices.append(sorted(pool[start : start + size]))
-        start += size
-    taken = {i for s in slices for i in s}
-    return [i for i in range(n) if i not in taken], slices
 
 
 def check_metrics(metric: str, extra_metrics: Sequence[str]) -> None:
