@@ -1,7 +1,8 @@
 """The package's layering, checked as a newcomer would break it: the spec, the plan and the
-report import no torch or transformers; the adapters know nothing of Ray, DeepSpeed or
-MLflow; no test file imports another; no function in platform/ or dashboards/ runs past 60
-lines. Each import check runs in a fresh interpreter, where nothing was imported before."""
+report import no torch or transformers, nor does planning a study of any task kind; the
+adapters know nothing of Ray, DeepSpeed or MLflow; no test file imports another; no function
+in platform/ or dashboards/ runs past 60 lines. Each import check runs in a fresh interpreter,
+where nothing was imported before."""
 
 import ast
 import json
@@ -10,7 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from studies import ROOT
+import pytest
+
+from studies import ROOT, TINY, write_spec
 
 HEAVY = ("torch", "transformers")
 NOT_IN_ADAPTERS = ("ray", "deepspeed", "mlflow")
@@ -44,13 +47,30 @@ def test_spec_plan_and_report_import_no_torch_or_transformers():
     assert not loaded & set(HEAVY)
 
 
-def test_planning_a_tiny_study_imports_no_torch_or_transformers():
-    spec = ROOT / "jobs" / "specs" / "planted-cpu.yaml"
-    loaded = loaded_after(
+def plan_loads(spec: Path) -> set[str]:
+    """The top-level packages loaded by `rankstudy plan --spec SPEC`, which must succeed."""
+    return loaded_after(
         "from rankstudy.cli import main\n"
         f"try:\n    main(['plan', '--spec', {str(spec)!r}])\n"
         "except SystemExit as e:\n    assert e.code == 0, e.code"
     )
+
+
+@pytest.mark.parametrize("name", ["planted-cpu.yaml", "smollm2-gsm8k-cpu.yaml"])
+def test_planning_a_shipped_study_imports_no_torch_or_transformers(name):
+    """The planted task's sizes are its spec's; GSM8K's (the real files, chat template and
+    all) are counted on its rows, and the model's shape is read off its GGUF header."""
+    loaded = plan_loads(ROOT / "jobs" / "specs" / name)
+    assert "rankstudy" in loaded and not loaded & set(HEAVY)
+
+
+def test_planning_a_jsonl_study_imports_no_torch_or_transformers(tmp_path):
+    rows = [{"prompt": f"q{i}", "response": f"a{i}"} for i in range(40)]
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = {"kind": "jsonl", "train": str(train), "validation_size": 5, "max_length": 64}
+    spec = TINY | {"model": {"tiny": TINY["model"]["tiny"] | {"vocab": 512}}, "task": task}
+    loaded = plan_loads(write_spec(tmp_path, spec))
     assert "rankstudy" in loaded and not loaded & set(HEAVY)
 
 
