@@ -160,12 +160,16 @@ def _run_points(studies: list, sweep: tuple | None, resume: bool) -> int:
             continue
         try:
             summary = study.run()
-        except StudyInterrupted as e:
+        except StudyError as e:  # what failed, or stopped it, and how to finish the study
             print(f"rankstudy study: {e}", file=sys.stderr)
-            return 130
-        except StudyError as e:  # what failed, and how to finish the study
-            print(f"rankstudy study: {e}", file=sys.stderr)
-            return 1
+            if len(studies) > 1:  # a point's own --resume would run that point alone
+                print(
+                    f"rankstudy study: {study.out_dir.name} is one point of a sweep: continue "
+                    f"the whole sweep with --resume --out {study.out_dir.parent} (and the same "
+                    f"--spec and --set)",
+                    file=sys.stderr,
+                )
+            return 130 if isinstance(e, StudyInterrupted) else 1
         _print_summary(study, summary)
         done[str(study.out_dir)] = summary
         if summary["missing"]:
