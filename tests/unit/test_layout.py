@@ -136,3 +136,10 @@ def test_long_functions_are_found(tmp_path):
 
 def test_no_function_runs_past_sixty_lines():
     assert long_functions([ROOT / "platform", ROOT / "dashboards"]) == []
+
+
+def test_test_files_have_distinct_names():
+    """pytest imports test files by basename (no packages here): two of one name in different
+    folders stop the whole collection."""
+    names = [p.name for p in (ROOT / "tests").rglob("test_*.py")]
+    assert sorted(n for n in set(names) if names.count(n) > 1) == []
