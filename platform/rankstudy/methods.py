@@ -83,6 +83,11 @@ def _mean(values: tuple[int, ...]) -> float:
     return sum(values) / len(values)
 
 
+def _expected_draw(ranks: Ranks) -> list[float]:
+    """A step of a method drawing b uniformly from S costs as one at the mean of S."""
+    return [_mean(ranks.train_ranks)]
+
+
 def previous_rank(ranks: Ranks, b: int) -> int:
     """The largest rank of S below b (0 below the smallest): dylora_frozen trains the
     components from there to b - 1 and keeps the ones below fixed."""
@@ -175,7 +180,7 @@ for _method in (
         "DyLoRA: each step draws b from S and trains the first b components with s_b",
         forward=_at_drawn_rank,
         served={"dylora": "scaled"},
-        cost_ranks=lambda ranks: [_mean(ranks.train_ranks)],
+        cost_ranks=_expected_draw,
         draws_rank=True,
         per_rank_scale=True,
     ),
@@ -228,7 +233,7 @@ for _method in (
         forward=_at_drawn_rank_frozen_below,
         served={"dylora_frozen": "scaled"},
         # the frozen components still run forward and carry the activation gradient: as DyLoRA
-        cost_ranks=lambda ranks: [_mean(ranks.train_ranks)],
+        cost_ranks=_expected_draw,
         draws_rank=True,
         per_rank_scale=True,
     ),

@@ -30,19 +30,12 @@ def measured(result: TrialResult, primary: str, extra: str) -> Scores:
     return {"score": getattr(result, primary), **getattr(result, extra)}
 
 
-def _keyed(curve: dict[int, float]) -> dict[str, float]:
-    return {str(k): v for k, v in curve.items()}
-
-
-def _keyed_metrics(scores: dict[str, dict[str, dict[int, float]]]) -> dict:
-    return {m: {r: _keyed(c) for r, c in by_rule.items()} for m, by_rule in scores.items()}
-
-
 def trial_result(
     spec, arm, config, task, validation, test, state, world, gpu, flops
 ) -> TrialResult:
-    """result.json. validation and test: evaluate()'s {metric: {rule: {rank: score}}}; test is
-    None for a validation-only run: scores and aurac stay empty."""
+    """result.json. validation and test: evaluate()'s {metric: {rule: {rank: score}}} (the
+    record keys ranks as it writes them); test is None for a validation-only run: scores and
+    aurac stay empty."""
     extra_validation = {m: v for m, v in validation.items() if m != "score"}
     extra_test = {m: v for m, v in (test or {}).items() if m != "score"}
     validation = validation["score"]
@@ -63,12 +56,12 @@ def trial_result(
         },
         "inference_rule": primary,
         "metric": task.metric,  # what `scores` measure
-        "scores": _keyed(curve),
-        "validation_scores": _keyed(validation[primary]),
-        "scores_by_rule": {r: _keyed(c) for r, c in test.items()},
-        "validation_scores_by_rule": {r: _keyed(c) for r, c in validation.items()},
-        "extra_scores": _keyed_metrics(extra_test),
-        "validation_extra_scores": _keyed_metrics(extra_validation),
+        "scores": curve,
+        "validation_scores": validation[primary],
+        "scores_by_rule": test,
+        "validation_scores_by_rule": validation,
+        "extra_scores": extra_test,
+        "validation_extra_scores": extra_validation,
         "selection_metric": selection_metric(arm, validation[primary]),
         "selection_metric_by_rule": {r: selection_metric(arm, c) for r, c in validation.items()},
         "aurac": {
@@ -84,7 +77,7 @@ def trial_result(
         "cost": trial_cost(state, world, gpu, flops),
     }
     if reference is not None:
-        result["reference"] = _keyed(reference)
+        result["reference"] = reference
     return TrialResult.model_validate(result)
 
 

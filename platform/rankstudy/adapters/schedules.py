@@ -25,9 +25,9 @@ from rankstudy.methods import (
     rank_scale,
 )
 from rankstudy.methods import matryoshka_p as _matryoshka_p
+from rankstudy.ranks import check_choice, check_train_ranks
 
 __all__ = ["INFERENCE_RULES", "METHODS", "SCALINGS", "RankSchedule", "matryoshka_p", "rank_scale"]
-from rankstudy.ranks import check_choice, check_train_ranks
 
 
 def matryoshka_p(
