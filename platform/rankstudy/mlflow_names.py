@@ -16,6 +16,7 @@ RUN_NAME_TAG = "mlflow.runName"
 KIND_TAG = "rankstudy.kind"
 STUDY, TRIAL, METHOD = "study", "trial", "method"
 TRIAL_KEY_TAG = "rankstudy.trial_key"
+CREATION_TAG = "rankstudy.creation"  # a token per create_run call: finds a retried POST's copy
 VERSION_TAG_PREFIX = "version."  # + package name, on the study run: what made the numbers
 # Tags of a budget sweep's study runs: every point of a sweep records into one experiment, each
 # point's parent run naming its sweep (the base study's name) and its budget multiplier.

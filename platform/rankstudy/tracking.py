@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from pathlib import Path
 
 from mlflow.entities import Metric, Param
@@ -85,8 +86,7 @@ class StudyTracker:
             | {f"{names.VERSION_TAG_PREFIX}{k}": v for k, v in software_versions().items()}
             | (tags or {})
         )
-        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
-        self.parent_id = run.info.run_id
+        self.parent_id = self._create_run(name, tags)
         self.client.log_dict(self.parent_id, spec, names.SPEC_ARTIFACT)
         return self.parent_id
 
@@ -122,13 +122,31 @@ class StudyTracker:
         self.client.log_dict(self.parent_id, summary, names.SUMMARY_ARTIFACT)
         self.client.set_terminated(self.parent_id, status)
 
-    def _child(self, key: str) -> str | None:
-        runs = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`{names.TRIAL_KEY_TAG}` = '{key}' "
-            f"and tags.`{names.PARENT_TAG}` = '{self.parent_id}'",
+    def _create_run(self, name: str, tags: dict[str, str]) -> str:
+        """A new run, created once. MLflow's client retries every request, a POST too, so a
+        server killed after writing a run but before replying gets the run created again by the
+        retry. Each creation carries a token of its own: another run with it is such a copy,
+        and is deleted."""
+        token = uuid.uuid4().hex
+        tags = tags | {names.CREATION_TAG: token}
+        run_id = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
+        for copy in self._runs(f"tags.`{names.CREATION_TAG}` = '{token}'"):
+            if copy != run_id:
+                self.client.delete_run(copy)
+        return run_id
+
+    def _runs(self, filter_string: str) -> list[str]:
+        runs = self.client.search_runs([self.experiment_id], filter_string=filter_string)
+        return [r.info.run_id for r in runs]
+
+    def _children(self, key: str) -> list[str]:
+        return self._runs(
+            f"tags.`{names.TRIAL_KEY_TAG}` = '{key}' "
+            f"and tags.`{names.PARENT_TAG}` = '{self.parent_id}'"
         )
-        return runs[0].info.run_id if runs else None
+
+    def _child(self, key: str) -> str | None:
+        return next(iter(self._children(key)), None)
 
     def log_trial(self, record: TrialRecord, result: TrialResult | None) -> str:
         """A child run for an ended search trial or test pass (once per key); status FAILED
@@ -154,10 +172,7 @@ class StudyTracker:
                 names.RANK_TAG: record.rank,
                 names.TRIAL_TAG: str(record.trial),
             }
-            run = self.client.create_run(
-                self.experiment_id, run_name=trial_run_name(record, status), tags=tags
-            )
-            run_id = run.info.run_id
+            run_id = self._create_run(trial_run_name(record, status), tags)
             self._log(run_id, params={k: str(v) for k, v in record.params.items()})
         else:
             self.client.update_run(run_id, name=trial_run_name(record, status))
@@ -175,9 +190,8 @@ class StudyTracker:
         return run_id
 
     def delete_trial(self, key: str) -> None:
-        """Remove a trial's child run (MLflow keeps it, deleted, in its trash)."""
-        run_id = self._child(key)
-        if run_id is not None:
+        """Remove a trial's child runs (MLflow keeps them, deleted, in its trash)."""
+        for run_id in self._children(key):
             self.client.delete_run(run_id)
 
     def log_method(self, method: str, summary: dict, figure_path: Path | None) -> None:
@@ -190,10 +204,7 @@ class StudyTracker:
         }
         existing = self._child(names.method_run_key(method))
         name = f"{method} · summary · AURAC {summary['aurac_log2']:.3f}"
-        run_id = (
-            existing
-            or self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
-        )
+        run_id = existing or self._create_run(name, tags)
         metrics = {
             k: v
             for k, v in summary.items()
