@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 
 from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from rankstudy import mlflow_names as names
@@ -60,13 +61,21 @@ class StudyTracker:
     def __init__(self, uri: str, experiment: str) -> None:
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
-        found = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = (
-            found.experiment_id
-            if found
-            else self.client.create_experiment(experiment, artifact_location(uri))
-        )
+        self.experiment_id = self._experiment(experiment)
         self.parent_id: str | None = None
+
+    def _experiment(self, name: str) -> str:
+        """The experiment's id, created when there is none. A retried POST (see _create_run)
+        finds the experiment its first try made: MLflow refuses the name, and it is read back."""
+        found = self.client.get_experiment_by_name(name)
+        if found:
+            return found.experiment_id
+        try:
+            return self.client.create_experiment(name, artifact_location(self.uri))
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            return self.client.get_experiment_by_name(name).experiment_id
 
     def start_study(
         self, name: str, spec: dict, parent_id: str | None = None, tags: dict | None = None

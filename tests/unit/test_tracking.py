@@ -1,6 +1,7 @@
-"""StudyTracker against a real MLflow server whose replies to run creations are lost once, as
+"""StudyTracker against a real MLflow server whose replies to creations are lost once, as
 when the server is killed after writing a run and before answering: MLflow's client retries
-the POST and the server writes the run again. The study must still hold one run of each."""
+the POST and the server writes it again. The study must still hold one experiment and one run
+of each."""
 
 from __future__ import annotations
 
@@ -17,13 +18,13 @@ from rankstudy.tracking import StudyTracker
 from report_store import make_result
 from studies import free_port, mlflow_command, service
 
-CREATE = "/api/2.0/mlflow/runs/create"
+CREATES = ("/api/2.0/mlflow/runs/create", "/api/2.0/mlflow/experiments/create")
 HOP_BY_HOP = {"connection", "transfer-encoding", "content-length", "keep-alive"}
 
 
 class LoseFirstCreateReply(BaseHTTPRequestHandler):
-    """Forwards every request to the server; the first time it sees a run creation's body, the
-    server writes the run and the client gets no reply (the connection closes)."""
+    """Forwards every request to the server; the first time it sees an experiment's or a run's
+    creation, the server writes it and the client gets no reply (the connection closes)."""
 
     def forward(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
@@ -33,7 +34,7 @@ class LoseFirstCreateReply(BaseHTTPRequestHandler):
         reply = upstream.getresponse()
         data = reply.read()
         upstream.close()
-        if self.path == CREATE and body not in self.server.lost:
+        if self.path in CREATES and body not in self.server.lost:
             self.server.lost.append(body)
             self.close_connection = True
             return
@@ -103,8 +104,9 @@ def test_runs_created_again_by_a_retried_request_are_kept_once(tmp_path):
         tracker.log_method("lora_grid", method_summary(), None)
         tracker.finish_study({"methods": {}})
 
-        assert len(lost) == 3  # the parent's, the trial's and the method's first replies
+        assert len(lost) == 4  # the experiment's, the parent's, the trial's and the method's
         client = MlflowClient(server)
+        assert [e.name for e in client.search_experiments()] == ["retried", "Default"]
         runs = client.search_runs([tracker.experiment_id])
         kinds = sorted(r.data.tags[names.KIND_TAG] for r in runs)
         assert kinds == [names.METHOD, names.STUDY, names.TRIAL]
