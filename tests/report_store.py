@@ -176,16 +176,17 @@ def fill_study(
 def point_summary(point: dict[str, float], ranks: list[int]) -> dict:
     """A method's summary at one budget point whose AURAC, spread and cost are `point`'s: a
     flat curve at the AURAC, and two seeds at AURAC - std and AURAC + std (population spread
-    std, mean the AURAC)."""
+    std, mean the AURAC); one seed, at the AURAC, when std is None."""
     a, std, seconds = point["aurac"], point["std"], point["device_seconds"]
+    by_seed = {"0": [a - std] * len(ranks), "1": [a + std] * len(ranks)} if std is not None else {}
     return {
         "ranks": ranks,
         "scores": [a] * len(ranks),
-        "scores_by_seed": {"0": [a - std] * len(ranks), "1": [a + std] * len(ranks)},
+        "scores_by_seed": by_seed or {"0": [a] * len(ranks)},
         "aurac_log2": a,
-        "aurac_log2_std": std,
+        "aurac_log2_std": std or 0.0,
         "aurac_linear": a,
-        "aurac_linear_std": std,
+        "aurac_linear_std": std or 0.0,
         "cost": {
             "trials": 1,
             "device_seconds": seconds,

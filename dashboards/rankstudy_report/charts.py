@@ -165,7 +165,7 @@ def frontier(
             bars = ax.errorbar(
                 [p.cost(axis) for p in shown],
                 [p.aurac for p in shown],
-                yerr=[p.std for p in shown],
+                yerr=[p.std or 0.0 for p in shown],  # one seed: no bar
                 fmt="o:" if is_grid else ".-",
                 color=colors[name],
                 markersize=6 if is_grid else 5,

@@ -69,8 +69,9 @@ def sweep_runs(client: MlflowClient, experiment_id: str, sweep: str) -> dict:
 
 
 def point_methods(client: MlflowClient, parent) -> dict[str, dict[str, float]]:
-    """method -> its AURAC (log2), spread over seeds and cost at one budget point, for every
-    method the point scored."""
+    """method -> its AURAC (log2), spread over seeds (None when it ran one seed: a method run
+    holds a test curve per seed) and cost at one budget point, for every method the point
+    scored."""
     runs = client.search_runs(
         [parent.info.experiment_id],
         f"tags.`{names.PARENT_TAG}` = '{parent.info.run_id}' "
@@ -82,7 +83,7 @@ def point_methods(client: MlflowClient, parent) -> dict[str, dict[str, float]]:
     return {
         run.data.tags[names.METHOD_TAG]: {
             "aurac": m[f"{aurac}log2"],
-            "std": m.get(f"{aurac}log2_std", 0.0),
+            "std": m.get(f"{aurac}log2_std", 0.0) if seeds(m) > 1 else None,
             "flops": m.get(f"{cost}flops", 0.0),
             "device_seconds": m.get(f"{cost}device_seconds", 0.0),
         }
@@ -90,6 +91,11 @@ def point_methods(client: MlflowClient, parent) -> dict[str, dict[str, float]]:
         for m in [run.data.metrics]
         if f"{aurac}log2" in m
     }
+
+
+def seeds(metrics: dict[str, float]) -> int:
+    """How many seeds a method run's metrics hold a test curve of."""
+    return sum(k.startswith(names.SEED_CURVE_PREFIX) for k in metrics)
 
 
 def collect_sweep(

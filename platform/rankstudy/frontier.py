@@ -22,12 +22,12 @@ ROUNDING = 1e-12  # an AURAC equal to the target up to float rounding reaches it
 
 @dataclass(frozen=True)
 class FrontierPoint:
-    """One method at one budget: its AURAC (log2, mean over seeds), the spread over seeds, and
-    everything it spent."""
+    """One method at one budget: its AURAC (log2, mean over seeds), the spread over seeds (None:
+    one seed), and everything it spent."""
 
     budget: float
     aurac: float
-    std: float
+    std: float | None
     flops: float
     device_seconds: float
 

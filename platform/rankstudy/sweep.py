@@ -87,11 +87,12 @@ def shared_tracking(spec: StudySpec, uri: str) -> list[str]:
 
 def point_entry(summary: dict) -> dict[str, dict]:
     """A point's methods as a sweep compares them (rankstudy.frontier reads aurac, std, flops
-    and device_seconds): AURAC log2 mean and spread over seeds, the linear AURAC, total cost."""
+    and device_seconds): AURAC log2 mean and spread over seeds (None for one seed: no spread
+    was measured), the linear AURAC, total cost."""
     return {
         m: {
             "aurac": s["aurac_log2"],
-            "std": s["aurac_log2_std"],
+            "std": s["aurac_log2_std"] if len(s["scores_by_seed"]) > 1 else None,
             "aurac_linear": s["aurac_linear"],
             "flops": s["cost"]["flops"],
             "device_seconds": s["cost"]["device_seconds"],
@@ -143,7 +144,8 @@ def finished_folders(out: Path) -> set[str]:
 
 
 def sweep_table(summary: dict) -> str:
-    """Every method at every budget: AURAC log2 (± its spread over seeds) and FLOPs."""
+    """Every method at every budget: AURAC log2 (± its spread over seeds, n/a for one seed)
+    and FLOPs."""
     keys = [budget_key(b) for b in summary["budgets"] if budget_key(b) in summary["points"]]
     methods = list(dict.fromkeys(m for k in keys for m in summary["points"][k]))
     lines = [
@@ -154,7 +156,8 @@ def sweep_table(summary: dict) -> str:
         cells = []
         for k in keys:
             p = summary["points"][k].get(m)
-            cells.append(f"{p['aurac']:.3f}±{p['std']:.3f} {p['flops']:.1e}" if p else "not scored")
+            spread = "n/a" if p is None or p["std"] is None else f"{p['std']:.3f}"
+            cells.append(f"{p['aurac']:.3f}±{spread} {p['flops']:.1e}" if p else "not scored")
         lines.append(f"{m:<30}" + "".join(f"{c:>20}" for c in cells))
     return "\n".join(lines)
 

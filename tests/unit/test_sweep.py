@@ -144,10 +144,11 @@ def test_bad_budgets_are_named(fields, message):
 def study_summary(grid_aurac, grid_flops, missing=None):
     """A point's study summary as rankstudy.study_summary writes it (the fields a sweep reads)."""
 
-    def method(aurac, std, flops, seconds, trials):
+    def method(aurac, std, flops, seconds, trials, seeds=2):
         return {
             "aurac_log2": aurac,
             "aurac_log2_std": std,
+            "scores_by_seed": {str(s): [aurac] for s in range(seeds)},
             "aurac_linear": aurac + 0.05,
             "cost": {"flops": flops, "device_seconds": seconds},
             "trials": trials,
@@ -217,6 +218,18 @@ def test_sweep_table_reads_every_method_at_every_budget(tmp_path):
     assert table[1].split() == ["method", "x0.5", "x1.0"]
     assert table[2].split() == ["lora_grid", "0.800±0.004", "8.4e+11", "0.825±0.004", "1.7e+12"]
     assert table[3].split() == ["dylora", "0.770±0.010", "3.3e+11", "not", "scored"]
+
+
+def test_a_point_of_one_seed_has_no_spread_rather_than_zero(tmp_path):
+    points = sweep_points(parse_spec(spec_with(budgets=[1])))
+    done = {str(tmp_path): study_summary(0.825, 1.68e12)}
+    done[str(tmp_path)]["methods"]["dylora"]["scores_by_seed"] = {"0": [0.77]}
+    summary = sweep_summaries(points, [tmp_path], done)[0]
+    assert summary["points"]["1.0"]["dylora"]["std"] is None
+    assert summary["points"]["1.0"]["lora_grid"]["std"] == 0.004
+    table = sweep_table(summary).splitlines()
+    assert table[2].split() == ["lora_grid", "0.825±0.004", "1.7e+12"]
+    assert table[3].split() == ["dylora", "0.770±n/a", "3.3e+11"]
 
 
 def test_crossed_sweeps_are_summarised_apart(tmp_path):

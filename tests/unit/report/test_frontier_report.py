@@ -43,7 +43,7 @@ SWEEP = {
         "matryoshka": point(0.600, 1e12, 100),
         "matryoshka_truncated_p": point(0.700, 1e11, 10),
     },
-    16.0: {"dylora": point(0.830, 1e13, 1000), "matryoshka": point(0.620, 1e13, 1000)},
+    16.0: {"dylora": point(0.830, 1e13, 1000, None), "matryoshka": point(0.620, 1e13, 1000)},
 }
 POINTS = {"lora_grid": 3, "dylora": 4, "nested_multiloss": 3, "matryoshka": 4}
 POINTS["matryoshka_truncated_p"] = 3
@@ -104,6 +104,7 @@ def test_the_points_table_holds_every_point_and_the_newest_run_at_each_budget(sw
     by_key = {(r[0], r[1]): r[2:] for r in rows}
     assert by_key[("dylora", "×1.0")] == ["0.770", "0.010", "1e+11", "10.0"]  # not the stale 0.1
     assert by_key[("lora_grid", "×4.0")] == ["0.850", "0.004", "4e+12", "400.0"]
+    assert by_key[("dylora", "×16.0")] == ["0.830", "n/a", "1e+13", "1000.0"]  # one seed
 
 
 def line_markers(svg_text: str, method: str) -> tuple[int, int]:
