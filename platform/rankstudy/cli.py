@@ -149,10 +149,10 @@ def _run_points(studies: list, sweep: tuple | None, resume: bool) -> int:
     the points that file lists as finished."""
     from rankstudy.study import StudyError, StudyInterrupted
     from rankstudy.study_summary import SUMMARY_FILE
-    from rankstudy.sweep import finished_folders, sweep_summaries, write_sweep_summary
+    from rankstudy.sweep import finished_folders
 
     finished = finished_folders(sweep[1]) if sweep and resume else set()
-    done, incomplete, sweeps = {}, [], []
+    done, incomplete = {}, []
     for study in studies:
         if str(study.out_dir) in finished:
             study.log(f"finished before the resume: not run again ({SUMMARY_FILE} kept)")
@@ -174,16 +174,25 @@ def _run_points(studies: list, sweep: tuple | None, resume: bool) -> int:
         done[str(study.out_dir)] = summary
         if summary["missing"]:
             incomplete.append(f"{study.spec.name}: {', '.join(summary['missing'])}")
-        if sweep:
-            sweeps = sweep_summaries(sweep[0], [s.out_dir for s in studies], done)
-            write_sweep_summary(sweep[1].resolve(), sweeps)
+        if sweep:  # after each point: a kill leaves the finished ones listed
+            _write_sweep(sweep, studies, done)
     if sweep:
-        _print_sweeps(sweeps or sweep_summaries(sweep[0], [s.out_dir for s in studies], done))
-        print(f"wrote {sweep[1].resolve() / 'sweep_summary.json'}")
+        sweeps, path = _write_sweep(sweep, studies, done)
+        _print_sweeps(sweeps)
+        print(f"wrote {path}")
     if incomplete:
         print("rankstudy study: methods not scored: " + "; ".join(incomplete), file=sys.stderr)
         return 1
     return 0
+
+
+def _write_sweep(sweep: tuple, studies: list, done: dict) -> tuple[list[dict], Path]:
+    """The sweep's summaries from its finished points (done: folder -> study summary), written
+    to <folder>/sweep_summary.json."""
+    from rankstudy.sweep import sweep_summaries, write_sweep_summary
+
+    sweeps = sweep_summaries(sweep[0], [s.out_dir for s in studies], done)
+    return sweeps, write_sweep_summary(sweep[1].resolve(), sweeps)
 
 
 def _print_summary(study, summary: dict) -> None:

@@ -156,8 +156,11 @@ def sweep_table(summary: dict) -> str:
         cells = []
         for k in keys:
             p = summary["points"][k].get(m)
-            spread = "n/a" if p is None or p["std"] is None else f"{p['std']:.3f}"
-            cells.append(f"{p['aurac']:.3f}±{spread} {p['flops']:.1e}" if p else "not scored")
+            if p is None:
+                cells.append("not scored")
+                continue
+            spread = "n/a" if p["std"] is None else f"{p['std']:.3f}"
+            cells.append(f"{p['aurac']:.3f}±{spread} {p['flops']:.1e}")
         lines.append(f"{m:<30}" + "".join(f"{c:>20}" for c in cells))
     return "\n".join(lines)
 
