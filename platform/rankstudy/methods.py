@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 from rankstudy.ranks import check_choice
@@ -20,7 +20,12 @@ from rankstudy.ranks import check_choice
 SCALINGS = ("none", "rank", "sqrt")
 # "scaled": the paper's rule, s_k * x A[:, :k] B[:k] (P dropped at inference).
 # "truncated_p": keep the trained P, cut to its first k entries: x A[:, :k] diag(p[:k]) B[:k].
-INFERENCE_RULES = ("scaled", "truncated_p")
+# "svd": per layer, the best rank-k approximation (Frobenius) of the update the run trained,
+#   A^T diag(q) B with q the method's p at its maximum rank (DESIGN.md section 9).
+# "svd_global": the same factors, with k x layers components spread over the layers by their
+#   singular values (the largest first, whichever layer they are in).
+SVD_RULES = ("svd", "svd_global")
+INFERENCE_RULES = ("scaled", "truncated_p", *SVD_RULES)
 
 
 def rank_scale(r: int, scaling: str, alpha: float = 1.0) -> float:
@@ -130,8 +135,10 @@ class Method:
         (no draw, drawn None, when that is empty).
     per_rank_scale: trains each rank k with s_k itself, so truncated_p serves it as scaled.
     rules: the inference rules that give it different models (a trial scores each).
-    served: the names a study serves it under (spec `methods`) -> their inference rule.
-    grid: one run per rank in S, each a LoRA at that rank (the grid), not one run at R.
+    served: the names a study serves it under (spec `methods`) -> their inference rule; every
+        method is also served under the svd rules, as `<name>_svd` and `<name>_svd_global`.
+    grid: one run per rank in S, each a LoRA at that rank (the grid), not one run at R. Under
+        a rule other than "scaled" it is served as one run: its rank-R arm at every rank.
     """
 
     name: str
@@ -159,9 +166,12 @@ SERVED: dict[str, tuple[Method, str]] = {}
 
 
 def register(m: Method) -> Method:
-    """Add a method to the registry, and its served names to what a study can serve."""
-    if m.name in REGISTRY or m.served.keys() & SERVED.keys():
+    """Add a method to the registry, and its served names to what a study can serve: its
+    own, then each under the svd rules (LoRA's as lora_svd: its rank-R arm alone)."""
+    served_as = {**m.served, **{f"{m.name}_{rule}": rule for rule in SVD_RULES}}
+    if m.name in REGISTRY or served_as.keys() & SERVED.keys():
         raise ValueError(f"method: {m.name!r} or one of its served names is registered already")
+    m = replace(m, served=served_as, rules=(*m.rules, *SVD_RULES))
     REGISTRY[m.name] = m
     SERVED.update({name: (m, rule) for name, rule in m.served.items()})
     return m
@@ -191,7 +201,7 @@ for _method in (
         forward=lambda ranks, drawn: [(max(ranks.train_ranks), None)],
         served={"matryoshka": "scaled", "matryoshka_truncated_p": "truncated_p"},
         cost_ranks=lambda ranks: [max(ranks.train_ranks)],
-        rules=INFERENCE_RULES,
+        rules=("scaled", "truncated_p"),
     ),
     Method(
         "matryoshka_binary",
@@ -205,7 +215,7 @@ for _method in (
             "matryoshka_binary_truncated_p": "truncated_p",
         },
         cost_ranks=lambda ranks: [sum(ranks.train_ranks)],
-        rules=INFERENCE_RULES,
+        rules=("scaled", "truncated_p"),
     ),
     Method(
         "nested_multiloss",
@@ -263,3 +273,15 @@ def served(name: str) -> tuple[Method, str]:
     """The method a served name trains, and the inference rule it is served with."""
     check_choice("method", name, tuple(SERVED))
     return SERVED[name]
+
+
+def per_rank_runs(kind: Method, rule: str) -> bool:
+    """Whether a method served under `rule` is one run per rank (the LoRA grid), not one run
+    served at every rank."""
+    return kind.grid and rule == "scaled"
+
+
+def one_run_curve(kind: Method, rule: str) -> bool:
+    """Whether one trial of the method, served under `rule`, has a curve over ranks (chosen
+    by its validation AURAC) rather than a score at its own rank (a grid arm)."""
+    return not per_rank_runs(kind, rule)

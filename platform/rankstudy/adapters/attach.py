@@ -10,6 +10,7 @@ from torch import nn
 
 from rankstudy.adapters.layer import A_INITS, ADAPTABLE, NestedLoRA
 from rankstudy.adapters.schedules import RankSchedule
+from rankstudy.adapters.svd import set_svd_rank
 from rankstudy.methods import INFERENCE_RULES
 from rankstudy.ranks import check_choice, powers_of_two
 from rankstudy.targets import Targets, match_targets
@@ -102,6 +103,8 @@ def set_rank(model: nn.Module, k: int | None, rule: str | None = None) -> None:
     if rule is not None:
         schedule.inference_rule = check_choice("rule", rule, INFERENCE_RULES)
     schedule.rank = k
+    if schedule.serves_svd():
+        set_svd_rank(adapter_layers(model), k, schedule.inference_rule)
 
 
 @contextlib.contextmanager

@@ -12,6 +12,8 @@ from torch import nn
 
 from rankstudy.adapters.attach import adapter_layers, attach_adapters, get_schedule
 from rankstudy.adapters.layer import Conv1D
+from rankstudy.adapters.svd import prepare_svd, served_ranks
+from rankstudy.methods import SVD_RULES
 
 ADAPTER_FILE = "adapters.safetensors"
 FORMAT_VERSION = "1"
@@ -111,38 +113,45 @@ def load_adapters(model: nn.Module, path: str | Path) -> nn.Module:
 
 
 def export_peft(model: nn.Module, rank: int, out_dir: str | Path, rule: str | None = None) -> Path:
-    """Write the rank-`rank` truncation as a PEFT LoRA adapter (adapter_config.json +
-    adapter_model.safetensors) that peft.PeftModel.from_pretrained loads.
+    """Write the model served at rank `rank` under `rule` (the schedule's by default) as a PEFT
+    LoRA adapter (adapter_config.json + adapter_model.safetensors) that
+    peft.PeftModel.from_pretrained loads.
 
     PEFT computes scaling * B(A(x)) with scaling = lora_alpha / r. We set lora_alpha = r, so the
     scaling is exactly 1, and fold the inference rule's scale (s_k, or p[:k] for truncated_p)
-    into B.
+    into B. Under an svd rule each layer's served factors are written as they are, at the
+    rank the rule gives that layer (svd_global: a rank_pattern; a layer given none is left out).
     """
     from peft import LoraConfig
 
     schedule = get_schedule(model)
     k = schedule.check_rank(rank)
-    keep_p = schedule.uses_trained_p(rule)
+    rule = rule or schedule.inference_rule
     layers = adapter_layers(model)
+    own_ranks = dict.fromkeys(layers, k)
+    if rule in SVD_RULES:
+        prepare_svd(layers)
+        own_ranks = {n: r for n, r in served_ranks(layers, k, rule).items() if r}
     tensors: dict[str, torch.Tensor] = {}
     fan_in_fan_out = False
-    for name, layer in layers.items():
-        A = layer.lora_A.detach()[:k].float()
-        B = layer.lora_B.detach()[:k].float()
-        # the rule's scale, folded into B: p[:k] per component, or s_k
-        scale = layer.trained_p[:k].float().unsqueeze(1) if keep_p else schedule.scale(k)
+    for name, r in own_ranks.items():
+        layer = layers[name]
+        A, B = _served_factors(layer, r, rule)
         prefix = f"base_model.model.{name}"
         dtype = layer.lora_A.dtype
         tensors[f"{prefix}.lora_A.weight"] = A.to(dtype).cpu().contiguous()
-        tensors[f"{prefix}.lora_B.weight"] = (scale * B).T.to(dtype).cpu().contiguous()
+        tensors[f"{prefix}.lora_B.weight"] = B.T.to(dtype).cpu().contiguous()
         fan_in_fan_out |= isinstance(layer.base, Conv1D)
 
     config = getattr(model, "config", None)
+    pattern = {n: r for n, r in own_ranks.items() if r != k}  # keys: full module names
     peft_config = LoraConfig(
         r=k,
         lora_alpha=k,
+        rank_pattern=pattern,
+        alpha_pattern=pattern,
         lora_dropout=0.0,
-        target_modules=sorted(layers),
+        target_modules=sorted(own_ranks),
         fan_in_fan_out=fan_in_fan_out,
         bias="none",
         task_type="CAUSAL_LM",
@@ -153,3 +162,16 @@ def export_peft(model: nn.Module, rank: int, out_dir: str | Path, rule: str | No
     peft_config.save_pretrained(str(out_dir))
     save_file(tensors, out_dir / "adapter_model.safetensors", metadata={"format": "pt"})
     return out_dir
+
+
+def _served_factors(layer, k: int, rule: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A [k, in], B [k, out]) of the layer served at k under `rule`, its scale folded into B."""
+    if rule in SVD_RULES:
+        return layer.svd_A[:k].float(), layer.svd_B[:k].float()
+    schedule = layer.schedule
+    A = layer.lora_A.detach()[:k].float()
+    B = layer.lora_B.detach()[:k].float()
+    # the rule's scale, folded into B: p[:k] per component, or s_k
+    if schedule.uses_trained_p(rule):
+        return A, layer.trained_p[:k].float().unsqueeze(1) * B
+    return A, schedule.scale(k) * B

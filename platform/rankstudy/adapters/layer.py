@@ -69,6 +69,16 @@ class NestedLoRA(nn.Module):
         # derived from the schedule, which the adapter file's metadata records.
         p_dtype = weight.dtype if weight.dtype in (torch.float32, torch.float64) else torch.float32
         self.register_buffer("trained_p", schedule.trained_p().to(p_dtype), persistent=False)
+        # The svd rules' factors (rankstudy.adapters.svd), made from the trained weights when
+        # first served; not saved: they are a function of lora_A, lora_B and the schedule.
+        self.svd_A: torch.Tensor | None = None
+        self.svd_B: torch.Tensor | None = None
+        self.svd_sigma: torch.Tensor | None = None
+        self.svd_version: tuple | None = None  # the weights' versions they were made from
+        self.svd_rank = 0  # the rank this layer serves under an svd rule now
+
+    def set_svd(self, A: torch.Tensor, B: torch.Tensor, sigma: torch.Tensor) -> None:
+        self.svd_A, self.svd_B, self.svd_sigma = A, B, sigma
 
     def extra_repr(self) -> str:
         s = self.schedule
@@ -102,6 +112,15 @@ class NestedLoRA(nn.Module):
         if s.disabled:  # adapters_off: the base model alone
             return out
         x = self.dropout(x)
+        if s.serves_svd():  # the best rank-k approximation of the trained update
+            k = self.svd_rank
+            if k:
+                h = F.linear(x, self.svd_A[:k])
+                flat = torch.addmm(
+                    out.reshape(-1, self.out_features), h.reshape(-1, k), self.svd_B[:k]
+                )
+                out = flat.view(out.shape)
+            return out
         for k, scale, frozen in s.terms(self.training):  # the method's (rankstudy.methods)
             if scale is None:  # diag(p): the trained p, entry by entry
                 h = self._down(x, k, frozen) * self.trained_p[:k].to(x.dtype)

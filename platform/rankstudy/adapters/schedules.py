@@ -18,6 +18,7 @@ from rankstudy.methods import (
     INFERENCE_RULES,
     METHODS,
     SCALINGS,
+    SVD_RULES,
     Method,
     Ranks,
     Term,
@@ -95,6 +96,19 @@ class RankSchedule:
     def trained_p(self) -> torch.Tensor:
         """The fixed p the method trains with (methods.Method.p), in float64."""
         return torch.tensor(self.kind.p(self.ranks), dtype=torch.float64)
+
+    def update_scale(self) -> torch.Tensor:
+        """q of the update the run trained, delta = A^T diag(q) B (float64): the sum of the
+        method's forward outside training (s_R for LoRA at R and DyLoRA, the trained p for
+        Matryoshka). The svd rules serve its best rank-k approximations."""
+        p, q = self.trained_p(), torch.zeros(self.max_rank, dtype=torch.float64)
+        for k, scale, _ in (Term(*t) for t in self.kind.forward(self.ranks, None)):
+            q[:k] += p[:k] if scale is None else scale
+        return q
+
+    def serves_svd(self) -> bool:
+        """Inference at a rank under an svd rule (the layers serve their svd factors)."""
+        return self.rank is not None and self.inference_rule in SVD_RULES
 
     def terms(self, training: bool) -> list[Term]:
         """The products a forward adds now: at the inference rank under its rule, else the

@@ -43,6 +43,10 @@ def trained_model(family, method="matryoshka", rule="scaled", max_rank=8):
         ("matryoshka", "truncated_p", 3),
         ("dylora", "scaled", 8),
         ("lora", "scaled", 8),
+        ("lora", "svd", 3),
+        ("matryoshka", "svd", 2),
+        ("dylora", "svd_global", 3),
+        ("matryoshka", "svd_global", 5),
     ],
 )
 def test_peft_loads_the_export_and_reproduces_our_logits(tmp_path, tokens, family, method, rule, k):
