@@ -2,7 +2,8 @@
 
 A grid method (LoRA) gives one arm per rank, `lora_r<r>`; every other method one arm at the
 spec's max rank, named after the method. A served method (spec `methods`) is an arm or arms
-under one inference rule.
+under one inference rule: the LoRA grid under "scaled" reads one arm per rank in S, LoRA under
+any other rule (lora_svd) its rank-R arm alone, served at every evaluation rank.
 """
 
 from __future__ import annotations
@@ -10,7 +11,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from rankstudy.methods import REGISTRY, Method, Ranks, served
+from rankstudy.methods import (
+    INFERENCE_RULES,
+    REGISTRY,
+    Method,
+    Ranks,
+    one_run_curve,
+    per_rank_runs,
+    served,
+)
 from rankstudy.spec import StudySpec
 
 GRID = next(m for m in REGISTRY.values() if m.grid)
@@ -25,6 +34,18 @@ class Arm:
     max_rank: int
     train_ranks: tuple[int, ...]
     eval_ranks: tuple[int, ...]
+    # a grid arm served as one run (lora_svd): every evaluation rank up to its own
+    served_ranks: tuple[int, ...] = ()
+
+    def ranks_for(self, rule: str) -> tuple[int, ...]:
+        """The ranks a trial of this arm scores under `rule`."""
+        return self.served_ranks if self.kind.grid and rule != "scaled" else self.eval_ranks
+
+    def rules_scored(self, rules: list[str]) -> list[tuple[str, tuple[int, ...]]]:
+        """(rule, ranks) a trial scores: each asked-for rule that gives this method a model
+        of its own (methods.Method.rules), the first rule whatever it is."""
+        kept = [r for r in rules if r in self.kind.rules and r != rules[0]]
+        return [(r, self.ranks_for(r)) for r in [rules[0], *kept]]
 
     @property
     def kind(self) -> Method:
@@ -46,17 +67,21 @@ def parse_arm(name: str, spec: StudySpec) -> Arm:
         r = int(m.group(1))
         if not 1 <= r <= a.max_rank:
             raise ValueError(f"arm: {name!r} has rank {r} outside 1..max_rank={a.max_rank}")
-        below = [k for k in a.evaluation_ranks if k < r] if a.lora_truncations else []
-        return Arm(name, GRID.name, r, (r,), (*below, r))
+        below = [k for k in a.evaluation_ranks if k < r]
+        own = (*below, r) if a.lora_truncations else (r,)
+        return Arm(name, GRID.name, r, (r,), own, tuple(dict.fromkeys((*below, r))))
     if name in NESTED:
         return Arm(name, name, a.max_rank, tuple(a.rank_set), tuple(a.evaluation_ranks))
     raise ValueError(f"arm: unknown arm {name!r}; expected {GRID.name}_r<rank> or one of {NESTED}")
 
 
 def method_arms(name: str, spec: StudySpec) -> list[str]:
-    """The arms a served method's curve reads: the grid's one per rank in S, else its own."""
-    kind, _ = served(name)
-    return [f"{kind.name}_r{r}" for r in spec.adapters.rank_set] if kind.grid else [kind.name]
+    """The arms a served method's curve reads: the grid's one per rank in S, LoRA served as
+    one run its rank-R arm, else the method's own."""
+    kind, rule = served(name)
+    if per_rank_runs(kind, rule):
+        return [f"{kind.name}_r{r}" for r in spec.adapters.rank_set]
+    return [f"{kind.name}_r{spec.adapters.max_rank}"] if kind.grid else [kind.name]
 
 
 def method_rule(name: str) -> str:
@@ -76,3 +101,16 @@ def study_rules(spec: StudySpec) -> list[str]:
 def arm_rules(arm: str, spec: StudySpec) -> list[str]:
     """The inference rules the spec's methods serve this arm with."""
     return list(dict.fromkeys(method_rule(m) for m in spec.methods if arm in method_arms(m, spec)))
+
+
+def trial_rules(spec: StudySpec, arm: str) -> list[str]:
+    """The inference rules a trial of this arm scores: those the study's methods serve it
+    with (adapters.inference_rules where none does, a trial run on its own), in a fixed order."""
+    rules = arm_rules(arm, spec) or spec.adapters.inference_rules
+    return sorted(rules, key=INFERENCE_RULES.index)
+
+
+def one_run(arm: Arm, rule: str) -> bool:
+    """Whether this arm served under `rule` is chosen by its curve's AURAC (a nested arm, or
+    a grid arm served at every rank) rather than by its own rank's score."""
+    return one_run_curve(arm.kind, rule)

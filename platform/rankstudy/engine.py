@@ -115,3 +115,15 @@ def build_engine(model: nn.Module, spec: StudySpec, world_size: int, gpu: bool, 
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda),
     )
     return engine, optimizer, scheduler
+
+
+def gather_partitioned(params: list[nn.Parameter]):
+    """A context in which ZeRO-3's partitioned parameters are whole on every worker (a no-op
+    for parameters DeepSpeed does not partition)."""
+    import contextlib
+
+    if not any(hasattr(p, "ds_id") for p in params):
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params)

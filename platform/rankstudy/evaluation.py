@@ -1,54 +1,101 @@
 """Scoring a trial's model: every evaluation rank under every inference rule, on a split that
-the trial's workers shard and then all-reduce, so no score depends on how many there are."""
+the trial's workers shard and then all-reduce, so no score depends on how many there are.
+
+Each example's score is kept (the paired bootstrap of rankstudy.intervals resamples them);
+a split's score is their mean.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 
-from rankstudy.adapters import set_rank
-from rankstudy.arms import Arm
+from rankstudy.adapters import adapter_layers, get_schedule, set_rank
+from rankstudy.adapters.svd import prepare_svd
+from rankstudy.arms import Arm, one_run
+from rankstudy.engine import gather_partitioned
+from rankstudy.methods import SVD_RULES
 from rankstudy.metrics import aurac
 from rankstudy.tasks.base import Task
 
 # {metric: {rule: {rank: score}}}, "score" being the task's primary metric
 Scores = dict[str, dict[str, dict[int, float]]]
+# the same, with each example's score in the split's order
+ExampleScores = dict[str, dict[str, dict[int, list[float]]]]
+
+
+@dataclass
+class Evaluation:
+    """A split scored: the mean of each (metric, rule, rank) and every example's score."""
+
+    scores: Scores = field(default_factory=dict)
+    examples: ExampleScores = field(default_factory=dict)
+
+    def add(self, rule: str, k: int, per_example: dict[str, list[float]]) -> None:
+        for metric, values in per_example.items():
+            self.scores.setdefault(metric, {}).setdefault(rule, {})[k] = sum(values) / len(values)
+            self.examples.setdefault(metric, {}).setdefault(rule, {})[k] = values
 
 
 def reduce(value: float, op=dist.ReduceOp.SUM) -> float:
     """All-reduce one number across the trial's workers (on the GPU under nccl)."""
+    return _reduced(torch.tensor([value], dtype=torch.float64), op)[0]
+
+
+def _reduced(t: torch.Tensor, op=dist.ReduceOp.SUM) -> list[float]:
     device = torch.cuda.current_device() if dist.get_backend() == "nccl" else "cpu"
-    t = torch.tensor([value], dtype=torch.float64, device=device)
+    t = t.to(device)
     dist.all_reduce(t, op=op)
-    return t.item()
+    return t.cpu().tolist()
 
 
-def evaluate(model, task: Task, split: str, arm: Arm, rules: list[str], batch_size: int) -> Scores:
-    """Every evaluation rank of the arm under each rule that gives its method a different model
-    (methods.Method.rules; LoRA at its own rank has one)."""
-    scores: Scores = {}
-    for rule in rules if len(arm.kind.rules) > 1 else rules[:1]:
-        for k in arm.eval_ranks:
+def evaluate(
+    model, task: Task, split: str, arm: Arm, rules: list[str], batch_size: int
+) -> Evaluation:
+    """Every rank the arm serves under each rule that gives its method a different model
+    (rankstudy.arms.Arm.rules_scored; LoRA at its own rank has one). The rule the model was
+    set to before is set back, so training forwards never run under an inference rule."""
+    schedule_rule = get_schedule(model).inference_rule
+    scored = arm.rules_scored(rules)
+    if any(rule in SVD_RULES for rule, _ in scored):  # once, from the weights as they are now
+        prepare_svd(adapter_layers(model), gather_partitioned)
+    result = Evaluation()
+    for rule, ranks in scored:
+        for k in ranks:
             set_rank(model, k, rule)
-            for metric, value in score_split(model, task, split, batch_size).items():
-                scores.setdefault(metric, {}).setdefault(rule, {})[k] = value
-    set_rank(model, None)
-    return scores
+            result.add(rule, k, score_examples(model, task, split, batch_size))
+    set_rank(model, None, schedule_rule)
+    return result
+
+
+def score_examples(model, task: Task, split: str, batch_size: int) -> dict[str, list[float]]:
+    """{metric: each example's score} of the model as it is set now; every worker scores its
+    shard, and a sum over workers of zero-filled vectors puts the shards together."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    n = task.size(split)
+    mine = list(range(rank, n, world))
+    was_training = model.training
+    model.eval()
+    scored = task.score_examples(model, split, mine, batch_size)
+    model.train(was_training)
+    out = {}
+    for metric, values in scored.items():
+        full = torch.zeros(n, dtype=torch.float64)
+        full[mine] = torch.tensor(values, dtype=torch.float64)
+        out[metric] = _reduced(full) if world > 1 else full.tolist()
+    return out
 
 
 def score_split(model, task: Task, split: str, batch_size: int) -> dict[str, float]:
-    """{metric: mean score} of the model as it is set now; every worker scores its shard."""
-    rank, world = dist.get_rank(), dist.get_world_size()
-    n = task.size(split)
-    was_training = model.training
-    model.eval()
-    sums = task.score_sums(model, split, list(range(rank, n, world)), batch_size)
-    model.train(was_training)
-    return {metric: reduce(total) / n for metric, total in sums.items()}
+    """{metric: mean score} of the model as it is set now."""
+    return {m: sum(v) / len(v) for m, v in score_examples(model, task, split, batch_size).items()}
 
 
-def selection_metric(arm: Arm, curve: dict[int, float]) -> float:
-    """Validation AURAC (log2) for nested arms; the score at its own rank for a grid arm."""
-    if arm.nested:
+def selection_metric(arm: Arm, curve: dict[int, float], rule: str = "scaled") -> float:
+    """Validation AURAC (log2) for an arm served over ranks (a nested arm, or a grid arm served
+    as one run); the score at its own rank for a grid arm."""
+    if one_run(arm, rule):
         return aurac(list(curve), list(curve.values()))
     return curve[arm.max_rank]

@@ -3,8 +3,9 @@ what a user deploys after a study (`rankstudy export`).
 
 The trial is the one the study chose for the method (on validation) and tested, at a seed of
 the study; its final adapters are truncated to rank k with the method's inference rule folded
-in (rankstudy.adapters.export_peft), so `PeftModel.from_pretrained(base, out)` reproduces the
-study's own model at rank k. Every request is checked before the base model is loaded.
+in, or served by SVD under an svd rule (rankstudy.adapters.export_peft), so
+`PeftModel.from_pretrained(base, out)` reproduces the study's own model at rank k. Every
+request is checked before the base model is loaded.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from rankstudy.arms import method_arms, method_rule, parse_arm
 from rankstudy.checkpoint import latest_tag
+from rankstudy.methods import SVD_RULES
 from rankstudy.spec import StudySpec, parse_spec
 from rankstudy.storage import TrialStorage
 from rankstudy.study_state import STATE_FILE, StudyError, StudyState, read_state
@@ -51,6 +53,7 @@ def plan_exports(
     if seed not in seeds:
         raise ExportError(f"--seed: the study ran seeds {seeds}, not {seed}")
     S = spec.adapters.rank_set
+    default = None  # every rank served
     if method == "lora_grid" and method in spec.methods:
         served = {r: f"lora_r{r}" for r in S}
         what = f"the LoRA grid has one run per rank in {S}"
@@ -60,6 +63,11 @@ def plan_exports(
             raise ExportError(f"--method: the study trained no LoRA arm {method}")
         served = {k: method for k in parse_arm(method, spec).eval_ranks}
         what = f"{method} was trained at rank {own}: it serves ranks up to {own}"
+    elif method in spec.methods and method_rule(method) in SVD_RULES:
+        arm = parse_arm(method_arms(method, spec)[0], spec)
+        served = {k: arm.name for k in range(1, arm.max_rank + 1)}
+        default = arm.ranks_for(method_rule(method))  # what the study scored
+        what = f"{method} serves its rank-{arm.max_rank} update by SVD at ranks 1..{arm.max_rank}"
     elif method in spec.methods:
         arm = parse_arm(method_arms(method, spec)[0], spec)
         served = {k: arm.name for k in sorted({*arm.train_ranks, *arm.eval_ranks})}
@@ -70,7 +78,7 @@ def plan_exports(
             f"(or name a LoRA arm, lora_r<rank>)"
         )
     rule = "scaled" if method.startswith("lora_r") else method_rule(method)
-    wanted = sorted(served) if ranks is None else ranks
+    wanted = sorted(default or served) if ranks is None else ranks
     bad = [k for k in wanted if k not in served]
     if bad:
         raise ExportError(f"--rank: {bad[0]} is not a rank {method} serves: {what}")

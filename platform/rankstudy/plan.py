@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from rankstudy.architecture import Architecture, read_architecture
-from rankstudy.arms import arm_rules, method_arms, parse_arm, study_arms, study_rules
+from rankstudy.arms import arm_rules, method_arms, parse_arm, study_arms, trial_rules
 from rankstudy.cost import ModelShape, eval_flops, train_flops
 from rankstudy.spec import StudySpec
 from rankstudy.tasks.rows import gsm8k_splits, jsonl_splits
@@ -93,8 +93,8 @@ def plan(spec: StudySpec, shape: ModelShape, sizes: dict[str, int]) -> dict:
         rules = arm_rules(name, spec)
         arm = parse_arm(name, spec)
         per_rank = train_flops(shape, tokens, seq, arm.method, arm.max_rank, arm.train_ranks)
-        # a trial scores every rule of the study where the rule changes the model's output
-        ranks = list(arm.eval_ranks) * (len(study_rules(spec)) if len(arm.kind.rules) > 1 else 1)
+        # a trial scores each of its rules that changes the model's output, at its ranks
+        ranks = [k for _, ks in arm.rules_scored(trial_rules(spec, name)) for k in ks]
         val = validations * eval_flops(shape, sizes["validation"] * seq, seq, ranks)
         test = eval_flops(shape, sizes["test"] * seq, seq, ranks)
         trainings = spec.search.trials_per_arm + len(rules) * (seeds - 1)

@@ -17,7 +17,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 RESULT_FILE = "result.json"
-RESULT_VERSION = 1  # bump when a field changes meaning or goes; readers refuse other versions
+# Bump when a field changes meaning or goes; readers refuse other versions. 2 added each
+# example's score (`examples`); a version-1 result reads as one without them.
+RESULT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 # What a trial evaluates at its end by default: the study's search trials stop at validation,
 # and only each arm's chosen trial is scored on test, by running it again with ["test"].
@@ -25,6 +28,9 @@ SPLITS = ("validation", "test")
 
 Curve = dict[int, float]  # rank -> score
 ByRule = dict[str, Curve]  # inference rule -> curve
+# split -> metric -> rule -> rank -> each example's score, in the split's order
+ExampleScores = dict[str, dict[str, dict[str, dict[int, list[float]]]]]
+EXAMPLE_DIGITS = 6  # kept per example: far below any bootstrap interval's width
 
 
 class _Record(BaseModel):
@@ -110,6 +116,7 @@ class TrialResult(_Record):
     cost: TrialCost
     reference: Curve | None = None  # the planted task's top-k reference curve
     base_scores: dict[str, float] | None = None  # the base model on test, metric -> score
+    examples: ExampleScores = {}  # every scored example (empty in a version-1 result)
 
     def wire(self) -> dict:
         """The JSON object result.json holds."""
@@ -140,10 +147,10 @@ def read_result(
     except ValueError as e:  # trials write it atomically: damaged from outside the trial
         raise ResultError(f"{path} cannot be read (cut short or corrupt: {e})") from None
     version = raw.get("version") if isinstance(raw, dict) else None
-    if version != RESULT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise ResultError(
             f"{path} is a result of version {version} (none: written before versions); this "
-            f"rankstudy reads version {RESULT_VERSION}: run the trial again"
+            f"rankstudy reads versions {list(READABLE_VERSIONS)}: run the trial again"
         )
     try:
         return TrialResult.model_validate(raw)

@@ -8,7 +8,7 @@ import statistics
 from collections.abc import Iterable
 
 from rankstudy.arms import method_arms, method_rule
-from rankstudy.methods import served
+from rankstudy.methods import per_rank_runs, served
 from rankstudy.metrics import aurac
 from rankstudy.records import TrialResult
 from rankstudy.spec import StudySpec
@@ -25,7 +25,7 @@ def test_curve(
         by_rule = result.scores_by_rule if metric is None else result.extra_scores[metric]
         return by_rule[rule]
 
-    if served(method)[0].grid:
+    if per_rank_runs(*served(method)):
         arms = zip(spec.adapters.rank_set, method_arms(method, spec), strict=True)
         return {r: curve(chosen[(arm, rule)][seed])[r] for r, arm in arms}
     return dict(curve(chosen[(method_arms(method, spec)[0], rule)][seed]))
@@ -40,6 +40,7 @@ def total_cost(results: Iterable[TrialResult], price_per_device_hour: float | No
         "train_seconds": sum(r.cost.train_seconds for r in results),
         "eval_seconds": sum(r.cost.eval_seconds for r in results),
         "flops": sum(r.cost.flops for r in results),
+        "train_flops": sum(r.cost.train_flops for r in results),
         "train_tokens": sum(r.cost.train_tokens for r in results),
     }
     cost["device_hours"] = cost["device_seconds"] / 3600

@@ -17,6 +17,7 @@ from rankstudy.records import TrialResult
 from rankstudy.scoring import score_method
 from rankstudy.spec import StudySpec
 from rankstudy.study_state import StudyFiles, StudyState
+from rankstudy.verdict import study_verdict, verdict_lines
 
 SUMMARY_FILE = "study_summary.json"
 
@@ -119,6 +120,10 @@ def summarise(
     """Score every method whose arms have chosen, tested trials; name the others and why."""
     seeds = spec.seeds or [spec.seed]
     methods, gaps, results = score_methods(spec, files, chosen, missing, seeds, log)
+    verdict = study_verdict(spec, methods, chosen, seeds, log)
+    for name, m in methods.items():  # each method's own intervals, for its MLflow run
+        if verdict is not None:
+            m["intervals"] = verdict["intervals"]["methods"][name]
     tested = [r for by_seed in chosen.values() for r in by_seed.values()]
     reference = next((r.reference for r in tested if r.reference is not None), None)
     # the base model's test scores, from the one test pass that measured them
@@ -141,6 +146,8 @@ def summarise(
             "parent_run_id": state.parent_run_id,
         },
     }
+    if verdict is not None:
+        summary["verdict"] = verdict
     if reference is not None:
         summary["reference"] = {str(k): v for k, v in reference.items()}
     if base is not None:
@@ -154,21 +161,30 @@ def write_summary(out_dir: Path, summary: dict) -> Path:
     return path
 
 
+def _interval_cell(method: dict) -> str:
+    i = method.get("intervals", {}).get("aurac_log2")
+    cell = f"[{i['low']:.3f}, {i['high']:.3f}]" if i else ""
+    return f"{cell:>17}"
+
+
 def summary_table(summary: dict) -> str:
     """The methods side by side: AURAC (log2, linear), compute and device-seconds."""
     from rankstudy.metrics import aurac
 
     several = len(summary["seeds"]) > 1
     spread = f"{'± seeds':>8}" if several else ""
+    level = summary.get("verdict", {}).get("intervals", {}).get("confidence")
+    ci = f"{f'{level:.0%} interval':>17}" if level else ""
     lines = [
-        f"{'method':<30}{'AURAC log2':>11}{spread}{'linear':>8}{'trials':>7}{'FLOPs':>10}"
+        f"{'method':<30}{'AURAC log2':>11}{ci}{spread}{'linear':>8}{'trials':>7}{'FLOPs':>10}"
         f"{'device-s':>10}"
     ]
     for name, m in summary["methods"].items():
         spread = f"{m['aurac_log2_std']:>8.3f}" if several else ""
         lines.append(
-            f"{name:<30}{m['aurac_log2']:>11.3f}{spread}{m['aurac_linear']:>8.3f}"
-            f"{m['trials']:>7}{m['cost']['flops']:>10.2e}{m['cost']['device_seconds']:>10.1f}"
+            f"{name:<30}{m['aurac_log2']:>11.3f}{_interval_cell(m) if ci else ''}{spread}"
+            f"{m['aurac_linear']:>8.3f}{m['trials']:>7}{m['cost']['flops']:>10.2e}"
+            f"{m['cost']['device_seconds']:>10.1f}"
         )
     if summary.get("shared_setup_seconds"):
         lines.append(
@@ -195,4 +211,4 @@ def summary_table(summary: dict) -> str:
             f"{'reference (planted, top-k)':<30}{aurac(ranks, scores):>11.3f}"
             f"{aurac(ranks, scores, 'linear'):>8.3f}"
         )
-    return "\n".join(lines)
+    return "\n".join([*lines, *verdict_lines(summary)])

@@ -25,17 +25,17 @@ import torch
 import torch.distributed as dist
 
 from rankstudy.adapters import adapters_off, get_schedule, set_rank
-from rankstudy.arms import parse_arm
+from rankstudy.arms import parse_arm, trial_rules
 from rankstudy.batches import example_order, total_steps
 from rankstudy.build import attach_arm, build_task, load_model
 from rankstudy.checkpoint import load_checkpoint, save_checkpoint
 from rankstudy.cost import eval_flops, model_shape, train_flops
 from rankstudy.engine import build_engine, init_distributed, precision, use_gpu
-from rankstudy.evaluation import Scores, evaluate, reduce, score_split
+from rankstudy.evaluation import Evaluation, evaluate, reduce, score_split
 from rankstudy.records import TrialConfig, write_result
 from rankstudy.spec import StudySpec, parse_spec
 from rankstudy.storage import publish_checkpoint, trial_storage
-from rankstudy.trial_result import measured, previous_result, trial_result
+from rankstudy.trial_result import measured_validation, previous_result, trial_result
 
 
 class TrialFailed(RuntimeError):
@@ -80,7 +80,7 @@ def method_loss(model, task, batch, arm) -> torch.Tensor:
         return task.loss(model, batch)
     total = 0.0
     for rank, weight in terms:
-        set_rank(model, rank)
+        set_rank(model, rank, "scaled")  # a training forward at rank k: s_k A_k B_k
         loss = task.loss(model, batch)
         total = total + (loss if weight == 1.0 else weight * loss)
     set_rank(model, None)
@@ -127,7 +127,7 @@ class Trial:
         make_engine = make_engine or build_engine
         self.engine = make_engine(model.to(dtype), spec, self.world, self.gpu, lr)[0]
         self.lengths = task.lengths("train")
-        self.rules = list(spec.adapters.inference_rules)
+        self.rules = trial_rules(spec, self.arm.name)
         self._resume(task.shared_seconds + setup_seconds)
         return self
 
@@ -168,7 +168,7 @@ class Trial:
             if self.rank == 0 and (p.step % t.log_every == 0 or p.step == self.steps):
                 self._log(loss, (p.step - first) / (time.perf_counter() - started))
             if t.eval_every and p.step % t.eval_every == 0 and p.step < self.steps:
-                curve = self.evaluate("validation")["score"][self.rules[0]]
+                curve = self.evaluate("validation").scores["score"][self.rules[0]]
                 p.validation.append({"step": p.step, "scores": curve})
             if t.checkpoint_every and p.step % t.checkpoint_every == 0:
                 self.checkpoint()
@@ -233,12 +233,12 @@ class Trial:
         )
 
     # -- evaluation and checkpoints -----------------------------------------------------------
-    def evaluate(self, split: str) -> Scores:
+    def evaluate(self, split: str) -> Evaluation:
         """Every evaluation rank under every rule, its seconds and tokens added to the cost."""
         start = time.perf_counter()
         batch = self.spec.training.eval_batch_size
         scores = evaluate(self.engine.module, self.task, split, self.arm, self.rules, batch)
-        evaluated = sum(len(curve) for curve in scores["score"].values())  # (rule, rank)
+        evaluated = sum(len(curve) for curve in scores.scores["score"].values())  # (rule, rank)
         self._spent_on_eval(split, evaluated, start)
         return scores
 
@@ -273,7 +273,7 @@ class Trial:
         splits = config.splits
         previous = previous_result(self.out_dir) if "validation" not in splits else None
         if previous is not None:  # a test pass after a validation-only run: keep what it measured
-            validation = measured(previous, "validation_scores_by_rule", "validation_extra_scores")
+            validation = measured_validation(previous)
             p.eval_seconds = previous.cost.eval_seconds
             p.eval_tokens = previous.cost.eval_tokens
             self.prior_wall = previous.cost.wall_seconds

@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from rankstudy.evaluation import Scores, reduce, selection_metric
+from rankstudy.evaluation import Evaluation, reduce, selection_metric
 from rankstudy.metrics import aurac
-from rankstudy.records import RESULT_FILE, TrialResult, read_result
+from rankstudy.records import EXAMPLE_DIGITS, RESULT_FILE, TrialResult, read_result
 
 
 def peak_memory(gpu: bool) -> int:
@@ -25,21 +25,47 @@ def previous_result(out_dir: Path) -> TrialResult | None:
     return read_result(path) if path.is_file() else None
 
 
-def measured(result: TrialResult, primary: str, extra: str) -> Scores:
-    """evaluate()'s {metric: {rule: {rank: score}}} back from a result.json."""
-    return {"score": getattr(result, primary), **getattr(result, extra)}
+def measured_validation(result: TrialResult) -> Evaluation:
+    """evaluate()'s validation scores back from a result.json."""
+    scores = {"score": result.validation_scores_by_rule, **result.validation_extra_scores}
+    return Evaluation(scores, result.examples.get("validation", {}))
+
+
+def _compact(splits: dict[str, Evaluation | None]) -> dict:
+    """Each scored example of each split, rounded to EXAMPLE_DIGITS: result.json stays small."""
+    return {
+        split: {
+            metric: {
+                rule: {k: [round(x, EXAMPLE_DIGITS) for x in v] for k, v in curves.items()}
+                for rule, curves in by_rule.items()
+            }
+            for metric, by_rule in scored.examples.items()
+        }
+        for split, scored in splits.items()
+        if scored is not None
+    }
 
 
 def trial_result(
-    spec, arm, config, task, validation, test, state, world, gpu, flops
+    spec,
+    arm,
+    config,
+    task,
+    validation: Evaluation,
+    test: Evaluation | None,
+    state,
+    world,
+    gpu,
+    flops,
 ) -> TrialResult:
-    """result.json. validation and test: evaluate()'s {metric: {rule: {rank: score}}} (the
-    record keys ranks as it writes them); test is None for a validation-only run: scores and
-    aurac stay empty."""
+    """result.json. validation and test: evaluate()'s scores (the record keys ranks as it
+    writes them); test is None for a validation-only run: scores and aurac stay empty."""
+    examples = _compact({"validation": validation, "test": test})
+    validation, test = validation.scores, (test.scores if test is not None else {})
     extra_validation = {m: v for m, v in validation.items() if m != "score"}
-    extra_test = {m: v for m, v in (test or {}).items() if m != "score"}
+    extra_test = {m: v for m, v in test.items() if m != "score"}
     validation = validation["score"]
-    test = (test or {}).get("score", {})
+    test = test.get("score", {})
     primary = next(iter(validation))
     curve = test.get(primary, {})
     reference = task.reference_curve(spec.adapters.evaluation_ranks)
@@ -62,8 +88,8 @@ def trial_result(
         "validation_scores_by_rule": validation,
         "extra_scores": extra_test,
         "validation_extra_scores": extra_validation,
-        "selection_metric": selection_metric(arm, validation[primary]),
-        "selection_metric_by_rule": {r: selection_metric(arm, c) for r, c in validation.items()},
+        "selection_metric": selection_metric(arm, validation[primary], primary),
+        "selection_metric_by_rule": {r: selection_metric(arm, c, r) for r, c in validation.items()},
         "aurac": {
             "log2": aurac(list(curve), list(curve.values())),
             "linear": aurac(list(curve), list(curve.values()), "linear"),
@@ -75,6 +101,7 @@ def trial_result(
         "steps": state["step"],
         "resumed_from": state.get("resumed_from", []),
         "cost": trial_cost(state, world, gpu, flops),
+        "examples": examples,
     }
     if reference is not None:
         result["reference"] = reference

@@ -44,7 +44,9 @@ def test_a_result_of_another_version_or_cut_short_is_refused(tmp_path):
     path = tmp_path / RESULT_FILE
     on_disk = make_result().wire()
     path.write_text(json.dumps(on_disk | {"version": RESULT_VERSION + 1}))
-    with pytest.raises(ResultError, match=f"version {RESULT_VERSION + 1}.*reads version 1"):
+    with pytest.raises(
+        ResultError, match=rf"version {RESULT_VERSION + 1}.*reads versions \[1, 2\]"
+    ):
         read_result(path)
     path.write_text(json.dumps({k: v for k, v in on_disk.items() if k != "version"}))
     with pytest.raises(ResultError, match="version None"):
@@ -55,6 +57,17 @@ def test_a_result_of_another_version_or_cut_short_is_refused(tmp_path):
     path.write_text(json.dumps(on_disk | {"cost": {}}))
     with pytest.raises(ResultError, match="is not a trial result"):
         read_result(path)
+
+
+def test_a_version_1_result_reads_as_one_without_per_example_scores(tmp_path):
+    """Results written before per-example scores (version 1) still read: a study resumed
+    across the change keeps them; it has no intervals for them."""
+    path = tmp_path / RESULT_FILE
+    old = {k: v for k, v in make_result().wire().items() if k != "examples"} | {"version": 1}
+    path.write_text(json.dumps(old))
+    result = read_result(path)
+    assert result.version == 1 and result.examples == {}
+    assert result.scores == make_result().scores
 
 
 def test_a_trial_config_crosses_ray_as_a_dict_and_back():

@@ -1,8 +1,8 @@
 """What a trial needs from a task: batches and a loss for training, a score for evaluation.
 
-Splits are "train", "validation" and "test". Scores are per example in [0, 1]; a trial sums
-them over the examples it was given (each worker a shard) and divides by the total, so the
-score is the same for one worker or many.
+Splits are "train", "validation" and "test". Scores are per example in [0, 1]; a trial keeps
+each example's (each worker scores a shard) and the split's score is their mean, so it is the
+same for one worker or many, and a paired bootstrap can resample the examples.
 """
 
 from __future__ import annotations
@@ -42,16 +42,25 @@ class Task(ABC):
         """The scalar training loss of the model on a batch (already on the model's device)."""
 
     @abstractmethod
-    def score_sum(
+    def score_examples(
         self, model: nn.Module, split: str, indices: Sequence[int], batch_size: int
-    ) -> float:
-        """Sum over these examples of their scores in [0, 1], at the model's current rank."""
+    ) -> dict[str, list[float]]:
+        """Each example's score at the model's current rank, in the order of `indices`, per
+        metric: "score" (the primary), then each of `extra_metrics`."""
 
     def score_sums(
         self, model: nn.Module, split: str, indices: Sequence[int], batch_size: int
     ) -> dict[str, float]:
-        """Sums of every metric: "score" (the primary), then each of `extra_metrics`."""
-        return {"score": self.score_sum(model, split, indices, batch_size)}
+        """Sums over these examples of every metric."""
+        return {
+            m: sum(v) for m, v in self.score_examples(model, split, indices, batch_size).items()
+        }
+
+    def score_sum(
+        self, model: nn.Module, split: str, indices: Sequence[int], batch_size: int
+    ) -> float:
+        """Sum over these examples of their primary scores in [0, 1]."""
+        return self.score_sums(model, split, indices, batch_size)["score"]
 
     def lengths(self, split: str) -> list[int] | None:
         """Tokens of each example, where they differ (the trial batches similar lengths

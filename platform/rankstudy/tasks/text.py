@@ -152,34 +152,30 @@ class PromptResponseTask(Task):
     def metrics(self) -> tuple[str, ...]:
         return (self.metric, *self.extra_metrics)
 
-    def score_sum(
+    def score_examples(
         self, model: nn.Module, split: str, indices: Sequence[int], batch_size: int
-    ) -> float:
-        return self.score_sums(model, split, indices, batch_size)["score"]
-
-    def score_sums(
-        self, model: nn.Module, split: str, indices: Sequence[int], batch_size: int
-    ) -> dict[str, float]:
+    ) -> dict[str, list[float]]:
         # Longest first, in chunks of similar length: little compute goes to padding.
         lengths = self.lengths(split)
-        indices = sorted(indices, key=lambda i: (-lengths[i], i))
+        order = sorted(indices, key=lambda i: (-lengths[i], i))
         device = next(model.parameters()).device
-        chunks = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
+        chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         # Under ZeRO-3 every worker must run as many forwards as the busiest one.
         extra = self._synced_count(len(chunks), device) - len(chunks)
-        totals = dict.fromkeys(self.metrics, 0.0)
+        by_index: dict[str, dict[int, float]] = {m: {} for m in self.metrics}
         was_training = model.training
         model.eval()
         try:
             with torch.no_grad():
                 for chunk in chunks:
                     for name, values in self._score_chunk(model, split, chunk, device).items():
-                        totals[name] += sum(values)
+                        by_index[name].update(zip(chunk, values, strict=True))
                 for _ in range(extra):
                     self._score_chunk(model, split, [0], device)
         finally:
             model.train(was_training)
-        return {"score": totals[self.metric]} | {m: totals[m] for m in self.extra_metrics}
+        scores = {m: [by_index[m][i] for i in indices] for m in self.metrics}
+        return {"score": scores[self.metric]} | {m: scores[m] for m in self.extra_metrics}
 
     def _synced_count(self, n: int, device: torch.device) -> int:
         if not (self.synced_gpus and dist.is_available() and dist.is_initialized()):

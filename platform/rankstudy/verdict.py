@@ -1,0 +1,114 @@
+"""A study's verdict: which differences between methods are real, and which method and rank to
+deploy, from each test example's score of every chosen trial (rankstudy.intervals).
+
+The per-example scores come from the chosen trials' result.json (version 2); each method's
+curve per seed is built as rankstudy.scoring builds its mean (the grid reads one arm per rank).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from rankstudy.arms import method_arms, method_rule
+from rankstudy.intervals import recommend, resample_curves, study_intervals
+from rankstudy.methods import per_rank_runs, served
+from rankstudy.spec import StudySpec
+
+ONE_SEED = "one seed: the intervals cover the test examples only, not the variation between seeds"
+
+
+def method_examples(method: str, spec: StudySpec, chosen: dict, seed: int, ranks: list[int]):
+    """[len(ranks), n] test scores of each example at each rank, or None where a chosen
+    trial recorded none (a result written before per-example scores)."""
+    rule = method_rule(method)
+    if per_rank_runs(*served(method)):
+        arms = dict(zip(spec.adapters.rank_set, method_arms(method, spec), strict=True))
+        results = {r: chosen[(arms[r], rule)][seed] for r in ranks}
+    else:
+        one = chosen[(method_arms(method, spec)[0], rule)][seed]
+        results = dict.fromkeys(ranks, one)
+    rows = []
+    for r, result in results.items():
+        scores = result.examples.get("test", {}).get("score", {}).get(rule, {}).get(r)
+        if scores is None:
+            return None
+        rows.append(scores)
+    return np.asarray(rows, dtype=np.float64)
+
+
+def study_verdict(
+    spec: StudySpec, methods: dict, chosen: dict, seeds: list[int], log: Callable[[str], None]
+) -> dict | None:
+    """{"intervals": ..., "recommendation": ...} for the scored methods, or None (said in the
+    log) where the chosen trials hold no per-example scores."""
+    if not methods:
+        return None
+    ranks = sorted(set.intersection(*(set(m["ranks"]) for m in methods.values())))
+    examples = {}
+    for name in methods:
+        per_seed = {s: method_examples(name, spec, chosen, s, ranks) for s in seeds}
+        if any(v is None for v in per_seed.values()):
+            log(f"intervals: not computed ({name}'s chosen trials recorded no per-example scores)")
+            return None
+        examples[name] = per_seed
+    v = spec.verdict
+    intervals = study_intervals(ranks, examples, v.resamples, v.seed, v.confidence)
+    intervals["ranks"] = ranks
+    if len(seeds) == 1:
+        intervals["note"] = ONE_SEED
+    draws = resample_curves(examples, v.resamples, v.seed)
+    cost = {name: m["cost"]["train_flops"] for name, m in methods.items()}
+    choice = recommend(ranks, draws, cost, v.tolerance, v.confidence)
+    return {"intervals": intervals, "recommendation": choice}
+
+
+def _signed(x: float) -> str:
+    return f"{x:+.3f}"
+
+
+def verdict_lines(summary: dict) -> list[str]:
+    """The closing lines: each method against the best by AURAC (log2), with its paired
+    interval, separated or not, and the recommendation."""
+    verdict = summary.get("verdict")
+    if not verdict:
+        return []
+    intervals, choice = verdict["intervals"], verdict["recommendation"]
+    level = f"{intervals['confidence']:.0%}"
+    by_aurac = intervals["methods"]
+    best = max(by_aurac, key=lambda m: by_aurac[m]["aurac_log2"]["point"])
+    lines = [f"AURAC log2 against the best ({best}), paired {level} intervals over test examples:"]
+    for name in by_aurac:
+        if name == best:
+            continue
+        gap = pair_gap(intervals, name, best)
+        state = "separated" if gap["low"] > 0 or gap["high"] < 0 else "not separated"
+        lines.append(
+            f"  {name} - {best}: {_signed(gap['point'])} "
+            f"[{_signed(gap['low'])}, {_signed(gap['high'])}], {state}"
+        )
+    if "note" in intervals:
+        lines.append(f"  ({intervals['note']})")
+    score, best = choice["score"], choice["best"]
+    lines.append(
+        f"deploy: {choice['method']} at rank {choice['rank']} (test score {score['point']:.3f} "
+        f"[{score['low']:.3f}, {score['high']:.3f}], training FLOPs {choice['cost']:.2e}): the "
+        f"smallest rank whose best score is tied with the best of all ({best['method']} at rank "
+        f"{best['rank']}, {best['score']['point']:.3f}), and the cheapest method tied there "
+        f"(tied: not separated, or within {choice['tolerance']})"
+    )
+    lines.append(
+        "smallest rank tied with each method's best: "
+        + ", ".join(f"{m} {r}" for m, r in choice["per_method"].items())
+    )
+    return lines
+
+
+def pair_gap(intervals: dict, a: str, b: str, axis: str = "aurac_log2") -> dict:
+    """a - b's interval on an AURAC axis, whichever order the pair was stored in."""
+    pairs = intervals["pairs"]
+    if b in pairs.get(a, {}):
+        return pairs[a][b][axis]
+    flipped = pairs[b][a][axis]
+    return {"point": -flipped["point"], "low": -flipped["high"], "high": -flipped["low"]}
