@@ -7,6 +7,7 @@ a split's score is their mean.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -32,6 +33,7 @@ class Evaluation:
 
     scores: Scores = field(default_factory=dict)
     examples: ExampleScores = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # spent scoring each rule
 
     def add(self, rule: str, k: int, per_example: dict[str, list[float]]) -> None:
         for metric, values in per_example.items():
@@ -63,9 +65,11 @@ def evaluate(
         prepare_svd(adapter_layers(model), gather_partitioned)
     result = Evaluation()
     for rule, ranks in scored:
+        start = time.perf_counter()
         for k in ranks:
             set_rank(model, k, rule)
             result.add(rule, k, score_examples(model, task, split, batch_size))
+        result.seconds[rule] = time.perf_counter() - start
     set_rank(model, None, schedule_rule)
     return result
 

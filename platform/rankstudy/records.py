@@ -71,6 +71,14 @@ class ValidationPoint(_Record):
     scores: Curve
 
 
+class RuleCost(_Record):
+    """What scoring under one inference rule spent (validation and test together)."""
+
+    seconds: float
+    tokens: int
+    flops: float
+
+
 class TrialCost(_Record):
     train_seconds: float
     eval_seconds: float
@@ -84,6 +92,7 @@ class TrialCost(_Record):
     flops: float
     train_flops: float  # of it: training (throughput is measured on it)
     peak_memory_bytes: int
+    eval_by_rule: dict[str, RuleCost] = {}  # of eval_*: each rule's share (empty: version 1)
 
 
 class TrialResult(_Record):

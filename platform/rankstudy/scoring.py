@@ -31,15 +31,30 @@ def test_curve(
     return dict(curve(chosen[(method_arms(method, spec)[0], rule)][seed]))
 
 
-def total_cost(results: Iterable[TrialResult], price_per_device_hour: float | None) -> dict:
-    """Everything spent: every search trial, seed repeat and test pass of the method's arms."""
+def _on_other_rules(result: TrialResult, rule: str | None, what: str) -> float:
+    """Seconds or FLOPs the trial spent scoring rules other than `rule` (none without one)."""
+    if rule is None:
+        return 0.0
+    return sum(getattr(c, what) for u, c in result.cost.eval_by_rule.items() if u != rule)
+
+
+def total_cost(
+    results: Iterable[TrialResult], price_per_device_hour: float | None, rule: str | None = None
+) -> dict:
+    """Everything spent: every search trial, seed repeat and test pass of the method's arms;
+    with `rule`, less what those trials spent scoring other rules (served to other methods)."""
     results = list(results)
     cost = {
         "trials": len(results),
-        "device_seconds": sum(r.cost.device_seconds for r in results),
+        "device_seconds": sum(
+            r.cost.device_seconds - _on_other_rules(r, rule, "seconds") * r.cost.devices
+            for r in results
+        ),
         "train_seconds": sum(r.cost.train_seconds for r in results),
-        "eval_seconds": sum(r.cost.eval_seconds for r in results),
-        "flops": sum(r.cost.flops for r in results),
+        "eval_seconds": sum(
+            r.cost.eval_seconds - _on_other_rules(r, rule, "seconds") for r in results
+        ),
+        "flops": sum(r.cost.flops - _on_other_rules(r, rule, "flops") for r in results),
         "train_flops": sum(r.cost.train_flops for r in results),
         "train_tokens": sum(r.cost.train_tokens for r in results),
     }
@@ -78,6 +93,6 @@ def score_method(
         "aurac_log2_std": statistics.pstdev(per_seed["log2"]),
         "aurac_linear_std": statistics.pstdev(per_seed["linear"]),
         "inference_rule": method_rule(method),
-        "cost": total_cost(spent, spec.price_per_device_hour),
+        "cost": total_cost(spent, spec.price_per_device_hour, method_rule(method)),
         "trials": len(spent),
     }

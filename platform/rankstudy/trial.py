@@ -54,6 +54,9 @@ class TrialProgress:
     eval_seconds: float = 0.0
     train_tokens: int = 0
     eval_tokens: int = 0
+    # of the evaluation: each inference rule's seconds and tokens, so a method served under one
+    # rule is not charged for the others a shared trial also scored
+    eval_by_rule: dict[str, dict[str, float]] = field(default_factory=dict)
     resumed_from: list[int] = field(default_factory=list)
     shared_seconds: float = 0.0  # set-up later trials reuse (not this arm's cost)
     wall_seconds: float = 0.0  # of the runs before this one (a resume adds its own)
@@ -240,6 +243,11 @@ class Trial:
         scores = evaluate(self.engine.module, self.task, split, self.arm, self.rules, batch)
         evaluated = sum(len(curve) for curve in scores.scores["score"].values())  # (rule, rank)
         self._spent_on_eval(split, evaluated, start)
+        per_example = self.task.size(split) * self.task.tokens_per_example(split)
+        for rule, curve in scores.scores["score"].items():
+            spent = self.progress.eval_by_rule.setdefault(rule, {"seconds": 0.0, "tokens": 0})
+            spent["seconds"] += scores.seconds[rule]
+            spent["tokens"] += per_example * len(curve)
         return scores
 
     def evaluate_base(self, split: str) -> dict[str, float]:
@@ -276,6 +284,10 @@ class Trial:
             validation = measured_validation(previous)
             p.eval_seconds = previous.cost.eval_seconds
             p.eval_tokens = previous.cost.eval_tokens
+            p.eval_by_rule = {
+                rule: {"seconds": c.seconds, "tokens": c.tokens}
+                for rule, c in previous.cost.eval_by_rule.items()
+            }
             self.prior_wall = previous.cost.wall_seconds
         else:
             validation = self.evaluate("validation")
@@ -300,7 +312,7 @@ class Trial:
             self.storage.push(write_result(result, self.out_dir))
         return result.wire()
 
-    def flops(self) -> dict[str, float]:
+    def flops(self) -> dict:
         """The cost model's training and evaluation FLOPs of what the trial ran."""
         p, arm = self.progress, self.arm
         lengths = self.lengths
@@ -309,13 +321,21 @@ class Trial:
             if lengths
             else self.task.collate("train", [0])["input_ids"].shape[1]
         )
+        by_rule = {
+            rule: eval_flops(
+                self.shape, spent["tokens"], seq_len, [statistics.mean(arm.ranks_for(rule))]
+            )
+            for rule, spent in p.eval_by_rule.items()
+        }
+        rest = p.eval_tokens - sum(spent["tokens"] for spent in p.eval_by_rule.values())
         return {
             "train": train_flops(
                 self.shape, p.train_tokens, seq_len, arm.method, arm.max_rank, arm.train_ranks
             ),
-            "eval": eval_flops(
-                self.shape, p.eval_tokens, seq_len, [statistics.mean(arm.eval_ranks)]
-            ),
+            # each rule's scoring at its own ranks, and the rest (the base model's scoring)
+            "eval": sum(by_rule.values())
+            + eval_flops(self.shape, rest, seq_len, [statistics.mean(arm.eval_ranks)]),
+            "eval_by_rule": by_rule,
         }
 
     def close(self) -> None:

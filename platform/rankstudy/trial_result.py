@@ -108,7 +108,7 @@ def trial_result(
     return TrialResult.model_validate(result)
 
 
-def trial_cost(state: dict, world: int, gpu: bool, flops: dict[str, float]) -> dict:
+def trial_cost(state: dict, world: int, gpu: bool, flops: dict) -> dict:
     """What the trial spent: seconds, device-seconds, tokens, the cost model's FLOPs, peak
     memory (the largest of its workers')."""
     return {
@@ -122,6 +122,10 @@ def trial_cost(state: dict, world: int, gpu: bool, flops: dict[str, float]) -> d
         "device_type": "gpu" if gpu else "cpu",
         "train_tokens": state["train_tokens"],
         "eval_tokens": state["eval_tokens"],
+        "eval_by_rule": {
+            rule: spent | {"flops": flops["eval_by_rule"][rule]}
+            for rule, spent in state["eval_by_rule"].items()
+        },
         "flops": flops["train"] + flops["eval"],
         "train_flops": flops["train"],  # of it: training (throughput is measured on it)
         "peak_memory_bytes": int(reduce(peak_memory(gpu), dist.ReduceOp.MAX)),

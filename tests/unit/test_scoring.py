@@ -3,7 +3,7 @@ from chosen results built here, checked against sums worked out by hand."""
 
 import pytest
 
-from rankstudy.scoring import score_method
+from rankstudy.scoring import score_method, total_cost
 from rankstudy.spec import parse_spec
 from report_store import make_result
 
@@ -69,6 +69,7 @@ def test_the_lora_grid_curve_is_each_arm_at_its_own_rank_and_aurac_is_averaged_o
             "train_seconds": 120,
             "eval_seconds": 40,
             "flops": 3.5e12,
+            "train_flops": 0.0,
             "train_tokens": 3000,
             "device_hours": 160 / 3600,
             "money": 2.0 * 160 / 3600,
@@ -100,6 +101,32 @@ def test_a_one_run_method_reads_its_own_rule_and_its_extra_metrics():
     assert m["aurac_linear"] == pytest.approx((0.4 + 1.1 / 3) / 2)
     assert m["extra_scores"] == {"token_nll": pytest.approx([1.5, 1.0, 0.5])}
     assert m["cost"]["trials"] == 2 and m["cost"]["flops"] == 2e11
+
+
+def test_a_method_is_charged_only_its_own_rules_scoring():
+    """One lora_r4 trial scored under scaled (the grid's) and svd (lora_svd's): each method's
+    cost is the trial's less what scoring the other rule spent (seconds and FLOPs)."""
+    spec = SPEC.model_copy(update={"methods": ["lora_grid", "lora_svd"]})
+    shared = make_result(
+        cost={
+            "device_seconds": 100.0,
+            "eval_seconds": 30.0,
+            "flops": 1e12,
+            "train_flops": 6e11,
+            "devices": 2,
+            "eval_by_rule": {
+                "scaled": {"seconds": 5.0, "tokens": 10, "flops": 1e11},
+                "svd": {"seconds": 20.0, "tokens": 30, "flops": 2.5e11},
+            },
+        }
+    )
+    chosen = {("lora_r4", "svd"): {0: result({"svd": {1: 0.2, 2: 0.4, 4: 0.5}})}}
+    svd = score_method("lora_svd", spec, chosen, [shared], [0])["cost"]
+    assert svd["device_seconds"] == 100 - 5 * 2 and svd["eval_seconds"] == 25
+    assert svd["flops"] == 1e12 - 1e11 and svd["train_flops"] == 6e11
+    grid = total_cost([shared], None, "scaled")
+    assert grid["device_seconds"] == 100 - 20 * 2 and grid["flops"] == 1e12 - 2.5e11
+    assert total_cost([shared], None)["flops"] == 1e12  # no rule: everything
 
 
 def test_one_seed_has_no_spread():
