@@ -25,7 +25,7 @@ def study(tmp_path_factory) -> Path:
     spec = TINY | {
         "name": "tiny-export",
         "training": TINY["training"] | {"steps": 10},
-        "methods": ["lora_grid", "matryoshka", "matryoshka_truncated_p"],
+        "methods": ["lora_grid", "matryoshka", "matryoshka_truncated_p", "lora_svd"],
         "search": {"trials_per_arm": 1},
         "seeds": [0, 1],
     }
@@ -65,6 +65,10 @@ def test_exported_ranks_reproduce_the_study_model(study, tmp_path):
     ]
     done = export(study, tmp_path / "grid4", "--method", "lora_grid", "--rank", "4", "--seed", "1")
     assert done.returncode == 0, done.stderr
+    # lora_svd: the grid's rank-8 run at rank 3 (a rank the study did not score: any k <= R)
+    done = export(study, tmp_path / "svd3", "--method", "lora_svd", "--rank", "3")
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "svd3" / "adapter_config.json").read_text())["r"] == 3
 
     s = state(study)
     spec = study_spec(s)
@@ -72,9 +76,12 @@ def test_exported_ranks_reproduce_the_study_model(study, tmp_path):
     cases = [
         (tmp_path / "all" / "rank4", "matryoshka", "truncated_p", 0, 4),
         (tmp_path / "grid4", "lora_r4", "scaled", 1, 4),
+        (tmp_path / "svd3", "lora_r8", "svd", 0, 3),
     ]
     for exported, arm, rule, seed, k in cases:
-        record = next(t for t in s.tests.values() if t.arm == arm and t.seed == seed)
+        record = next(
+            t for t in s.tests.values() if t.arm == arm and t.seed == seed and rule in t.rules
+        )
         ckpt = Path(record.out_dir) / "checkpoints"
         ours = load_model(spec.model, torch.float32).model.eval()
         load_adapters(ours, ckpt / latest_tag(ckpt) / "adapters.safetensors")
@@ -98,6 +105,7 @@ def test_exported_ranks_reproduce_the_study_model(study, tmp_path):
         ),
         ("lora_r2", [4], None, "--rank: 4 is not a rank lora_r2 serves: .*trained at rank 2"),
         ("lora_grid", [16], None, "--rank: 16 is not a rank lora_grid serves"),
+        ("lora_svd", [9], None, "--rank: 9 is not a rank lora_svd serves: .*ranks 1..8"),
         ("dylora", [4], None, "--method: the study ran no method 'dylora'"),
         ("lora_r3", [3], None, "--method: the study trained no LoRA arm lora_r3"),
         ("matryoshka", [4], 7, "--seed: the study ran seeds \\[0, 1\\], not 7"),

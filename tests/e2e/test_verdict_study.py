@@ -1,0 +1,103 @@
+"""A real tiny study with the svd rules and two seeds: per-example scores in every chosen
+result, intervals consistent with the summary's own scores, lora_svd's known answers, and the
+verdict printed and reproducible from the files."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rankstudy.records import RESULT_FILE, read_result
+from rankstudy.spec import load_spec
+from rankstudy.study_state import StudyFiles
+from rankstudy.study_summary import chosen_results, score_methods
+from rankstudy.verdict import study_verdict
+from studies import TINY, run_study, write_spec
+
+METHODS = ["lora_grid", "lora_svd", "dylora", "matryoshka", "matryoshka_svd"]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("verdict")
+    spec = TINY | {
+        "name": "tiny-verdict",
+        "training": TINY["training"] | {"steps": 20},
+        "methods": METHODS,
+        "search": {"trials_per_arm": 1},
+        "seeds": [0, 1],
+    }
+    path = write_spec(tmp, spec)
+    run_study(path, tmp / "out")
+    return path, tmp / "out"
+
+
+@pytest.mark.slow
+def test_chosen_results_keep_every_test_example_of_every_rule(study):
+    _, out = study
+    tested = [read_result(p) for p in out.glob(f"trials/*/*/{RESULT_FILE}")]
+    tested = [r for r in tested if r.scores_by_rule]
+    assert tested and all(r.version == 2 for r in tested)
+    for r in tested:
+        for split, n in (("test", TINY["task"]["test_size"]), ("validation", 32)):
+            by_rule = r.examples[split]["score"]
+            means = r.scores_by_rule if split == "test" else r.validation_scores_by_rule
+            assert set(by_rule) == set(means)
+            for rule, curve in by_rule.items():
+                for k, values in curve.items():
+                    assert len(values) == n
+                    assert sum(values) / n == pytest.approx(means[rule][k], abs=1e-6)
+    lora8 = [r for r in tested if r.arm == "lora_r8"]
+    assert all(set(r.scores_by_rule) == {"scaled", "svd"} for r in lora8)
+    assert all(sorted(r.scores_by_rule["svd"]) == [1, 2, 4, 8] for r in lora8)
+    assert all(sorted(r.scores_by_rule["scaled"]) == [8] for r in lora8)  # its own rank only
+
+
+@pytest.mark.slow
+def test_lora_svd_is_the_rank_R_arm_alone(study):
+    _, out = study
+    summary = json.loads((out / "study_summary.json").read_text())
+    grid, svd = summary["methods"]["lora_grid"], summary["methods"]["lora_svd"]
+    # one search trial per arm: the same lora_r8 trial serves both; at R the svd rule is the
+    # whole update, the grid's rank-8 run itself
+    assert svd["scores"][-1] == pytest.approx(grid["scores"][-1], abs=1e-6)
+    assert svd["trials"] == 1 and grid["trials"] == 4
+    assert svd["cost"]["flops"] < grid["cost"]["flops"] / 2
+
+
+@pytest.mark.slow
+def test_intervals_agree_with_the_summary_and_reproduce_from_the_files(study):
+    spec_path, out = study
+    summary = json.loads((out / "study_summary.json").read_text())
+    verdict = summary["verdict"]
+    intervals = verdict["intervals"]
+    assert intervals["seeds"] == [0, 1] and "note" not in intervals
+    assert intervals["examples"] == {"0": 32, "1": 32}
+    for name, m in summary["methods"].items():
+        i = intervals["methods"][name]["aurac_log2"]
+        assert i["point"] == pytest.approx(m["aurac_log2"], abs=1e-5)
+        assert i["low"] <= i["point"] <= i["high"]
+        for r, s in zip(m["ranks"], m["scores"], strict=True):
+            assert intervals["methods"][name]["scores"][str(r)]["point"] == pytest.approx(
+                s, abs=1e-6
+            )
+    pairs = [(a, b) for a, bs in intervals["pairs"].items() for b in bs]
+    assert len(pairs) == len(METHODS) * (len(METHODS) - 1) // 2
+    assert verdict["recommendation"]["method"] in METHODS
+    assert set(verdict["recommendation"]["per_method"]) == set(METHODS)
+
+    spec = load_spec(str(spec_path), [])
+    files = StudyFiles(spec, out, resume=True)
+    chosen, missing = chosen_results(spec, files, [0, 1])
+    methods, _, _ = score_methods(spec, files, chosen, missing, [0, 1], print)
+    again = study_verdict(spec, methods, chosen, [0, 1], print)
+    assert json.loads(json.dumps(again)) == verdict  # the same seed, the same intervals
+
+
+@pytest.mark.slow
+def test_the_study_log_ends_with_the_verdict(study):
+    _, out = study
+    log = (out.parent / f"{out.name}.log").read_text()
+    assert "AURAC log2 against the best (" in log and "paired 95% intervals" in log
+    assert "deploy: " in log and "smallest rank tied with each method's best: " in log
+    assert "[" in log.split("AURAC log2 against the best")[1]
