@@ -1,13 +1,24 @@
-"""Shared fixtures: tiny models built locally, one torch thread (2-core machines)."""
+"""Shared fixtures: tiny models built locally, one torch thread (2-core machines), and one
+tiny served study that several end-to-end test files read."""
 
 import os
 import tempfile
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from studies import VENV_BIN, free_port, mlflow_command, service
+from studies import (
+    SERVED,
+    TINY,
+    VENV_BIN,
+    free_port,
+    mlflow_command,
+    run_study,
+    service,
+    write_spec,
+)
 
 torch.set_num_threads(1)
 
@@ -59,3 +70,20 @@ def mlflow_server(tmp_path):
     uri = f"http://127.0.0.1:{(port := free_port())}"
     with service(mlflow_command(port, tmp_path), f"{uri}/health", "the MLflow server"):
         yield uri
+
+
+@pytest.fixture(scope="session")
+def served_study(tmp_path_factory) -> tuple[Path, Path]:
+    """(spec path, study folder): every LoRA rank, DyLoRA and Matryoshka, one search trial per
+    arm, seeds 0 and 1, served under the paper's rule, truncated_p and svd."""
+    tmp = tmp_path_factory.mktemp("served")
+    spec = TINY | {
+        "name": "tiny-served",
+        "training": TINY["training"] | {"steps": 12},
+        "methods": SERVED,
+        "search": {"trials_per_arm": 1},
+        "seeds": [0, 1],
+    }
+    path = write_spec(tmp, spec)
+    run_study(path, tmp / "out")
+    return path, tmp / "out"

@@ -39,6 +39,15 @@ TINY = {
     "search": {"trials_per_arm": 2},
 }
 ARMS = 6  # lora_r1, r2, r4, r8, dylora, matryoshka
+# the session's served study (conftest.served_study): the svd rules beside the paper's
+SERVED = [
+    "lora_grid",
+    "lora_svd",
+    "dylora",
+    "matryoshka",
+    "matryoshka_truncated_p",
+    "matryoshka_svd",
+]
 
 # the same tiny spec, made a quick single trial: fewer steps, larger evaluation splits
 SMALL = TINY | {

@@ -16,21 +16,12 @@ from rankstudy.checkpoint import latest_tag
 from rankstudy.export import ExportError, plan_exports, study_spec
 from rankstudy.records import RESULT_FILE, read_result
 from rankstudy.study_state import STATE_FILE, StudyState, read_state
-from studies import ROOT, TINY, run_study, write_spec
+from studies import ROOT
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("export")
-    spec = TINY | {
-        "name": "tiny-export",
-        "training": TINY["training"] | {"steps": 10},
-        "methods": ["lora_grid", "matryoshka", "matryoshka_truncated_p", "lora_svd"],
-        "search": {"trials_per_arm": 1},
-        "seeds": [0, 1],
-    }
-    run_study(write_spec(tmp, spec), tmp / "out")
-    return tmp / "out"
+def study(served_study) -> Path:
+    return served_study[1]
 
 
 def export(study: Path, out: Path, *args: str) -> subprocess.CompletedProcess:
@@ -106,7 +97,7 @@ def test_exported_ranks_reproduce_the_study_model(study, tmp_path):
         ("lora_r2", [4], None, "--rank: 4 is not a rank lora_r2 serves: .*trained at rank 2"),
         ("lora_grid", [16], None, "--rank: 16 is not a rank lora_grid serves"),
         ("lora_svd", [9], None, "--rank: 9 is not a rank lora_svd serves: .*ranks 1..8"),
-        ("dylora", [4], None, "--method: the study ran no method 'dylora'"),
+        ("nested_multiloss", [4], None, "--method: the study ran no method 'nested_multiloss'"),
         ("lora_r3", [3], None, "--method: the study trained no LoRA arm lora_r3"),
         ("matryoshka", [4], 7, "--seed: the study ran seeds \\[0, 1\\], not 7"),
     ],

@@ -12,24 +12,13 @@ from rankstudy.spec import load_spec
 from rankstudy.study_state import StudyFiles
 from rankstudy.study_summary import chosen_results, score_methods
 from rankstudy.verdict import study_verdict
-from studies import TINY, run_study, write_spec
-
-METHODS = ["lora_grid", "lora_svd", "dylora", "matryoshka", "matryoshka_svd"]
+from studies import SERVED as METHODS
+from studies import TINY
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory) -> tuple[Path, Path]:
-    tmp = tmp_path_factory.mktemp("verdict")
-    spec = TINY | {
-        "name": "tiny-verdict",
-        "training": TINY["training"] | {"steps": 20},
-        "methods": METHODS,
-        "search": {"trials_per_arm": 1},
-        "seeds": [0, 1],
-    }
-    path = write_spec(tmp, spec)
-    run_study(path, tmp / "out")
-    return path, tmp / "out"
+def study(served_study) -> tuple[Path, Path]:
+    return served_study
 
 
 @pytest.mark.slow
