@@ -6,11 +6,18 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from rankstudy import mlflow_names as names
+from rankstudy.intervals import recommend, resample_curves, study_intervals
 from rankstudy.metrics import aurac
 from rankstudy.records import TrialCost, TrialRecord, TrialResult
 from rankstudy.scoring import total_cost
 from rankstudy.tracking import StudyTracker
+from rankstudy.verdict import ONE_SEED
+
+EXAMPLES = 200  # test examples per seed of a constructed verdict
+RESAMPLES = 200  # its bootstrap resamples: enough for stable intervals, quick to draw
 
 
 def make_result(**fields) -> TrialResult:
@@ -85,6 +92,7 @@ def trial_result(method: int, ranks: list[int], seed: int, steps: int, test: boo
             "train_seconds": 50.0 * (method + 1),
             "eval_seconds": 10.0 * (method + 1),
             "flops": 1e12 * (method + 1),
+            "train_flops": 8e11 * (method + 1),
             "train_tokens": int(1e6 * steps),
         },
     )
@@ -92,6 +100,32 @@ def trial_result(method: int, ranks: list[int], seed: int, steps: int, test: boo
         tested = {r: score(method, r, seed) for r in ranks}
         result = result.model_copy(update={"scores": tested, "scores_by_rule": {"scaled": tested}})
     return result
+
+
+def example_scores(method: int, ranks: list[int], seed: int) -> np.ndarray:
+    """[len(ranks), EXAMPLES] per-example test scores whose means are exactly the curve `score`
+    gives: noise each seed's examples share across methods (so the comparison is paired) plus
+    the method's own, centred on zero."""
+    shared = np.random.default_rng(seed).normal(0, 0.3, EXAMPLES)
+    own = np.random.default_rng([seed, method]).normal(0, 0.5, (len(ranks), EXAMPLES))
+    noise = shared + own
+    noise -= noise.mean(axis=1, keepdims=True)
+    return np.array([[score(method, r, seed)] for r in ranks]) + noise
+
+
+def make_verdict(summaries: dict, ranks: list[int], seeds: list[int]) -> dict:
+    """The verdict rankstudy.verdict.study_verdict makes of the methods fill_study logged
+    (summaries: method "m<i>" -> summary), from constructed per-example scores: intervals of
+    every method and pair, and the recommendation. The same every call, so a test remakes the
+    verdict a study logged to compare with what the report shows."""
+    examples = {m: {s: example_scores(int(m[1:]), ranks, s) for s in seeds} for m in summaries}
+    intervals = study_intervals(ranks, examples, RESAMPLES, 0, 0.95)
+    intervals["ranks"] = ranks
+    if len(seeds) == 1:
+        intervals["note"] = ONE_SEED
+    draws = resample_curves(examples, RESAMPLES, 0)
+    costs = {m: s["cost"]["train_flops"] for m, s in summaries.items()}
+    return {"intervals": intervals, "recommendation": recommend(ranks, draws, costs, 0.01)}
 
 
 def fill_study(
@@ -104,10 +138,13 @@ def fill_study(
     steps: int,
     failed: frozenset[str] = frozenset(),
     reference: bool = True,
+    verdict: bool = False,
 ) -> dict:
     """Log a whole study: per method (m0, m1, ..., each its own arm) its search trials, its chosen
     trial's test passes at every seed and its summary run; a method in `failed` has every
-    trial failed and no summary. Returns method -> the summary logged."""
+    trial failed and no summary. verdict: the study ends with make_verdict's, each summary
+    holding its method's intervals, as a study with per-example scores does. Returns method ->
+    the summary logged."""
     tracker = StudyTracker(uri, name)
     spec = {"name": name, "methods": [f"m{i}" for i in range(methods)], "seeds": seeds}
     tracker.start_study(name, spec)
@@ -167,9 +204,15 @@ def fill_study(
             "cost": total_cost(spent, 2.5),
             "trials": trials_per_arm,
         }
-        tracker.log_method(method, summary, None)
         summaries[method] = summary
-    tracker.finish_study({"methods": summaries}, "FAILED" if failed else "FINISHED")
+    study = {"methods": summaries}
+    if verdict and summaries:
+        study["verdict"] = make_verdict(summaries, ranks, seeds)
+        for method, summary in summaries.items():
+            summary["intervals"] = study["verdict"]["intervals"]["methods"][method]
+    for method, summary in summaries.items():
+        tracker.log_method(method, summary, None, study.get("verdict"))
+    tracker.finish_study(study, "FAILED" if failed else "FINISHED")
     return summaries
 
 

@@ -13,6 +13,8 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from mlflow.tracking import MlflowClient
 
 from rankstudy.frontier import FrontierRow
+from rankstudy.tracking import best_method
+from rankstudy.verdict import pair_gap
 from rankstudy_report import charts
 from rankstudy_report.collect import StudyView, collect
 from rankstudy_report.sweep import SweepView, collect_sweep
@@ -89,6 +91,46 @@ def headline(view: StudyView) -> list[tuple[str, str, str]]:
     return cards
 
 
+def p_better(intervals: dict, a: str, b: str) -> float:
+    """The share of resamples in which a's AURAC (log2) beats b's, whichever order the pair
+    was stored in."""
+    pairs = intervals["pairs"]
+    if b in pairs.get(a, {}):
+        return pairs[a][b]["p_better"]
+    return 1 - pairs[b][a]["p_better"]
+
+
+def verdict_view(verdict: dict | None) -> dict | None:
+    """What the page shows of the study's verdict: what to deploy, each method's AURAC (log2)
+    interval, and each method minus the best by AURAC (log2); None for a study without one."""
+    if not verdict:
+        return None
+    intervals = verdict["intervals"]
+    best = best_method(intervals)
+    against = []
+    for m in intervals["methods"]:
+        if m != best:
+            gap = pair_gap(intervals, m, best)
+            separated = gap["low"] > 0 or gap["high"] < 0
+            against.append((m, gap, p_better(intervals, m, best), separated))
+    return {
+        "choice": verdict["recommendation"],
+        "intervals": intervals,
+        "level": f"{intervals['confidence']:.0%}",
+        "aurac": {m: i["aurac_log2"] for m, i in intervals["methods"].items()},
+        "best": best,
+        "against": against,
+    }
+
+
+def interval(i: dict | None, signed: bool = False) -> str:
+    """[low, high] of an interval, "–" when there is none."""
+    if i is None:
+        return "–"
+    f = "{:+.3f}" if signed else "{:.3f}"
+    return f"[{f.format(i['low'])}, {f.format(i['high'])}]"
+
+
 def params_of(view: StudyView) -> list[str]:
     return sorted({k for t in view.trials for k in t.params})
 
@@ -113,7 +155,13 @@ def render(view: StudyView, figures: dict[str, str], sweep: SweepView | None = N
     env = Environment(
         loader=PackageLoader("rankstudy_report"), autoescape=select_autoescape(["html", "j2"])
     )
-    env.filters |= {"num": num, "sci": sci, "param": param, "reached": reached}
+    env.filters |= {
+        "num": num,
+        "sci": sci,
+        "param": param,
+        "reached": reached,
+        "interval": interval,
+    }
     arms: dict[str, list] = {}
     for t in view.trials:
         arms.setdefault(t.arm, []).append(t)
@@ -123,6 +171,7 @@ def render(view: StudyView, figures: dict[str, str], sweep: SweepView | None = N
         figures=figures,
         sweep=sweep,
         cards=headline(view),
+        verdict=verdict_view(view.verdict),
         ranks=ranks,
         extra_metrics=sorted({k for m in view.methods.values() for k in m.extra}),
         best=best_by_rank(view),

@@ -67,8 +67,10 @@ def svg(fig) -> str:
 
 def rank_curves(view: StudyView) -> str:
     """Every method's test score against rank (log2 axis), the spread over seeds as a band,
-    the LoRA grid as its separately trained points, the planted reference dashed."""
+    each score's interval (the study's verdict) as error bars, the LoRA grid as its separately
+    trained points, the planted reference dashed."""
     colors = palette(list(view.methods))
+    intervals = view.verdict["intervals"]["methods"] if view.verdict else {}
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(8, 4.6))
         ticks: set[int] = set()
@@ -89,6 +91,8 @@ def rank_curves(view: StudyView) -> str:
                 low = [min(col) for col in zip(*seeds, strict=True)]
                 high = [max(col) for col in zip(*seeds, strict=True)]
                 ax.fill_between(m.ranks, low, high, color=colors[name], alpha=0.15, linewidth=0)
+            if name in intervals:
+                score_bars(ax, intervals[name]["scores"], colors[name])
         if view.reference:
             ranks = sorted(view.reference)
             ticks |= set(ranks)
@@ -104,9 +108,32 @@ def rank_curves(view: StudyView) -> str:
             ax.set_xticks(sorted(ticks), [str(r) for r in sorted(ticks)])
         ax.set_xlabel("rank")
         ax.set_ylabel("test score")
-        ax.set_title("Rank-accuracy curves (band: spread over seeds)", loc="left")
+        bars = ""
+        if view.verdict:
+            level = view.verdict["intervals"]["confidence"]
+            bars = f"; bars: {level:.0%} interval over test examples"
+        ax.set_title(f"Rank-accuracy curves (band: spread over seeds{bars})", loc="left")
         ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
         return svg(fig)
+
+
+def score_bars(ax, scores: dict[str, dict], color) -> None:
+    """A method's per-rank score intervals as error bars (scores: rank as text -> interval)."""
+    ranks = sorted(scores, key=int)
+    points = [scores[r]["point"] for r in ranks]
+    ax.errorbar(
+        [int(r) for r in ranks],
+        points,
+        yerr=[
+            [p - scores[r]["low"] for p, r in zip(points, ranks, strict=True)],
+            [scores[r]["high"] - p for p, r in zip(points, ranks, strict=True)],
+        ],
+        fmt="none",
+        ecolor=color,
+        elinewidth=1,
+        capsize=2.5,
+        alpha=0.7,
+    )
 
 
 def cost_front(view: StudyView) -> str:

@@ -72,6 +72,7 @@ class StudyView:
     metric: str  # what the scores measure
     trials: list[TrialRun]
     shared_setup_seconds: float | None  # device time of set-up every trial reused
+    verdict: dict | None = None  # rankstudy.verdict's intervals and recommendation; None: older
 
 
 def find_study(client: MlflowClient, experiment: str | None, run_id: str | None):
@@ -207,16 +208,20 @@ def why_missing(method: str, trials: list[TrialRun], study_status: str) -> str:
     return "; ".join(reasons)
 
 
+def artifact_json(client: MlflowClient, run_id: str, path: str, missing_ok: bool = False):
+    """A JSON artifact of a run, through this client's store, local or served; None when
+    missing_ok and the run has none (the verdict of a study logged before intervals)."""
+    if missing_ok and path not in {a.path for a in client.list_artifacts(run_id)}:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        return json.loads(Path(client.download_artifacts(run_id, path, tmp)).read_text())
+
+
 def collect(tracking_uri: str, experiment: str | None = None, run_id: str | None = None):
     """Read one study from MLflow into a StudyView."""
     client = MlflowClient(tracking_uri)
     parent = find_study(client, experiment, run_id)
-    with tempfile.TemporaryDirectory() as tmp:  # through this client's store, local or served
-        spec = json.loads(
-            Path(
-                client.download_artifacts(parent.info.run_id, names.SPEC_ARTIFACT, tmp)
-            ).read_text()
-        )
+    spec = artifact_json(client, parent.info.run_id, names.SPEC_ARTIFACT)
     runs = children(client, parent)
     by_kind: dict[str, list] = {}
     for run in runs:
@@ -260,4 +265,5 @@ def collect(tracking_uri: str, experiment: str | None = None, run_id: str | None
         metric=spec.get("task", {}).get("metric", "teacher agreement"),
         trials=trials,
         shared_setup_seconds=parent.data.metrics.get(names.SHARED_SETUP_SECONDS),
+        verdict=artifact_json(client, parent.info.run_id, names.VERDICT_ARTIFACT, missing_ok=True),
     )

@@ -47,11 +47,22 @@ SELECTION_RULE_PREFIX = f"{SELECTION_METRIC}_"  # + rule: what it compared under
 AURAC_PREFIX = "aurac_"  # + log2, linear (and their _std on method runs)
 COST_PREFIX = "cost_"  # + a cost field: device_seconds, flops, train_tokens, ...
 TRIALS = "trials"  # a method run's number of trials
+ENDS = ("low", "high")  # an interval's ends: aurac_log2_low, test_score_high, ...
+
+# Tags of the verdict (rankstudy.verdict): on a method run, its AURAC log2 interval, its gap to
+# the best method and its own deploy rank; on the study run, what to deploy and the one-seed
+# note, beside the whole verdict as VERDICT_ARTIFACT.
+INTERVAL_TAG = "rankstudy.interval"  # "0.812 [0.801, 0.823] (95%)"
+VS_BEST_TAG = "rankstudy.vs_best"  # "-0.004 [-0.010, +0.002] vs lora_grid, not separated"
+DEPLOY_RANK_TAG = "rankstudy.deploy_rank"  # the smallest rank tied with the method's best
+RECOMMENDATION_TAG = "rankstudy.recommendation"  # "<method> at rank <k>"
+INTERVALS_NOTE_TAG = "rankstudy.intervals_note"  # only with one seed
 
 # Artifacts.
 SPEC_ARTIFACT = "spec.json"  # the resolved spec, on the study run
 SUMMARY_ARTIFACT = "study_summary.json"
 CURVE_ARTIFACT = "curve.json"  # a method's curve as a table
+VERDICT_ARTIFACT = "verdict.json"  # the study summary's "verdict", on the study run
 
 
 def base_metric(metric: str) -> str:
@@ -62,6 +73,12 @@ def base_metric(metric: str) -> str:
 def curve_metric(split: str, metric: str, rule: str | None = None, own: str | None = None) -> str:
     """A curve's name: the rule is named only when it is not `own`, the run's own rule."""
     return f"{split}_{metric}" + ("" if rule is None or rule == own else f"_{rule}")
+
+
+def interval_metric(metric: str, end: str) -> str:
+    """One end ("low" or "high") of a method run metric's interval: aurac_log2_low, ...; a
+    curve's (test_score_low) has step = rank like the curve."""
+    return f"{metric}_{end}"
 
 
 def method_run_key(method: str) -> str:

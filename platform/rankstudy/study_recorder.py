@@ -108,12 +108,13 @@ class MlflowRecorder:
 
     def log_summary(self, summary: dict, figures: Path) -> None:
         """The study's end: the reference and base curves, each method's summary run with its
-        figure, the summary itself; the parent run FAILED when a method is missing."""
+        figure (and its intervals, when the study has a verdict), the summary and the verdict;
+        the parent run FAILED when a method is missing."""
         if "reference" in summary:
             self.tracker.log_reference(summary["reference"])
         if "base_scores" in summary:
             self.tracker.log_base(summary["base_scores"])
         for m, s in summary["methods"].items():
             figure = curve_figure(m, s, summary.get("reference"), figures / f"{m}.png")
-            self.tracker.log_method(m, s, figure)
+            self.tracker.log_method(m, s, figure, summary.get("verdict"))
         self.tracker.finish_study(summary, "FAILED" if summary["missing"] else "FINISHED")

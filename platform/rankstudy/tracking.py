@@ -15,12 +15,13 @@ import time
 import uuid
 from pathlib import Path
 
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from rankstudy import mlflow_names as names
 from rankstudy.records import TrialRecord, TrialResult
+from rankstudy.verdict import pair_gap
 
 BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
 
@@ -120,7 +121,7 @@ class StudyTracker:
 
     def finish_study(self, summary: dict, status: str = "FINISHED") -> None:
         """The summary as an artifact, the study's wall time and the set-up its trials shared
-        (no method's cost) as metrics."""
+        (no method's cost) as metrics, the verdict when the study has one."""
         now = int(time.time() * 1000)
         totals = [
             Metric(k, float(summary[k]), now, 0)
@@ -129,7 +130,19 @@ class StudyTracker:
         ]
         self._log(self.parent_id, metrics=totals)
         self.client.log_dict(self.parent_id, summary, names.SUMMARY_ARTIFACT)
+        if summary.get("verdict"):
+            self.log_verdict(summary["verdict"])
         self.client.set_terminated(self.parent_id, status)
+
+    def log_verdict(self, verdict: dict) -> None:
+        """The verdict whole (verdict.json, which the report reads), and what to deploy as a
+        tag, so the run table answers without opening it."""
+        self.client.log_dict(self.parent_id, verdict, names.VERDICT_ARTIFACT)
+        choice = verdict["recommendation"]
+        tags = {names.RECOMMENDATION_TAG: f"{choice['method']} at rank {choice['rank']}"}
+        if "note" in verdict["intervals"]:
+            tags[names.INTERVALS_NOTE_TAG] = verdict["intervals"]["note"]
+        self._log(self.parent_id, tags=tags)
 
     def _create_run(self, name: str, tags: dict[str, str]) -> str:
         """A new run, created once. MLflow's client retries every request, a POST too, so a
@@ -203,8 +216,11 @@ class StudyTracker:
         for run_id in self._children(key):
             self.client.delete_run(run_id)
 
-    def log_method(self, method: str, summary: dict, figure_path: Path | None) -> None:
-        """A summary run for a method: AURAC, cost, the curve as a table and a figure."""
+    def log_method(
+        self, method: str, summary: dict, figure_path: Path | None, verdict: dict | None = None
+    ) -> None:
+        """A summary run for a method: AURAC, cost, the curve as a table and a figure; with the
+        study's verdict, the method's intervals and where it stands against the best."""
         tags = {
             names.PARENT_TAG: self.parent_id,
             names.KIND_TAG: names.METHOD,
@@ -240,7 +256,8 @@ class StudyTracker:
             for seed, scores in summary["scores_by_seed"].items()
             for r, s in zip(summary["ranks"], scores, strict=True)
         ]
-        self._log(run_id, metrics=rows)
+        rows += interval_metrics(summary.get("intervals"), now)
+        self._log(run_id, metrics=rows, tags=verdict_tags(method, verdict) if verdict else None)
         self.client.log_table(
             run_id, {"rank": summary["ranks"], "score": summary["scores"]}, names.CURVE_ARTIFACT
         )
@@ -248,15 +265,73 @@ class StudyTracker:
             self.client.log_artifact(run_id, str(figure_path))
         self.client.set_terminated(run_id, "FINISHED")
 
-    def _log(self, run_id: str, metrics: list[Metric] = (), params: dict | None = None):
+    def _log(
+        self,
+        run_id: str,
+        metrics: list[Metric] = (),
+        params: dict | None = None,
+        tags: dict | None = None,
+    ):
         params = [Param(k, v[:6000]) for k, v in (params or {}).items()]
+        tags = [RunTag(k, v) for k, v in (tags or {}).items()]
         for i in range(0, max(len(metrics), 1), BATCH):
             self.client.log_batch(
                 run_id,
                 metrics=list(metrics[i : i + BATCH]),
                 params=params if i == 0 else [],
-                tags=[],
+                tags=tags if i == 0 else [],
             )
+
+
+def interval_metrics(intervals: dict | None, now: int) -> list[Metric]:
+    """A method's interval ends: aurac_<axis>_low/_high, and test_score_low/_high with
+    step = rank like the score."""
+    out = []
+    for end in names.ENDS if intervals else ():
+        for axis in ("log2", "linear"):
+            key = f"{names.AURAC_PREFIX}{axis}"
+            out.append(Metric(names.interval_metric(key, end), float(intervals[key][end]), now, 0))
+        for r, i in intervals["scores"].items():
+            name = names.interval_metric(names.TEST_SCORE, end)
+            out.append(Metric(name, float(i[end]), now, int(r)))
+    return out
+
+
+def best_method(intervals: dict) -> str:
+    """The method with the highest AURAC (log2) point, the first in method order on a tie."""
+    by = intervals["methods"]
+    return max(by, key=lambda m: by[m]["aurac_log2"]["point"])
+
+
+def interval_text(i: dict, confidence: float | None = None, signed: bool = False) -> str:
+    """An interval as tags and the report write it, 0.812 [0.801, 0.823] (95%); signed: each
+    number with its sign, as a difference is written."""
+    f = "{:+.3f}" if signed else "{:.3f}"
+    text = f"{f.format(i['point'])} [{f.format(i['low'])}, {f.format(i['high'])}]"
+    return text + (f" ({confidence:.0%})" if confidence is not None else "")
+
+
+def verdict_tags(method: str, verdict: dict) -> dict[str, str]:
+    """A method run's verdict tags: its AURAC (log2) interval, its paired difference from the
+    best method ("best" for the best itself), the smallest rank tied with its own best."""
+    intervals, choice = verdict["intervals"], verdict["recommendation"]
+    if method not in intervals["methods"]:
+        return {}
+    tags = {
+        names.INTERVAL_TAG: interval_text(
+            intervals["methods"][method]["aurac_log2"], intervals["confidence"]
+        )
+    }
+    best = best_method(intervals)
+    if method == best:
+        tags[names.VS_BEST_TAG] = "best"
+    else:
+        gap = pair_gap(intervals, method, best)
+        state = "separated" if gap["low"] > 0 or gap["high"] < 0 else "not separated"
+        tags[names.VS_BEST_TAG] = f"{interval_text(gap, signed=True)} vs {best}, {state}"
+    if method in choice["per_method"]:
+        tags[names.DEPLOY_RANK_TAG] = str(choice["per_method"][method])
+    return tags
 
 
 def trial_metrics(result: TrialResult) -> list[Metric]:

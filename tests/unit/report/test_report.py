@@ -112,6 +112,7 @@ def test_report_tables_hold_what_mlflow_holds(failed_arm_study):
 def test_report_says_what_is_missing_and_keeps_the_failed_trials(failed_arm_study):
     *_, shown = failed_arm_study
     assert "m2: arm m2: all 3 trials failed (loss is NaN at step 3)" in shown.text
+    assert "Intervals are not available for this study" in shown.text  # logged with no verdict
     failed = shown.tables["search-m2"]
     assert len(failed) == 4 and all("failed: loss is NaN" in row[-1] for row in failed[1:])
     runs = shown.tables["search-m0"][1:]  # 3 search trials, then trial 0 again at seeds 1, 2
