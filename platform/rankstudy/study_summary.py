@@ -76,11 +76,13 @@ def chosen_results(
     return chosen, missing
 
 
-def spent(files: StudyFiles, arm: str) -> list[TrialResult]:
-    """Every result this arm spent compute on: search trials, test passes, seed repeats."""
-    records = [*files.state.trials.values(), *files.state.tests.values()]
-    dirs = {t.out_dir for t in records if t.arm == arm and t.status == "ok"}
-    return [files.result(d) for d in sorted(dirs)]
+def spent_dirs(files: StudyFiles, arm: str, rule: str | None = None) -> list[str]:
+    """The folders of every result this arm spent compute on: search trials, test passes, seed
+    repeats; with `rule`, only the test passes and repeats chosen for that rule (another
+    rule's choice trained them for another served method)."""
+    tests = [t for t in files.state.tests.values() if rule is None or rule in t.rules]
+    records = [*files.state.trials.values(), *tests]
+    return sorted({t.out_dir for t in records if t.arm == arm and t.status == "ok"})
 
 
 def score_methods(
@@ -93,15 +95,19 @@ def score_methods(
 ) -> tuple[dict, dict, dict[str, list[TrialResult]]]:
     """(method -> its score, method -> why it is not scored, arm -> results it spent)."""
     methods, gaps = {}, {}
-    results = {arm: spent(files, arm) for arm in study_arms(spec)}  # read each result once
+    read = {}  # each result.json read once
+    for arm in study_arms(spec):
+        read |= {d: files.result(d) for d in spent_dirs(files, arm)}
+    results = {arm: [read[d] for d in spent_dirs(files, arm)] for arm in study_arms(spec)}
     for m in spec.methods:
-        arms = method_arms(m, spec)
-        why = [missing[(a, method_rule(m))] for a in arms if (a, method_rule(m)) in missing]
+        arms, rule = method_arms(m, spec), method_rule(m)
+        why = [missing[(a, rule)] for a in arms if (a, rule) in missing]
         if why:
             gaps[m] = "; ".join(why)
             log(f"{m}: not scored: {gaps[m]}")
             continue
-        methods[m] = score_method(m, spec, chosen, [r for a in arms for r in results[a]], seeds)
+        paid = [read[d] for a in arms for d in spent_dirs(files, a, rule)]
+        methods[m] = score_method(m, spec, chosen, paid, seeds)
         methods[m]["trials"] = sum(
             1 for t in files.state.trials.values() if t.arm in arms and not t.superseded
         )
