@@ -7,6 +7,7 @@ curve per seed is built as rankstudy.scoring builds its mean (the grid reads one
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable
 
 import numpy as np
@@ -14,6 +15,7 @@ import numpy as np
 from rankstudy.arms import method_arms, method_rule
 from rankstudy.intervals import recommend, resample_curves, study_intervals
 from rankstudy.methods import per_rank_runs, served
+from rankstudy.metrics import aurac
 from rankstudy.spec import StudySpec
 
 ONE_SEED = "one seed: the intervals cover the test examples only, not the variation between seeds"
@@ -70,7 +72,8 @@ def _signed(x: float) -> str:
 
 def verdict_lines(summary: dict) -> list[str]:
     """The closing lines: each method against the best by AURAC (log2), with its paired
-    interval, separated or not, and the recommendation."""
+    interval, separated or not, the spread of that difference over seeds, and the
+    recommendation."""
     verdict = summary.get("verdict")
     if not verdict:
         return []
@@ -84,9 +87,11 @@ def verdict_lines(summary: dict) -> list[str]:
             continue
         gap = pair_gap(intervals, name, best)
         state = "separated" if gap["low"] > 0 or gap["high"] < 0 else "not separated"
+        spread = seed_spread(summary["methods"], name, best)
         lines.append(
             f"  {name} - {best}: {_signed(gap['point'])} "
             f"[{_signed(gap['low'])}, {_signed(gap['high'])}], {state}"
+            + (f" (over seeds: ±{spread:.3f})" if spread is not None else "")
         )
     if "note" in intervals:
         lines.append(f"  ({intervals['note']})")
@@ -103,6 +108,20 @@ def verdict_lines(summary: dict) -> list[str]:
         + ", ".join(f"{m} {r}" for m, r in choice["per_method"].items())
     )
     return lines
+
+
+def seed_spread(methods: dict, a: str, b: str) -> float | None:
+    """The population std over seeds of a's AURAC (log2) minus b's, seed by seed: what the
+    intervals over test examples leave out (None for one seed)."""
+    ma, mb = methods[a], methods[b]
+    seeds = sorted(set(ma["scores_by_seed"]) & set(mb["scores_by_seed"]))
+    if len(seeds) < 2:
+        return None
+    gaps = [
+        aurac(ma["ranks"], ma["scores_by_seed"][s]) - aurac(mb["ranks"], mb["scores_by_seed"][s])
+        for s in seeds
+    ]
+    return statistics.pstdev(gaps)
 
 
 def pair_gap(intervals: dict, a: str, b: str, axis: str = "aurac_log2") -> dict:

@@ -89,4 +89,5 @@ def test_the_study_log_ends_with_the_verdict(study):
     log = (out.parent / f"{out.name}.log").read_text()
     assert "AURAC log2 against the best (" in log and "paired 95% intervals" in log
     assert "deploy: " in log and "smallest rank tied with each method's best: " in log
-    assert "[" in log.split("AURAC log2 against the best")[1]
+    closing = log.split("AURAC log2 against the best")[1]
+    assert "[" in closing and "(over seeds: ±" in closing  # two seeds: the seed spread too
