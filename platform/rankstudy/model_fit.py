@@ -35,6 +35,12 @@ def config_within_reach(name: str | None) -> bool:
     return not constants.HF_HUB_OFFLINE and answers(f"{hub.hostname}:{hub.port or 443}")
 
 
+def smallest(matrices: dict[str, tuple[int, int]], kind: str) -> tuple[int, str]:
+    """The fewest rows or columns among matrices, and a phrase that names that matrix."""
+    side, name = min((min(shape), n) for n, shape in matrices.items())
+    return side, f"the smallest {kind} matrix ({name}) has {side} rows or columns"
+
+
 def check_fits_model(spec: StudySpec) -> Architecture | None:
     """Raise SpecError listing every field the model cannot take; else the architecture it read
     (None when the config was out of reach), for a caller that needs the model's shape too."""
@@ -59,17 +65,27 @@ def check_fits_model(spec: StudySpec) -> Architecture | None:
         adapted = arch.adapted(spec.adapters.target_modules)
     except ValueError as e:
         raise SpecError(f"adapters.{e}") from None
-    side, name = min((min(shape), n) for n, shape in adapted.items())
-    where = f"the smallest adapted matrix ({name}) has {side} rows or columns"
+    side, where = smallest(adapted, "adapted")
     if spec.adapters.max_rank > side:
         problems.append(
             f"adapters.max_rank: {spec.adapters.max_rank} exceeds the rank any adapter can reach "
             f"on {source}: {where}"
         )
-    if spec.task.kind == "planted" and spec.task.planted_rank > side:
-        problems.append(
-            f"task.planted_rank: {spec.task.planted_rank} cannot be planted in {source}: {where}"
-        )
+    if spec.task.kind == "planted":
+        planted_side, planted_where = side, where  # the default teacher: the adapted matrices
+        if spec.task.teacher_targets is not None:
+            try:
+                teacher = arch.adapted(spec.task.teacher_targets)
+            except ValueError as e:
+                raise SpecError(
+                    f"task.teacher_targets: {str(e).removeprefix('target_modules: ')}"
+                ) from None
+            planted_side, planted_where = smallest(teacher, "teacher")
+        if spec.task.planted_rank > planted_side:
+            problems.append(
+                f"task.planted_rank: {spec.task.planted_rank} cannot be planted in {source}: "
+                f"{planted_where}"
+            )
     limit = arch.positions
     tokens = sequence_tokens(spec)
     if limit is not None and tokens > limit:

@@ -22,7 +22,7 @@ from pydantic import (
 )
 
 from rankstudy.methods import DEFAULT as DEFAULT_METHODS
-from rankstudy.methods import SERVED
+from rankstudy.methods import INFERENCE_RULES, SERVED
 from rankstudy.ranks import powers_of_two
 from rankstudy.storage import check_storage_uri
 from rankstudy.tokenizer import BYTE_VOCAB_SIZE
@@ -110,6 +110,12 @@ class PlantedTaskSpec(Strict):
     train_size: int = Field(4096, gt=0)
     validation_size: int = Field(512, gt=0)
     test_size: int = Field(512, gt=0)
+    teacher_targets: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="modules the deltas are planted in, matched as adapters.target_modules; "
+        "default: the adapters' target modules",
+    )
 
 
 def _is_local(path: str) -> bool:
@@ -186,7 +192,7 @@ class AdapterSpec(Strict):
     scaling: Literal["none", "rank", "sqrt"] = "sqrt"
     alpha: float = Field(1.0, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
-    inference_rules: list[Literal["scaled", "truncated_p"]] = ["scaled"]
+    inference_rules: list[Literal[INFERENCE_RULES]] = ["scaled"]  # type: ignore[valid-type]
     a_init: Literal["peft", "reference"] = "peft"
     lora_truncations: bool = Field(False, description="also score LoRA arms below their rank")
 
@@ -334,6 +340,18 @@ class ThroughputSpec(Strict):
     tokens_per_second: float = Field(gt=0)
 
 
+class VerdictSpec(Strict):
+    """How a study says which differences are real (rankstudy.intervals): a paired bootstrap
+    over test examples, and what counts as a tie for the deploy recommendation."""
+
+    tolerance: float = Field(
+        0.01, ge=0, description="scores this close to the best count as tied with it"
+    )
+    resamples: int = Field(2000, ge=100)
+    confidence: float = Field(0.95, gt=0, lt=1)
+    seed: int = Field(0, description="the bootstrap's seed: the intervals are reproducible")
+
+
 class StudySpec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     model: ModelSpec
@@ -347,6 +365,7 @@ class StudySpec(Strict):
     seeds: list[int] | None = Field(None, description="repeat every arm; default [seed]")
     search: SearchSpec = SearchSpec()
     tracking: TrackingSpec = TrackingSpec()
+    verdict: VerdictSpec = VerdictSpec()
     # Where trial results and checkpoints live for every node (rankstudy.storage): an S3/GCS
     # URI or a shared path; None means the study's output folder, which every node must see.
     storage: str | None = None

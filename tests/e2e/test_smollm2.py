@@ -21,7 +21,6 @@ FEW = [  # a few steps and a few problems: the spec's model, data, ranks and tar
     "task.validation_size=3",
     "task.max_eval=3",
     "training.eval_batch_size=2",
-    'adapters.inference_rules=["scaled","truncated_p"]',
 ]
 
 pytestmark = pytest.mark.slow
@@ -50,8 +49,10 @@ def test_every_method_trains_and_scores_every_rank(trials):
         assert all(0 < v < 1 for v in result["scores"].values())
         nll = result["extra_scores"]["token_nll"]["scaled"]
         assert list(nll) == ranks and all(0 < v < 20 for v in nll.values())
-        rules = {"scaled", "truncated_p"} if arm == "matryoshka" else {"scaled"}
-        assert set(result["scores_by_rule"]) == rules
+        # the rules the shipped spec's methods serve the arm with (lora_svd reads lora_r16)
+        rules = {"lora_r4": {"scaled"}, "matryoshka": {"scaled", "truncated_p", "svd"}}
+        assert set(result["scores_by_rule"]) == rules.get(arm, {"scaled", "svd"})
+        assert len(result["examples"]["test"]["score"]["scaled"][ranks[0]]) == 3
         assert result["cost"]["train_flops"] > 0 and result["cost"]["train_tokens"] > 0
     # nested_multiloss runs one forward per rank in S: three times the training FLOPs
     flops = {
@@ -91,7 +92,7 @@ def _token_accuracy(model, examples) -> float:
 
 
 def test_scores_and_export_agree_with_peft(trials, tmp_path):
-    """The Matryoshka trial's adapters, exported at rank 4 under both rules and loaded with
+    """The Matryoshka trial's adapters, exported at rank 4 under three rules and loaded with
     PeftModel.from_pretrained on the dequantised base: logits equal the platform's own model
     at rank 4, and their token accuracy on the test problems is the trial's recorded score."""
     from peft import PeftModel
@@ -111,7 +112,7 @@ def test_scores_and_export_agree_with_peft(trials, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(folder)
     examples = _test_examples(tokenizer)
     probe = torch.tensor([examples[0][0] + examples[0][1]])
-    for rule in ("scaled", "truncated_p"):
+    for rule in ("scaled", "truncated_p", "svd"):
         exported = export_peft(ours, 4, tmp_path / rule, rule)
         config = json.loads((exported / "adapter_config.json").read_text())
         assert config["base_model_name_or_path"] == str(folder) and config["r"] == 4

@@ -5,6 +5,9 @@ random token sequences; the score is top-1 agreement with the teacher on held-ou
 Rank matters by construction: the planted deltas have rank `planted_rank` and a decaying
 singular spectrum, and their top-k truncations give a reference curve (not an upper bound).
 The shift, the share of the base's top-1 predictions the teacher changes, sets the regime.
+
+The deltas lie in the adapters' target modules unless `teacher_targets` names others (say the
+MLP, with students on attention): then the best rank-k student is no truncation of the teacher.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from torch import nn
 
 from rankstudy.adapters.layer import ADAPTABLE, Conv1D
 from rankstudy.spec import PlantedTaskSpec
+from rankstudy.targets import match_targets
 from rankstudy.tasks.base import Task
 
 
@@ -48,12 +52,14 @@ def plant_deltas(
     model: nn.Module, targets: list[str], rank: int, decay: float = 1.0, seed: int = 0
 ) -> list[PlantedDelta]:
     """A random rank-`rank` delta per target module with sigma_i = ||W||_2 / i^decay."""
+    try:
+        chosen = set(match_targets(linear_names(model), targets))
+    except ValueError as e:  # names the target that matches nothing
+        raise ValueError(f"targets: {str(e).removeprefix('target_modules: ')}") from None
     gen = torch.Generator().manual_seed(seed)
     deltas = []
     for name, module in model.named_modules():
-        if not isinstance(module, ADAPTABLE) or not any(
-            name == t or name.endswith("." + t) for t in targets
-        ):
+        if name not in chosen:
             continue
         W = _weight_out_in(module).float()
         out_f, in_f = W.shape
@@ -63,9 +69,11 @@ def plant_deltas(
         top = torch.linalg.matrix_norm(W, ord=2)
         sigma = top / torch.arange(1, r + 1, dtype=torch.float32) ** decay
         deltas.append(PlantedDelta(name, U, sigma, V))
-    if not deltas:
-        raise ValueError(f"targets: {targets} match no linear module of the base model")
     return deltas
+
+
+def linear_names(model: nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if isinstance(m, ADAPTABLE)]
 
 
 def _weight_out_in(module: nn.Module) -> torch.Tensor:
@@ -137,7 +145,8 @@ class PlantedTask(Task):
     """The planted task bound to a base model (before adapters are attached to it).
 
     Inputs are random token sequences; the teacher's logits on them are computed once. The
-    delta scale is searched on the validation inputs, never on test.
+    delta scale is searched on the validation inputs, never on test. targets: the modules the
+    students adapt, and the teacher's unless spec.teacher_targets names its own.
     """
 
     metric = "teacher_agreement"  # top-1 agreement with the teacher
@@ -161,7 +170,18 @@ class PlantedTask(Task):
         self.inputs = {
             s: torch.randint(0, vocab, (n, spec.seq_len), generator=gen) for s, n in sizes.items()
         }
-        deltas = plant_deltas(base, targets, spec.planted_rank, spec.decay, seed=seed)
+        teacher_targets = spec.teacher_targets or targets
+        try:
+            deltas = plant_deltas(base, teacher_targets, spec.planted_rank, spec.decay, seed=seed)
+        except ValueError as e:
+            if spec.teacher_targets is None:
+                raise
+            raise ValueError(f"task.teacher_targets: {str(e).removeprefix('targets: ')}") from None
+        # A rank-k truncation of the deltas is a rank-k adapter only if every delta lies in an
+        # adapted module; a teacher elsewhere (the MLP, students on attention) has no reference.
+        adapted = set(match_targets(linear_names(base), targets))
+        if not all(d.module in adapted for d in deltas):
+            reference_ranks = ()
         # The calibration (delta scale, base score, reference curve) is a function of the spec
         # and seed alone: a study computes it in its first trial and every later process reads
         # it. The lock makes trials that start together wait for one calibration, not each run it.
@@ -230,18 +250,21 @@ class PlantedTask(Task):
         return soft_cross_entropy(model(batch["input_ids"]).logits, batch["teacher_logits"])
 
     @torch.no_grad()
-    def score_sum(
+    def score_examples(
         self, model: nn.Module, split: str, indices: Sequence[int], batch_size: int
-    ) -> float:
+    ) -> dict[str, list[float]]:
+        """Each sequence's share of positions where the student's top-1 is the teacher's."""
         device = next(model.parameters()).device
-        total = 0.0
+        scores: list[float] = []
         indices = list(indices)
         for i in range(0, len(indices), batch_size):
             batch = self.collate(split, indices[i : i + batch_size])
             logits = model(batch["input_ids"].to(device)).logits
             same = logits.argmax(-1).cpu() == batch["teacher_logits"].argmax(-1)
-            total += same.float().mean(-1).sum().item()  # per sequence, then summed
-        return total
+            scores += same.float().mean(-1).tolist()
+        return {"score": scores}
 
     def reference_curve(self, ranks: Sequence[int]) -> dict[int, float] | None:
+        """The teacher truncated to rank k, per k; None when the teacher has modules the
+        students do not adapt (no rank-k adapter can express that truncation)."""
         return {k: self.reference[k] for k in ranks if k in self.reference} or None
