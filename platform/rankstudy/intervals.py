@@ -19,13 +19,12 @@ the summary read it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from rankstudy.metrics import AXES
+from rankstudy.metrics import AXES, rank_axis
 
 ROUNDING = 1e-12  # a score within the tolerance up to float rounding is within it
 SCHEME = (
@@ -131,16 +130,7 @@ def resample_curves(
 
 def _rank_xs(ranks: Sequence[int], axis: str) -> np.ndarray:
     """The x of each rank on an axis, after the checks metrics.aurac makes."""
-    if axis not in AXES:
-        raise ValueError(f"axis: unknown axis {axis!r}; expected one of {AXES}")
-    if len(ranks) < 1:
-        raise ValueError("ranks: need at least one point")
-    for r in ranks:
-        if not r > 0:
-            raise ValueError(f"ranks: {r} is not a positive rank")
-    if len(set(ranks)) != len(ranks):
-        raise ValueError(f"ranks: duplicate ranks in {list(ranks)}")
-    return np.array([math.log2(r) if axis == "log2" else float(r) for r in ranks])
+    return np.array(rank_axis(ranks, axis))
 
 
 def aurac_draws(ranks: Sequence[int], values: np.ndarray, axis: str = "log2") -> np.ndarray:
