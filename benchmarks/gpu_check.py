@@ -70,7 +70,7 @@ class RandomTokens(Task):
     def loss(self, model, batch) -> torch.Tensor:
         return model(**batch).loss
 
-    def score_sum(self, model, split, indices, batch_size) -> float:
+    def score_examples(self, model, split, indices, batch_size) -> dict[str, list[float]]:
         raise NotImplementedError("a throughput workload: nothing to score")
 
 

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from rankstudy.architecture import Architecture, read_architecture
-from rankstudy.arms import arm_rules, method_arms, parse_arm, study_arms, trial_rules
+from rankstudy.arms import arm_rules, method_arms, method_rule, parse_arm, study_arms, trial_rules
 from rankstudy.cost import ModelShape, eval_flops, train_flops
 from rankstudy.spec import StudySpec
 from rankstudy.tasks.rows import gsm8k_splits, jsonl_splits
@@ -88,31 +88,43 @@ def plan(spec: StudySpec, shape: ModelShape, sizes: dict[str, int]) -> dict:
     tokens = steps * t.micro_batch_size * t.grad_accum * spec.resources.workers * seq
     seeds = len(spec.seeds or [spec.seed])
     validations = 1 + ((steps - 1) // t.eval_every if t.eval_every else 0)  # as trial.py
-    arms = {}
+    arms, by_rule = {}, {}
     for name in study_arms(spec):
         rules = arm_rules(name, spec)
         arm = parse_arm(name, spec)
         per_rank = train_flops(shape, tokens, seq, arm.method, arm.max_rank, arm.train_ranks)
         # a trial scores each of its rules that changes the model's output, at its ranks
-        ranks = [k for _, ks in arm.rules_scored(trial_rules(spec, name)) for k in ks]
-        val = validations * eval_flops(shape, sizes["validation"] * seq, seq, ranks)
-        test = eval_flops(shape, sizes["test"] * seq, seq, ranks)
+        scored = arm.rules_scored(trial_rules(spec, name))
+        val = {
+            u: validations * eval_flops(shape, sizes["validation"] * seq, seq, ks)
+            for u, ks in scored
+        }
+        test = {u: eval_flops(shape, sizes["test"] * seq, seq, ks) for u, ks in scored}
         trainings = spec.search.trials_per_arm + len(rules) * (seeds - 1)
         arms[name] = {
             "method": arm.method,
             "training_runs": trainings,
             "test_passes": len(rules) * seeds,
             "tokens": trainings * tokens,
-            "flops": trainings * (per_rank + val) + len(rules) * seeds * test,
+            "flops": trainings * (per_rank + sum(val.values()))
+            + len(rules) * seeds * sum(test.values()),
+        }
+        # what a method served under one rule pays on this arm, as the study charges it
+        # (rankstudy.scoring.total_cost): the search, its rule's repeats and test passes, and
+        # its rule's scoring only
+        by_rule[name] = {
+            u: (spec.search.trials_per_arm + seeds - 1) * (per_rank + val.get(u, 0.0))
+            + seeds * test.get(u, 0.0)
+            for u in rules
         }
     methods = {}
     for m in spec.methods:
-        used = method_arms(m, spec)
+        used, rule = method_arms(m, spec), method_rule(m)
         methods[m] = {
             "arms": used,
-            "trials": sum(arms[a]["training_runs"] for a in used),
-            "tokens": sum(arms[a]["tokens"] for a in used),
-            "flops": sum(arms[a]["flops"] for a in used),
+            "trials": sum(spec.search.trials_per_arm + seeds - 1 for _ in used),
+            "tokens": sum((spec.search.trials_per_arm + seeds - 1) * tokens for _ in used),
+            "flops": sum(by_rule[a][rule] for a in used),
         }
     out = {
         "study": spec.name,
