@@ -79,6 +79,45 @@ def training_steps(spec: StudySpec, train_examples: int) -> int:
     return t.steps or max(1, math.ceil(t.epochs * train_examples / batch))
 
 
+def _arm_plan(
+    spec: StudySpec,
+    shape: ModelShape,
+    sizes: dict[str, int],
+    name: str,
+    tokens: int,
+    validations: int,
+) -> tuple[dict, dict[str, float]]:
+    """An arm's runs, tokens and FLOPs as it runs; and, per rule it is served under, what a
+    method served under that rule pays on it, as the study charges it
+    (rankstudy.scoring.total_cost): the search, its rule's repeats and test passes, and its
+    rule's scoring only."""
+    seq, seeds = sequence_tokens(spec), len(spec.seeds or [spec.seed])
+    rules = arm_rules(name, spec)
+    arm = parse_arm(name, spec)
+    per_rank = train_flops(shape, tokens, seq, arm.method, arm.max_rank, arm.train_ranks)
+    # a trial scores each of its rules that changes the model's output, at its ranks
+    scored = arm.rules_scored(trial_rules(spec, name))
+    val = {
+        u: validations * eval_flops(shape, sizes["validation"] * seq, seq, ks) for u, ks in scored
+    }
+    test = {u: eval_flops(shape, sizes["test"] * seq, seq, ks) for u, ks in scored}
+    trainings = spec.search.trials_per_arm + len(rules) * (seeds - 1)
+    runs = {
+        "method": arm.method,
+        "training_runs": trainings,
+        "test_passes": len(rules) * seeds,
+        "tokens": trainings * tokens,
+        "flops": trainings * (per_rank + sum(val.values()))
+        + len(rules) * seeds * sum(test.values()),
+    }
+    charged = {
+        u: (spec.search.trials_per_arm + seeds - 1) * (per_rank + val.get(u, 0.0))
+        + seeds * test.get(u, 0.0)
+        for u in rules
+    }
+    return runs, charged
+
+
 def plan(spec: StudySpec, shape: ModelShape, sizes: dict[str, int]) -> dict:
     """Per arm and per method: runs, tokens and FLOPs; seconds and money once a throughput is
     known (add_time)."""
@@ -90,33 +129,7 @@ def plan(spec: StudySpec, shape: ModelShape, sizes: dict[str, int]) -> dict:
     validations = 1 + ((steps - 1) // t.eval_every if t.eval_every else 0)  # as trial.py
     arms, by_rule = {}, {}
     for name in study_arms(spec):
-        rules = arm_rules(name, spec)
-        arm = parse_arm(name, spec)
-        per_rank = train_flops(shape, tokens, seq, arm.method, arm.max_rank, arm.train_ranks)
-        # a trial scores each of its rules that changes the model's output, at its ranks
-        scored = arm.rules_scored(trial_rules(spec, name))
-        val = {
-            u: validations * eval_flops(shape, sizes["validation"] * seq, seq, ks)
-            for u, ks in scored
-        }
-        test = {u: eval_flops(shape, sizes["test"] * seq, seq, ks) for u, ks in scored}
-        trainings = spec.search.trials_per_arm + len(rules) * (seeds - 1)
-        arms[name] = {
-            "method": arm.method,
-            "training_runs": trainings,
-            "test_passes": len(rules) * seeds,
-            "tokens": trainings * tokens,
-            "flops": trainings * (per_rank + sum(val.values()))
-            + len(rules) * seeds * sum(test.values()),
-        }
-        # what a method served under one rule pays on this arm, as the study charges it
-        # (rankstudy.scoring.total_cost): the search, its rule's repeats and test passes, and
-        # its rule's scoring only
-        by_rule[name] = {
-            u: (spec.search.trials_per_arm + seeds - 1) * (per_rank + val.get(u, 0.0))
-            + seeds * test.get(u, 0.0)
-            for u in rules
-        }
+        arms[name], by_rule[name] = _arm_plan(spec, shape, sizes, name, tokens, validations)
     methods = {}
     for m in spec.methods:
         used, rule = method_arms(m, spec), method_rule(m)
