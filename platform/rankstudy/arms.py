@@ -16,7 +16,6 @@ from rankstudy.methods import (
     REGISTRY,
     Method,
     Ranks,
-    one_run_curve,
     per_rank_runs,
     served,
 )
@@ -108,9 +107,3 @@ def trial_rules(spec: StudySpec, arm: str) -> list[str]:
     with (adapters.inference_rules where none does, a trial run on its own), in a fixed order."""
     rules = arm_rules(arm, spec) or spec.adapters.inference_rules
     return sorted(rules, key=INFERENCE_RULES.index)
-
-
-def one_run(arm: Arm, rule: str) -> bool:
-    """Whether this arm served under `rule` is chosen by its curve's AURAC (a nested arm, or
-    a grid arm served at every rank) rather than by its own rank's score."""
-    return one_run_curve(arm.kind, rule)

@@ -15,9 +15,9 @@ import torch.distributed as dist
 
 from rankstudy.adapters import adapter_layers, get_schedule, set_rank
 from rankstudy.adapters.svd import prepare_svd
-from rankstudy.arms import Arm, one_run
+from rankstudy.arms import Arm
 from rankstudy.engine import gather_partitioned
-from rankstudy.methods import SVD_RULES
+from rankstudy.methods import SVD_RULES, one_run_curve
 from rankstudy.metrics import aurac
 from rankstudy.tasks.base import Task
 
@@ -100,6 +100,6 @@ def score_split(model, task: Task, split: str, batch_size: int) -> dict[str, flo
 def selection_metric(arm: Arm, curve: dict[int, float], rule: str = "scaled") -> float:
     """Validation AURAC (log2) for an arm served over ranks (a nested arm, or a grid arm served
     as one run); the score at its own rank for a grid arm."""
-    if one_run(arm, rule):
+    if one_run_curve(arm.kind, rule):
         return aurac(list(curve), list(curve.values()))
     return curve[arm.max_rank]

@@ -217,9 +217,14 @@ def study_intervals(
 ) -> dict:
     """Everything a report shows of a study's uncertainty, JSON-ready: each method's intervals
     and, for each pair a before b in the given method order, pairs[a][b] = a - b."""
-    draws = resample_curves(examples, resamples, seed)
+    return draws_intervals(ranks, resample_curves(examples, resamples, seed), confidence)
+
+
+def draws_intervals(ranks: Sequence[int], draws: dict[str, Draws], confidence: float) -> dict:
+    """study_intervals from draws already made (a caller that also recommends from them)."""
     names = list(draws)
-    counts = dict(draws[names[0]].key[2])
+    seed, resamples, counts = draws[names[0]].key
+    counts = dict(counts)
     return {
         "scheme": SCHEME,
         "resamples": resamples,

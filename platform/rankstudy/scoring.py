@@ -14,21 +14,29 @@ from rankstudy.records import TrialResult
 from rankstudy.spec import StudySpec
 
 
+def rank_results(method: str, spec: StudySpec, chosen: dict, seed: int) -> dict[int, TrialResult]:
+    """Which test pass serves each rank of the method's curve at one seed: the grid's own arm
+    per rank in S, else the method's one run at every rank it scored. chosen[(arm, rule)][seed]
+    is a test pass's result."""
+    rule = method_rule(method)
+    if per_rank_runs(*served(method)):
+        arms = zip(spec.adapters.rank_set, method_arms(method, spec), strict=True)
+        return {r: chosen[(arm, rule)][seed] for r, arm in arms}
+    one = chosen[(method_arms(method, spec)[0], rule)][seed]
+    return dict.fromkeys(one.scores_by_rule[rule], one)
+
+
 def test_curve(
     method: str, spec: StudySpec, chosen: dict, seed: int, metric: str | None = None
 ) -> dict[int, float]:
-    """The method's test curve for one seed: the primary metric's, or an extra `metric`'s.
-    chosen[(arm, rule)][seed] is a test pass's result."""
+    """The method's test curve for one seed: the primary metric's, or an extra `metric`'s."""
     rule = method_rule(method)
 
     def curve(result: TrialResult) -> dict[int, float]:
         by_rule = result.scores_by_rule if metric is None else result.extra_scores[metric]
         return by_rule[rule]
 
-    if per_rank_runs(*served(method)):
-        arms = zip(spec.adapters.rank_set, method_arms(method, spec), strict=True)
-        return {r: curve(chosen[(arm, rule)][seed])[r] for r, arm in arms}
-    return dict(curve(chosen[(method_arms(method, spec)[0], rule)][seed]))
+    return {r: curve(result)[r] for r, result in rank_results(method, spec, chosen, seed).items()}
 
 
 def _on_other_rules(result: TrialResult, rule: str | None, what: str) -> float:

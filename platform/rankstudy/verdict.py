@@ -12,10 +12,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from rankstudy.arms import method_arms, method_rule
-from rankstudy.intervals import recommend, resample_curves, study_intervals
-from rankstudy.methods import per_rank_runs, served
+from rankstudy.arms import method_rule
+from rankstudy.intervals import draws_intervals, recommend, resample_curves
 from rankstudy.metrics import aurac
+from rankstudy.scoring import rank_results
 from rankstudy.spec import StudySpec
 
 ONE_SEED = "one seed: the intervals cover the test examples only, not the variation between seeds"
@@ -25,15 +25,10 @@ def method_examples(method: str, spec: StudySpec, chosen: dict, seed: int, ranks
     """[len(ranks), n] test scores of each example at each rank, or None where a chosen
     trial recorded none (a result written before per-example scores)."""
     rule = method_rule(method)
-    if per_rank_runs(*served(method)):
-        arms = dict(zip(spec.adapters.rank_set, method_arms(method, spec), strict=True))
-        results = {r: chosen[(arms[r], rule)][seed] for r in ranks}
-    else:
-        one = chosen[(method_arms(method, spec)[0], rule)][seed]
-        results = dict.fromkeys(ranks, one)
+    serving = rank_results(method, spec, chosen, seed)
     rows = []
-    for r, result in results.items():
-        scores = result.examples.get("test", {}).get("score", {}).get(rule, {}).get(r)
+    for r in ranks:
+        scores = serving[r].examples.get("test", {}).get("score", {}).get(rule, {}).get(r)
         if scores is None:
             return None
         rows.append(scores)
@@ -56,11 +51,11 @@ def study_verdict(
             return None
         examples[name] = per_seed
     v = spec.verdict
-    intervals = study_intervals(ranks, examples, v.resamples, v.seed, v.confidence)
+    draws = resample_curves(examples, v.resamples, v.seed)  # once: intervals and choice share it
+    intervals = draws_intervals(ranks, draws, v.confidence)
     intervals["ranks"] = ranks
     if len(seeds) == 1:
         intervals["note"] = ONE_SEED
-    draws = resample_curves(examples, v.resamples, v.seed)
     cost = {name: m["cost"]["train_flops"] for name, m in methods.items()}
     choice = recommend(ranks, draws, cost, v.tolerance, v.confidence)
     return {"intervals": intervals, "recommendation": choice}
