@@ -39,6 +39,9 @@ TINY = {
     "search": {"trials_per_arm": 2},
 }
 ARMS = 6  # lora_r1, r2, r4, r8, dylora, matryoshka
+# the tiny study with two arms, for the tests that check a study's bookkeeping through a fault
+TWO_ARMS = TINY | {"name": "tiny-two-arms", "methods": ["dylora", "matryoshka"]}
+TWO_ARMS_TRIALS = 2 * 2  # two search trials an arm
 # the session's served study (conftest.served_study): the svd rules beside the paper's
 SERVED = [
     "lora_grid",

@@ -53,8 +53,8 @@ def _trial(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace) -> int:
 
-    from rankstudy.model_fit import check_fits_model
     from rankstudy.plan import add_time, calibrate, plan, plan_table, shape_of, split_sizes
+    from rankstudy.preflight import preflight
     from rankstudy.spec import SpecError, load_spec, read_spec_file
     from rankstudy.sweep import sweep_points
 
@@ -64,7 +64,8 @@ def _plan(args: argparse.Namespace) -> int:
         plans = []
         for label, sets in variants:
             variant = load_spec(args.spec, sets)
-            shape = shape_of(variant, check_fits_model(variant))
+            # the study's own checks (rankstudy.preflight), then what it will spend
+            shape = shape_of(variant, preflight(variant, Path(f"runs/{variant.name}")))
             out = plan(variant, shape, split_sizes(variant))
             if args.calibrate:
                 raw = read_spec_file(args.spec)
@@ -89,10 +90,10 @@ def _point_studies(args: argparse.Namespace, spec) -> tuple[list, list]:
     """The points of the spec's sweep (one, with no sweep) and a Study for each, checked now.
     A sweep's points record into one MLflow store and experiment; resumed, a point that never
     started starts afresh."""
+    from rankstudy.preflight import tracking_uri
     from rankstudy.study import Study, StudyError
     from rankstudy.study_state import STATE_FILE
     from rankstudy.sweep import shared_tracking, sweep_points
-    from rankstudy.tracking import tracking_uri
 
     base = Path(args.out or f"runs/{spec.name}")
     points = sweep_points(spec)

@@ -18,9 +18,8 @@ from mlflow.exceptions import MlflowException
 from requests import RequestException
 
 from rankstudy.arms import arm_rules, parse_arm, study_arms, study_rules
-from rankstudy.model_fit import check_fits_model
+from rankstudy.preflight import preflight, tracking_uri
 from rankstudy.progress import StudyProgress
-from rankstudy.ray_cluster import answers
 from rankstudy.records import TrialRecord
 from rankstudy.spec import load_spec, read_spec_file
 from rankstudy.study_recorder import MlflowRecorder
@@ -34,7 +33,7 @@ from rankstudy.study_summary import (
     write_summary,
 )
 from rankstudy.study_tuner import TrialEvents, drop_superseded, ended_trial, new_record, open_tuner
-from rankstudy.tracking import StudyTracker, tracking_uri
+from rankstudy.tracking import StudyTracker
 from rankstudy.trainable import trial_bundles
 from rankstudy.waiting import WaitWatch, free_resources
 
@@ -52,12 +51,12 @@ class Study:
     ) -> None:
         """tags: the parent run's own (a sweep point's, rankstudy.sweep.SweepPoint.tags)."""
         self.spec = load_spec(spec_path, overrides)  # every input error before any compute
-        check_fits_model(self.spec)
+        self.out_dir = Path(out_dir or f"runs/{self.spec.name}").resolve()
+        preflight(self.spec, self.out_dir)  # what `rankstudy plan` checks, the same way
         self.raw = read_spec_file(spec_path)
         self.spec_path = spec_path
         rules = json.dumps(study_rules(self.spec))
         self.overrides = [*overrides, f"adapters.inference_rules={rules}"]
-        self.out_dir = Path(out_dir or f"runs/{self.spec.name}").resolve()
         self.files = StudyFiles(self.spec, self.out_dir, resume)
         self.files.state.spec = SpecRecord(raw=self.raw, overrides=self.overrides)  # `export`
         self.seeds = self.spec.seeds or [self.spec.seed]
@@ -75,8 +74,6 @@ class Study:
     def run(self) -> dict:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         uri = tracking_uri(self.spec.tracking.uri, self.out_dir)
-        if uri.startswith(("http://", "https://")) and not answers(uri):
-            raise StudyError(f"tracking.uri: nothing answers at {uri} (the MLflow server)")
         recorder = self.attach(StudyTracker(uri, self.spec.tracking.experiment or self.spec.name))
         parent = recorder.start(self.spec.name, self.spec.model_dump(mode="json"), self.tags)
         start = time.perf_counter()

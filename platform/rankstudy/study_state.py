@@ -8,16 +8,16 @@ Torch- and Ray-free: `rankstudy export` reads a study's state without either.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import uuid
 from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
+from rankstudy.preflight import check_storage
 from rankstudy.records import RESULT_FILE, ResultError, TrialRecord, TrialResult, read_result
 from rankstudy.spec import StudySpec
-from rankstudy.storage import TrialStorage, check_storage_uri, check_writable
+from rankstudy.storage import TrialStorage, check_writable
 
 STATE_FILE = "study_state.json"
 
@@ -93,14 +93,7 @@ class StudyFiles:
         """This study's own folder in the storage (spec, else $RANKSTUDY_STORAGE): named after
         the study and made unique, so studies sharing a bucket never share a path; kept in the
         state, so a resumed study finds it again."""
-        base = spec.storage or os.environ.get("RANKSTUDY_STORAGE") or None
-        field = "storage" if spec.storage else "RANKSTUDY_STORAGE"
-        try:
-            check_storage_uri(base)
-        except ValueError as e:
-            raise StudyError(f"{field}: {e}") from None
-        if base and base.startswith("/"):  # a shared disk: it must be there, not made here
-            check_writable(field, Path(base), must_exist=True)
+        base = check_storage(spec)
         if resume and self.state.storage_base != base:
             raise StudyError(
                 f"storage: this study keeps its trials under {self.state.storage_base!r}; "

@@ -10,7 +10,6 @@ processes at once fails in schema migration.
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from pathlib import Path
@@ -24,15 +23,6 @@ from rankstudy.records import TrialRecord, TrialResult
 from rankstudy.verdict import pair_gap
 
 BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
-
-
-def tracking_uri(spec_uri: str | None, out_dir: Path) -> str:
-    """The spec's URI, else $MLFLOW_TRACKING_URI, else a sqlite file in the study's directory."""
-    return (
-        spec_uri
-        or os.environ.get("MLFLOW_TRACKING_URI")
-        or f"sqlite:///{(out_dir / 'mlflow.db').resolve()}"
-    )
 
 
 def artifact_location(uri: str) -> str | None:

@@ -5,13 +5,15 @@ study with a message saying how to finish it, and --resume writes every record i
 import json
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from studies import (
-    ARMS,
-    TINY,
+    TWO_ARMS,
+    TWO_ARMS_TRIALS,
     free_port,
     mlflow_command,
     run_study,
@@ -22,7 +24,7 @@ from studies import (
 
 
 def served_study(tmp_path, uri):
-    return write_spec(tmp_path, TINY | {"tracking": {"uri": uri, "experiment": "outage"}})
+    return write_spec(tmp_path, TWO_ARMS | {"tracking": {"uri": uri, "experiment": "outage"}})
 
 
 def assert_every_record_in_mlflow(uri, out):
@@ -33,7 +35,7 @@ def assert_every_record_in_mlflow(uri, out):
     keys = [r.data.tags.get("rankstudy.trial_key") for r in runs]
     trials = [r for r in runs if r.data.tags.get("rankstudy.kind") == "trial"]
     assert sorted(r.data.tags["rankstudy.trial_key"] for r in trials) == sorted(state["trials"])
-    assert len(trials) == ARMS * 2 and len(keys) == len(set(keys))
+    assert len(trials) == TWO_ARMS_TRIALS and len(keys) == len(set(keys))
     chosen = {r.data.tags["rankstudy.trial_key"] for r in trials if "test_score" in r.data.metrics}
     assert chosen == {t["key"] for t in state["tests"].values()}
     assert all(r.info.status == "FINISHED" for r in runs)
@@ -50,7 +52,7 @@ def test_a_server_restarted_mid_study_loses_no_record(tmp_path):
         wait_for_trials(proc, out / "study_state.json", 2)
         os.killpg(server.pid, signal.SIGKILL)  # the server and its workers, at once
         server.wait()
-        wait_for_trials(proc, out / "study_state.json", 5)  # trials go on meanwhile
+        wait_for_trials(proc, out / "study_state.json", 3)  # trials go on meanwhile
     with service(mlflow_command(port, tmp_path), f"{uri}/health", "the MLflow server again"):
         assert proc.wait(timeout=1200) == 0, (tmp_path / "out.log").read_text()[-4000:]
         assert_every_record_in_mlflow(uri, out)
@@ -76,21 +78,31 @@ def test_a_server_down_to_the_end_stops_the_study_and_resume_writes_what_it_miss
     assert f"rankstudy study: tracking.uri: MLflow at {uri} did not take the study's" in log
     assert f"--resume --out {out}" in log
     state = json.loads((out / "study_state.json").read_text())
-    assert len(state["trials"]) == ARMS * 2  # every trial ran and is recorded
+    assert len(state["trials"]) == TWO_ARMS_TRIALS  # every trial ran and is recorded
     assert not all(t["logged"] for t in state["trials"].values())
 
     with service(mlflow_command(port, tmp_path), f"{uri}/health", "the MLflow server again"):
         run_study(spec, out, "--resume")
         assert_every_record_in_mlflow(uri, out)
         summary = json.loads((out / "study_summary.json").read_text())
-        assert set(summary["methods"]) == set(TINY["methods"]) and not summary["missing"]
+        assert set(summary["methods"]) == set(TWO_ARMS["methods"]) and not summary["missing"]
 
 
 def test_a_server_that_is_not_there_is_named_before_any_trial(tmp_path):
+    """Refused as the plan refuses it (rankstudy.preflight), before Ray starts."""
     uri = f"http://127.0.0.1:{free_port()}"
     out = tmp_path / "out"
-    proc = run_study(served_study(tmp_path, uri), out, wait=False)
-    assert proc.wait(timeout=300) == 1
+    spec = served_study(tmp_path, uri)
+    proc = run_study(spec, out, wait=False)
+    assert proc.wait(timeout=300) == 2
     log = (tmp_path / "out.log").read_text()
-    assert f"rankstudy study: tracking.uri: nothing answers at {uri} (the MLflow server)" in log
+    refusal = f"invalid input\ntracking.uri: nothing answers at {uri} (the MLflow server)"
+    assert f"rankstudy study: {refusal}" in log
+    assert "Started a local Ray instance" not in log  # asked before Ray's start-up is spent
     assert not (out / "trials").exists()
+    plan = subprocess.run(
+        [sys.executable, "-m", "rankstudy.cli", "plan", "--spec", str(spec)],
+        capture_output=True,
+        text=True,
+    )
+    assert plan.returncode == 2 and f"rankstudy plan: {refusal}" in plan.stderr

@@ -1,0 +1,73 @@
+"""The checks a spec passes before anything is computed, in one place: `rankstudy plan` and
+`rankstudy study` (and so `jobs/study.py`) both call `preflight`, so that what the plan refuses
+the study refuses with the same message, before Ray starts.
+
+Torch-free, like the plan: the model is read as its config (rankstudy.model_fit), the data as
+rows (rankstudy.tasks.rows).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from rankstudy.architecture import Architecture
+from rankstudy.model_fit import check_fits_model
+from rankstudy.plan import split_sizes
+from rankstudy.ray_cluster import answers
+from rankstudy.spec import SpecError, StudySpec
+from rankstudy.storage import check_storage_uri, check_writable
+
+
+def tracking_uri(spec_uri: str | None, out_dir: Path) -> str:
+    """The spec's URI, else $MLFLOW_TRACKING_URI, else a sqlite file in the study's directory."""
+    return (
+        spec_uri
+        or os.environ.get("MLFLOW_TRACKING_URI")
+        or f"sqlite:///{(out_dir / 'mlflow.db').resolve()}"
+    )
+
+
+def check_data(spec: StudySpec) -> dict[str, int]:
+    """Examples per split, counted on the rows the task builds its splits from: a missing
+    file, a broken line, a missing field or too few rows is named by its task field."""
+    try:
+        return split_sizes(spec)
+    except ValueError as e:
+        raise SpecError(f"task.{spec.task.kind}.{e}") from None
+
+
+def check_storage(spec: StudySpec) -> str | None:
+    """Where the trials' folders go (the spec's `storage`, else $RANKSTUDY_STORAGE; None: the
+    study's own folder): a URI of a known scheme, or an absolute path to a folder that is
+    already there (every node must see it, so it is never made here)."""
+    base = spec.storage or os.environ.get("RANKSTUDY_STORAGE") or None
+    field = "storage" if spec.storage else "RANKSTUDY_STORAGE"
+    try:
+        check_storage_uri(base)
+        if base and base.startswith("/"):
+            check_writable(field, Path(base), must_exist=True)
+    except ValueError as e:
+        message = str(e)
+        raise SpecError(message if message.startswith(field) else f"{field}: {message}") from None
+    return base
+
+
+def check_tracking(spec: StudySpec, out_dir: Path) -> str:
+    """The study's MLflow URI, once a server it names answers (a bounded probe)."""
+    uri = tracking_uri(spec.tracking.uri, out_dir)
+    if uri.startswith(("http://", "https://")) and not answers(uri):
+        raise SpecError(f"tracking.uri: nothing answers at {uri} (the MLflow server)")
+    return uri
+
+
+def preflight(spec: StudySpec, out_dir: Path) -> Architecture | None:
+    """Every check of a spec that needs neither Ray nor a write: the model takes the spec
+    (model_fit), the data files hold the splits, the storage is there, the MLflow server
+    answers. Returns the model's architecture (None when its config is out of reach here);
+    raises SpecError."""
+    arch = check_fits_model(spec)
+    check_data(spec)
+    check_storage(spec)
+    check_tracking(spec, out_dir)
+    return arch
