@@ -66,8 +66,12 @@ def trial_config(config: dict, storage: str | None) -> TrialConfig:
 
 
 def tune_trial(config: dict) -> None:
-    """The Tune trainable: run the trial its config asks for (trial_config) and report."""
-    from rankstudy.trial import TrialFailed
+    """The Tune trainable: run the trial its config asks for (trial_config) and report. A
+    failure a retry can fix is raised, for Tune to retry from the checkpoint; any other is
+    reported once, its reason in the trial folder's failure.txt (rankstudy.failures)."""
+    import traceback
+
+    from rankstudy.failures import failure_reason, retry_can_fix
 
     storage = trial_storage(config)
     trial = trial_config(config, storage.uri)
@@ -76,10 +80,13 @@ def tune_trial(config: dict) -> None:
     report = reported(sampled(config)) | {"node": ray.get_runtime_context().get_node_id()}
     try:
         result = execute(trial, storage.path_of("ray"))
-    except TrialFailed as e:  # deterministic: report it instead of retrying it
+    except Exception as e:
+        if retry_can_fix(e):
+            raise
+        traceback.print_exc()  # the whole traceback in the trial's log (the driver's too)
         local = storage.local(trial.out_dir)
         local.mkdir(parents=True, exist_ok=True)
-        (local / "failure.txt").write_text(str(e))
+        (local / "failure.txt").write_text(failure_reason(e))
         storage.push(local / "failure.txt")
         tune.report(
             {"selection_metric": FAILED_METRIC, "failed": True, "out_dir": trial.out_dir, **report}

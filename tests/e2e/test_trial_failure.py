@@ -56,3 +56,29 @@ def test_a_study_keeps_the_reason_in_failure_txt_its_state_and_mlflow(tmp_path):
     assert failed.info.status == "FAILED" and REASON in failed.data.tags["failure"]
     page = (out / "report" / "report.html").read_text()
     assert f"arm matryoshka: its only trial failed ({REASON}" in page
+
+
+@pytest.mark.slow
+def test_a_failure_a_retry_cannot_fix_fails_once(tmp_path):
+    """A model folder whose config reads (the checks before the study pass) but whose weights
+    file is cut short: every load fails the same way, so the trial fails once, its reason and
+    where it was raised kept, instead of Tune retrying it."""
+    from rankstudy.models import tiny_model
+
+    model = tmp_path / "model"
+    tiny_model("llama", hidden=64, layers=2, vocab=256).save_pretrained(model)
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    spec = TINY | {"model": {"name": str(model)}, "methods": ["matryoshka"]}
+    out = tmp_path / "out"
+    proc = run_study(
+        write_spec(tmp_path, spec | {"search": {"trials_per_arm": 1}}), out, wait=False
+    )
+    assert proc.wait(timeout=1200) == 1
+    log = (tmp_path / "out.log").read_text()
+    assert "methods not scored: tiny-study: matryoshka" in log
+    (record,) = json.loads((out / "study_state.json").read_text())["trials"].values()
+    assert record["status"] == "failed"
+    assert record["failure"].startswith("SafetensorError: Error while deserializing header")
+    assert record["failure"].endswith("not retried: a retry cannot fix it")
+    assert "errored" not in log  # Tune saw a trial that ended, not one to retry
