@@ -88,6 +88,28 @@ class ModelSpec(Strict):
             )
         return self
 
+    @field_validator("name")
+    @classmethod
+    def _folder_or_hub_id(cls, name: str | None) -> str | None:
+        """A local folder that is there, or a well-formed hub id (the hub itself is asked
+        later, where it can be reached: rankstudy.model_fit)."""
+        if name is None or Path(name).expanduser().is_dir():
+            return name
+        if name.startswith(("/", "./", "../", "~")) or Path(name).exists():
+            raise ValueError(f"{name} is not a folder (a local model is a folder with its config)")
+        from huggingface_hub.errors import HFValidationError
+        from huggingface_hub.utils import validate_repo_id
+
+        try:
+            validate_repo_id(name)
+        except HFValidationError:
+            raise ValueError(
+                f"{name!r} is neither a local folder nor a hub id (a name like "
+                f"'HuggingFaceTB/SmolLM2-135M-Instruct': letters, digits, '-', '_', '.', at most "
+                f"one '/')"
+            ) from None
+        return name
+
     @field_validator("gguf")
     @classmethod
     def _gguf_readable(cls, ref: str | None) -> str | None:
@@ -380,6 +402,16 @@ class StudySpec(Strict):
         description="run the whole study once per multiple of the training budget "
         "(training.steps or training.epochs), crossed with any `sweep`",
     )
+
+    @model_validator(mode="after")
+    def _flash_attention_needs_gpus(self) -> StudySpec:
+        if self.model.attn_implementation == "flash_attention_2" and not self.resources.use_gpu:
+            raise ValueError(
+                "model.attn_implementation: flash_attention_2 runs on CUDA GPUs only, and this "
+                "spec's trials run on CPUs (resources.use_gpu: false); use sdpa, or set "
+                "resources.use_gpu: true"
+            )
+        return self
 
     @model_validator(mode="after")
     def _study(self) -> StudySpec:

@@ -53,6 +53,16 @@ CASES = [
     ("a file that is not GGUF", _gguf_junk, "is not a GGUF file"),
     ("a negative learning rate", lambda t: SPEC | {"training": {"lr": -1}}, "training.lr: Input"),
     (
+        "a model name that is neither a folder nor a hub id",
+        lambda t: SPEC | {"model": {"name": "org/team/model"}},
+        "model.name: 'org/team/model' is neither a local folder nor a hub id",
+    ),
+    (
+        "flash attention on CPU trials",
+        lambda t: SPEC | {"model": SPEC["model"] | {"attn_implementation": "flash_attention_2"}},
+        "model.attn_implementation: flash_attention_2 runs on CUDA GPUs only",
+    ),
+    (
         "a jsonl line without the response",
         lambda t: _jsonl(t, ROWS + '{"prompt": "a"}\n'),
         "task.jsonl.train: {tmp}/train.jsonl line 2 has no string field 'response'",
