@@ -135,6 +135,8 @@ def _study(args: argparse.Namespace) -> int:
             check_cluster(study.spec)
     except ClusterError as e:
         print(f"rankstudy study: {e}", file=sys.stderr)
+        for study in studies:
+            study.let_go()
         return 2
     # SIGTERM (`ray job stop`, a scheduler's kill) stops the study as Ctrl-C does: Tune ends
     # its trials and saves its state, the parent run is marked KILLED, the exit ends this

@@ -23,7 +23,14 @@ from rankstudy.progress import StudyProgress
 from rankstudy.records import TrialRecord
 from rankstudy.spec import load_spec, read_spec_file
 from rankstudy.study_recorder import MlflowRecorder
-from rankstudy.study_state import SpecRecord, StudyError, StudyFiles, StudyInterrupted
+from rankstudy.study_state import (
+    LOCK_FILE,
+    SpecRecord,
+    StudyError,
+    StudyFiles,
+    StudyInterrupted,
+    hold_folder,
+)
 from rankstudy.study_summary import (
     SUMMARY_FILE,
     chosen_results,
@@ -58,11 +65,22 @@ class Study:
         rules = json.dumps(study_rules(self.spec))
         self.overrides = [*overrides, f"adapters.inference_rules={rules}"]
         self.files = StudyFiles(self.spec, self.out_dir, resume)
+        self.made_folder = not self.out_dir.exists()
+        self.held = hold_folder(self.out_dir)  # one driver a folder, until this process ends
         self.files.state.spec = SpecRecord(raw=self.raw, overrides=self.overrides)  # `export`
         self.seeds = self.spec.seeds or [self.spec.seed]
         self.resume = resume
         self.tags = tags or {}
         self.recorder: MlflowRecorder | None = None  # once MLflow answers (run)
+
+    def let_go(self) -> None:
+        """A study refused before it ran: its folder is let go, and removed if it was made
+        only to be held."""
+        self.held.close()
+        if self.made_folder:
+            (self.out_dir / LOCK_FILE).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # not empty: something else wrote there
+                self.out_dir.rmdir()
 
     def log(self, message: str) -> None:
         print(f"[study {self.spec.name}] {message}", flush=True)

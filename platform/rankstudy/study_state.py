@@ -7,10 +7,13 @@ Torch- and Ray-free: `rankstudy export` reads a study's state without either.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import threading
 import uuid
 from pathlib import Path
+from typing import IO
 
 from pydantic import BaseModel, ValidationError
 
@@ -68,6 +71,32 @@ def read_state(path: Path, option: str = "--resume") -> StudyState:
         return StudyState.model_validate(raw)
     except ValidationError as e:
         raise StudyError(f"{option}: {path} is not a study state ({e})") from None
+
+
+LOCK_FILE = ".rankstudy.lock"
+
+
+def hold_folder(out_dir: Path) -> IO[str]:
+    """Hold the study's folder for this driver: a second driver on the same --out is refused at
+    once instead of writing the same trial folders, state file and MLflow store. The lock is
+    the operating system's (flock), so it goes with this process, however it ends; the file
+    names the holder's pid."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    held = open(out_dir / LOCK_FILE, "a+")  # noqa: SIM115 (open while the study runs)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        held.seek(0)
+        holder = held.read().strip() or "unknown"
+        held.close()
+        raise StudyError(
+            f"--out: {out_dir} is in use by another study driver (pid {holder}); wait for it "
+            f"to end, or choose another --out"
+        ) from None
+    held.truncate(0)
+    held.write(f"{os.getpid()}\n")
+    held.flush()
+    return held
 
 
 class StudyFiles:

@@ -1,0 +1,78 @@
+"""Faults of a shared machine, with real processes: two drivers on one --out. One runs, the
+other is refused at once naming the folder; the folder is free again once its driver ends,
+however it ends."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from rankstudy.study_state import StudyError, hold_folder
+from studies import ROOT, TINY, run_study, write_spec
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from rankstudy.study_state import hold_folder
+held = hold_folder(Path(sys.argv[1]))
+print("held", flush=True)
+if sys.argv[2] == "sleep":
+    time.sleep(600)
+"""
+
+
+def holder(folder, then: str) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(folder), then],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_held_folder_is_refused_and_free_again_after_a_crash_or_an_exit(tmp_path):
+    out = tmp_path / "out"
+    crashed = holder(out, "sleep")
+    with pytest.raises(StudyError) as refused:
+        hold_folder(out)
+    assert str(refused.value).startswith(
+        f"--out: {out} is in use by another study driver (pid {crashed.pid}); wait for it"
+    )
+    crashed.send_signal(signal.SIGKILL)
+    crashed.wait(timeout=30)
+    hold_folder(out).close()  # a crash leaves no lock behind
+    exited = holder(out, "exit")
+    exited.wait(timeout=30)
+    hold_folder(out).close()  # nor does an exit
+
+
+@pytest.mark.slow
+def test_two_drivers_on_one_new_out_one_runs_and_the_other_is_refused(tmp_path):
+    spec = TINY | {"methods": ["matryoshka"], "search": {"trials_per_arm": 1}}
+    spec["training"] = TINY["training"] | {"steps": 20}
+    path, out = write_spec(tmp_path, spec), tmp_path / "out"
+    first = run_study(path, out, wait=False)
+    time.sleep(1)
+    second = subprocess.run(
+        [sys.executable, "jobs/study.py", "--spec", str(path), "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    codes = sorted([first.wait(timeout=600), second.returncode])
+    logs = (tmp_path / "out.log").read_text() + second.stderr
+    assert codes == [0, 2], logs[-3000:]
+    # refused at once: by the lock, or, had the first saved its state, as a folder in use
+    assert f"--out: {out} is in use by another study driver" in logs or (
+        f"--out: {out} already holds a study" in logs
+    )
+    state = json.loads((out / "study_state.json").read_text())
+    assert len(state["trials"]) == 1 and all(t["status"] == "ok" for t in state["trials"].values())
+    assert json.loads((out / "study_summary.json").read_text())["methods"]["matryoshka"]
