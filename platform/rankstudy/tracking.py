@@ -10,6 +10,8 @@ processes at once fails in schema migration.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import time
 import uuid
 from pathlib import Path
@@ -48,11 +50,28 @@ def ui_hint(uri: str, experiment_id: str, mlflow: str = "mlflow", port: int = 50
     )
 
 
+@contextlib.contextmanager
+def store_creation(uri: str):
+    """Around a process's first request to a sqlite store: MLflow creates a new store's tables
+    on it, and two studies creating one store at once (one MLFLOW_TRACKING_URI exported for
+    both) would both try ("table ... already exists"). A lock beside the database file lets
+    one create it and the other find it made."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    database = Path(uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
 class StudyTracker:
     def __init__(self, uri: str, experiment: str) -> None:
         self.uri = uri
-        self.client = MlflowClient(tracking_uri=uri)
-        self.experiment_id = self._experiment(experiment)
+        with store_creation(uri):
+            self.client = MlflowClient(tracking_uri=uri)
+            self.experiment_id = self._experiment(experiment)
         self.parent_id: str | None = None
 
     def _experiment(self, name: str) -> str:

@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 from rankstudy.study_state import StudyError, hold_folder
 from studies import ROOT, TINY, run_study, write_spec
@@ -76,3 +77,25 @@ def test_two_drivers_on_one_new_out_one_runs_and_the_other_is_refused(tmp_path):
     state = json.loads((out / "study_state.json").read_text())
     assert len(state["trials"]) == 1 and all(t["status"] == "ok" for t in state["trials"].values())
     assert json.loads((out / "study_summary.json").read_text())["methods"]["matryoshka"]
+
+
+@pytest.mark.slow
+def test_two_studies_at_once_into_one_new_sqlite_store_keep_every_record(tmp_path, monkeypatch):
+    """One MLFLOW_TRACKING_URI exported for two different studies started together: both
+    create the store at once, both finish, and each has its runs in it once."""
+    store = f"sqlite:///{tmp_path / 'shared' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    spec = TINY | {"methods": ["matryoshka"], "search": {"trials_per_arm": 1}}
+    spec["training"] = TINY["training"] | {"steps": 20}
+    studies = {}
+    for name in ("first", "second"):
+        path = write_spec(tmp_path, spec | {"name": name}, f"{name}.yaml")
+        studies[name] = run_study(path, tmp_path / name, wait=False)
+    for name, proc in studies.items():
+        assert proc.wait(timeout=900) == 0, (tmp_path / f"{name}.log").read_text()[-3000:]
+    client = MlflowClient(store)
+    for name in studies:
+        runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
+        kinds = sorted(r.data.tags["rankstudy.kind"] for r in runs)
+        assert kinds == ["method", "study", "trial"], kinds
+        assert all(r.info.status == "FINISHED" for r in runs)
