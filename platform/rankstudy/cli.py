@@ -90,7 +90,8 @@ def _point_studies(args: argparse.Namespace, spec) -> tuple[list, list]:
     """The points of the spec's sweep (one, with no sweep) and a Study for each, checked now.
     A sweep's points record into one MLflow store and experiment; resumed, a point that never
     started starts afresh."""
-    from rankstudy.preflight import tracking_uri
+    from rankstudy.preflight import preflight, tracking_uri
+    from rankstudy.spec import load_spec
     from rankstudy.study import Study, StudyError
     from rankstudy.study_state import STATE_FILE
     from rankstudy.sweep import shared_tracking, sweep_points
@@ -103,6 +104,8 @@ def _point_studies(args: argparse.Namespace, spec) -> tuple[list, list]:
     if args.resume and not any((f / STATE_FILE).exists() for f in folders):
         raise StudyError(f"--resume: {base} holds no sweep to resume")
     shared = shared_tracking(spec, tracking_uri(spec.tracking.uri, base))
+    for p, f in zip(points, folders, strict=True):  # every point, before any folder is held
+        preflight(load_spec(args.spec, [*args.set, *p.overrides, *shared]), f)
     return points, [
         Study(
             args.spec,

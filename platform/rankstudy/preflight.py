@@ -56,8 +56,9 @@ def check_storage(spec: StudySpec) -> str | None:
 def check_tracking(spec: StudySpec, out_dir: Path) -> str:
     """The study's MLflow URI, once a server it names answers (a bounded probe)."""
     uri = tracking_uri(spec.tracking.uri, out_dir)
+    field = "tracking.uri" if spec.tracking.uri else "MLFLOW_TRACKING_URI"
     if uri.startswith(("http://", "https://")) and not answers(uri):
-        raise SpecError(f"tracking.uri: nothing answers at {uri} (the MLflow server)")
+        raise SpecError(f"{field}: nothing answers at {uri} (the MLflow server)")
     return uri
 
 

