@@ -16,7 +16,7 @@ from rankstudy.model_fit import check_fits_model
 from rankstudy.plan import split_sizes
 from rankstudy.ray_cluster import answers
 from rankstudy.spec import SpecError, StudySpec
-from rankstudy.storage import check_storage_uri, check_writable
+from rankstudy.storage import check_storage_uri, check_writable, probe_storage
 
 
 def tracking_uri(spec_uri: str | None, out_dir: Path) -> str:
@@ -37,11 +37,17 @@ def check_data(spec: StudySpec) -> dict[str, int]:
         raise SpecError(f"task.{spec.task.kind}.{e}") from None
 
 
+def storage_base(spec: StudySpec) -> str | None:
+    """Where the trials' folders go: the spec's `storage`, else $RANKSTUDY_STORAGE; None: the
+    study's own folder."""
+    return spec.storage or os.environ.get("RANKSTUDY_STORAGE") or None
+
+
 def check_storage(spec: StudySpec) -> str | None:
-    """Where the trials' folders go (the spec's `storage`, else $RANKSTUDY_STORAGE; None: the
-    study's own folder): a URI of a known scheme, or an absolute path to a folder that is
-    already there (every node must see it, so it is never made here)."""
-    base = spec.storage or os.environ.get("RANKSTUDY_STORAGE") or None
+    """The storage_base, checked: a URI of a known scheme that answers (a bounded probe), or
+    an absolute path to a folder that is already there (every node must see it, so it is
+    never made here)."""
+    base = storage_base(spec)
     field = "storage" if spec.storage else "RANKSTUDY_STORAGE"
     try:
         check_storage_uri(base)
@@ -50,6 +56,11 @@ def check_storage(spec: StudySpec) -> str | None:
     except ValueError as e:
         message = str(e)
         raise SpecError(message if message.startswith(field) else f"{field}: {message}") from None
+    if base and not base.startswith(("/", "file://")) and (failed := probe_storage(base)):
+        raise SpecError(
+            f"{field}: {base} does not answer ({failed}); check the URI, the credentials and "
+            f"the network (on one machine, leave it unset)"
+        )
     return base
 
 

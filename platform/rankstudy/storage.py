@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from rankstudy.records import RESULT_FILE
@@ -29,6 +31,32 @@ def check_storage_uri(uri: str | None) -> str | None:
             f"{uri!r} is neither a storage URI ({', '.join(SCHEMES)}) nor an absolute path"
         )
     return uri
+
+
+PROBE_SECONDS = 10.0  # how long a remote storage has to answer one lookup, before a study
+_PROBE = """
+import sys
+from pyarrow import fs
+filesystem, path = fs.FileSystem.from_uri(sys.argv[1])
+filesystem.get_file_info(path)  # a prefix that is not there yet answers too
+"""
+
+
+def probe_storage(uri: str, seconds: float | None = None) -> str | None:
+    """None when a remote storage answers a lookup of its prefix within `seconds`
+    (PROBE_SECONDS), else what happened. In a child process, so that a client retrying for
+    minutes, or a server that never answers, is cut off at the bound."""
+    seconds = PROBE_SECONDS if seconds is None else seconds
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _PROBE, uri], capture_output=True, text=True, timeout=seconds
+        )
+    except subprocess.TimeoutExpired:
+        return f"no answer within {seconds:g} s"
+    if proc.returncode == 0:
+        return None
+    lines = proc.stderr.strip().splitlines()
+    return lines[-1] if lines else f"the lookup exited with {proc.returncode}"
 
 
 MIN_FREE = 64 * 2**20  # checkpoints of adapters and their optimizer state, MLflow, results

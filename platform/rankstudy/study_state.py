@@ -17,7 +17,7 @@ from typing import IO
 
 from pydantic import BaseModel, ValidationError
 
-from rankstudy.preflight import check_storage
+from rankstudy.preflight import storage_base
 from rankstudy.records import RESULT_FILE, ResultError, TrialRecord, TrialResult, read_result
 from rankstudy.spec import StudySpec
 from rankstudy.storage import TrialStorage, check_writable
@@ -122,7 +122,7 @@ class StudyFiles:
         """This study's own folder in the storage (spec, else $RANKSTUDY_STORAGE): named after
         the study and made unique, so studies sharing a bucket never share a path; kept in the
         state, so a resumed study finds it again."""
-        base = check_storage(spec)
+        base = storage_base(spec)  # checked before the study (rankstudy.preflight)
         if resume and self.state.storage_base != base:
             raise StudyError(
                 f"storage: this study keeps its trials under {self.state.storage_base!r}; "

@@ -73,6 +73,7 @@ def _fit(override: str):
 
 
 PORT = free_port()  # nothing listens there
+STORE = f"s3://bucket/studies?endpoint_override=127.0.0.1:{PORT}&scheme=http"  # a closed port
 CASES = [
     *((f"model fit: {o[:28]}", _fit(o), m) for o, m in MODEL_FIT),
     ("a model folder without a config", _folder_without_config, "cannot read the model's config"),
@@ -199,6 +200,11 @@ CASES = [
         "a storage of an unknown scheme",
         lambda t: SPEC | {"storage": "ftp://bucket/studies"},
         "storage: 'ftp://bucket/studies' is neither a storage URI (s3://,",
+    ),
+    (
+        "a storage bucket that does not answer",
+        lambda t: SPEC | {"storage": STORE},
+        f"storage: {STORE} does not answer (OSError: When getting information for key",
     ),
     (
         "RANKSTUDY_STORAGE naming a folder that is not there",

@@ -84,8 +84,11 @@ def test_storage_that_is_not_a_uri_or_path_is_refused(tmp_path):
 
 
 def test_each_study_gets_its_own_folder_and_resumes_only_with_it(tmp_path, monkeypatch):
+    from rankstudy import preflight
     from rankstudy.study import Study, StudyError
     from studies import TINY, write_spec
+
+    monkeypatch.setattr(preflight, "probe_storage", lambda uri: None)  # a bucket that answers
 
     spec = str(write_spec(tmp_path, TINY | {"storage": "s3://bucket/studies"}))
     one = Study(spec, [], str(tmp_path / "one"), resume=False)
@@ -102,3 +105,18 @@ def test_each_study_gets_its_own_folder_and_resumes_only_with_it(tmp_path, monke
     plain = Study(str(write_spec(tmp_path, TINY, "plain.yaml")), [], str(tmp_path / "p"), False)
     storage = plain.files.storage
     assert storage.shared and storage.path_of("tune") == str(tmp_path / "p" / "tune")
+
+
+def test_a_storage_that_never_answers_is_cut_off_at_the_bound():
+    """A server that takes the connection and says nothing: the probe gives up at its bound,
+    not after the client's retries."""
+    import socket
+
+    from rankstudy.storage import probe_storage
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        uri = f"s3://bucket/studies?endpoint_override=127.0.0.1:{port}&scheme=http"
+        assert probe_storage(uri, seconds=3) == "no answer within 3 s"
