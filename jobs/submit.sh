@@ -25,11 +25,26 @@ export RAY_ADDRESS=${RAY_ADDRESS:-http://127.0.0.1:8265}
 # spec's relative paths (its data) are relative to the spec file.
 # A study that could not score every method still writes its summary and report: say where,
 # then exit with its status.
-status=0
-ray job submit --working-dir . \
-    --runtime-env-json '{"excludes": [".venv", "runs", ".git", "*.db", "mlruns", "test-artifacts"]}' \
-    -- "$root/.venv/bin/python" jobs/study.py --spec "$(realpath "$spec")" --out "$root/runs/$name" "$@" \
-    || status=$?
+# A head that has just started may not have its job agent yet ("No available agent to submit
+# job"): the job was never made, so it is submitted again (under the same id, which also keeps
+# a job that did start from ever running twice).
+id="rankstudy-$name-$(date +%Y%m%d-%H%M%S)-$$"
+said=$(mktemp)
+trap 'rm -f "$said"' EXIT
+for attempt in $(seq 30); do
+    status=0
+    ray job submit --submission-id "$id" --working-dir . \
+        --runtime-env-json '{"excludes": [".venv", "runs", ".git", "*.db", "mlruns", "test-artifacts"]}' \
+        -- "$root/.venv/bin/python" jobs/study.py --spec "$(realpath "$spec")" --out "$root/runs/$name" "$@" \
+        2>&1 | tee "$said" || status=$?
+    if [ "$status" -ne 0 ] && grep -q "No available agent" "$said" \
+        && ! ray job status "$id" >/dev/null 2>&1; then
+        echo "submit: the Ray head's job agent is not up yet (try $attempt of 30); again in 2 s"
+        sleep 2
+        continue
+    fi
+    break
+done
 echo "submit: summary $root/runs/$name/study_summary.json"
 echo "submit: report  $root/runs/$name/report/report.html (open it in a browser)"
 # MLflow opens an experiment on its GenAI overview; the runs page's own address shows the runs.

@@ -27,10 +27,18 @@ def config_within_reach(name: str | None) -> bool:
     a hub id already cached, or a hub that answers."""
     if name is None or Path(name).exists():
         return True
-    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub import try_to_load_from_cache
 
     if isinstance(try_to_load_from_cache(name, "config.json"), str):
         return True
+    return hub_answers()
+
+
+def hub_answers() -> bool:
+    """Whether the Hugging Face hub is reachable from here (not offline, and it answers a
+    bounded probe)."""
+    from huggingface_hub import constants
+
     hub = urlparse(constants.ENDPOINT)
     return not constants.HF_HUB_OFFLINE and answers(f"{hub.hostname}:{hub.port or 443}")
 
