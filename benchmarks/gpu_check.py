@@ -130,14 +130,16 @@ def main() -> None:
     print(f"device: {name}; torch {torch.__version__}")
 
     precision = "bf16" if on_gpu else "fp32"
-    trial = spec_trial(SPEC, overrides, 30 if args.small else 300)
+    # --small: the same code on a few examples (the CPU smoke run of the test suite)
+    tiny_eval = ["task.validation_size=64", "task.test_size=64"] if args.small else []
+    trial = spec_trial(SPEC, overrides, 30 if args.small else 300, tiny_eval)
     cost = trial["cost"]
     print(
         f"tiny trial (planted, matryoshka, {cost['device_type']}, ZeRO-2, {precision}): "
         f"AURAC log2 {trial['aurac']['log2']:.3f}, "
         f"{cost['train_tokens'] / cost['train_seconds']:,.0f} train tokens/s"
     )
-    small_eval = ["task.validation_size=4", "task.max_eval=4"] if args.small else []
+    small_eval = ["task.validation_size=2", "task.max_eval=2"] if args.small else []
     smol = spec_trial(SMOLLM2_SPEC, overrides, 2 if args.small else 40, small_eval)
     print(
         f"SmolLM2-135M GSM8K trial (matryoshka, {smol['cost']['device_type']}, ZeRO-2, "

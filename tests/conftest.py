@@ -1,6 +1,8 @@
-"""Shared fixtures: tiny models built locally, one torch thread (2-core machines), and one
-tiny served study that several end-to-end test files read."""
+"""Shared fixtures: tiny models built locally, one torch thread (2-core machines), and the
+tiny studies that several end-to-end test files only read: the served study, and the
+uninterrupted reference the fault tests end level with."""
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -14,7 +16,7 @@ from studies import (
     TINY,
     VENV_BIN,
     free_port,
-    mlflow_command,
+    mlflow_service,
     run_study,
     service,
     write_spec,
@@ -64,11 +66,13 @@ def ray_head():
         yield SimpleNamespace(dashboard=address, gcs=f"127.0.0.1:{port}")
 
 
-@pytest.fixture
-def mlflow_server(tmp_path):
-    """A real MLflow tracking server (its own process group, ended by group id)."""
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real MLflow tracking server (its own process group, ended by group id), one for the
+    session: each test writes its own experiment."""
     uri = f"http://127.0.0.1:{(port := free_port())}"
-    with service(mlflow_command(port, tmp_path), f"{uri}/health", "the MLflow server"):
+    root = tmp_path_factory.mktemp("mlflow-server")
+    with mlflow_service(port, root):
         yield uri
 
 
@@ -87,3 +91,12 @@ def served_study(tmp_path_factory) -> tuple[Path, Path]:
     path = write_spec(tmp, spec)
     run_study(path, tmp / "out")
     return path, tmp / "out"
+
+
+@pytest.fixture(scope="session")
+def tiny_reference(tmp_path_factory) -> dict:
+    """The summary of the tiny study (studies.TINY) run once without a fault: what a study
+    killed, stopped or submitted elsewhere must end with."""
+    tmp = tmp_path_factory.mktemp("reference")
+    run_study(write_spec(tmp, TINY), tmp / "out")
+    return json.loads((tmp / "out" / "study_summary.json").read_text())

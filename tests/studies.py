@@ -82,8 +82,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def service(command: list[str], url: str, what: str, env: dict | None = None):
-    """A server in its own process group, up once `url` answers, ended by group id."""
+def service(command: list[str], url: str, what: str, env: dict | None = None, grace: float = 20):
+    """A server in its own process group, up once `url` answers, ended by group id (grace:
+    the seconds it gets to exit on SIGTERM)."""
     proc = subprocess.Popen(
         command,
         env=env,
@@ -103,15 +104,15 @@ def service(command: list[str], url: str, what: str, env: dict | None = None):
                 time.sleep(1)
         yield proc
     finally:
-        end_group(proc)
+        end_group(proc, grace)
 
 
-def end_group(proc: subprocess.Popen) -> None:
+def end_group(proc: subprocess.Popen, grace: float = 20) -> None:
     """End a process started in its own session, and everything it started, by group id."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
     with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=20)
+        proc.wait(timeout=grace)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
 
@@ -165,6 +166,14 @@ def wait_for_trials(proc, state: Path, count: int, timeout: float = 600) -> None
 
 def scores(summary):
     return {m: (v["scores"], v["aurac_log2"]) for m, v in summary["methods"].items()}
+
+
+def mlflow_service(port: int, root: Path, what: str = "the MLflow server"):
+    """A real MLflow tracking server on the port (mlflow_command), up until the block ends.
+    On SIGTERM it waits for its clients' idle keep-alive connections: 3 s, then SIGKILL (its
+    sqlite store has committed every answered request)."""
+    url = f"http://127.0.0.1:{port}/health"
+    return service(mlflow_command(port, root), url, what, grace=3)
 
 
 def mlflow_command(port: int, root: Path) -> list[str]:

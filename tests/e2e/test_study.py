@@ -23,6 +23,8 @@ from studies import (
     ARMS,
     ROOT,
     TINY,
+    TWO_ARMS,
+    TWO_ARMS_TRIALS,
     end_group,
     mlflow_runs,
     run_study,
@@ -33,7 +35,7 @@ from studies import (
 
 
 @pytest.mark.slow
-def test_study_through_ray_job_submit(tmp_path, ray_head):
+def test_study_through_ray_job_submit(tmp_path, ray_head, tiny_reference):
     spec = write_spec(tmp_path)
     out = tmp_path / "out"
     env = os.environ | {"RAY_ADDRESS": ray_head.dashboard, "RAY_AUTH_MODE": "disabled"}
@@ -49,6 +51,7 @@ def test_study_through_ray_job_submit(tmp_path, ray_head):
     assert "succeeded" in proc.stdout + proc.stderr
     summary = json.loads((out / "study_summary.json").read_text())
     assert set(summary["methods"]) == set(TINY["methods"])
+    assert scores(summary) == scores(tiny_reference)  # a job on a head: a local study's results
     for m in summary["methods"].values():
         assert m["ranks"] == [1, 2, 4, 8] and len(m["scores"]) == 4
         assert 0 <= m["aurac_log2"] <= 1 and 0 <= m["aurac_linear"] <= 1
@@ -169,11 +172,8 @@ def uninterrupted(study_out: Path, trial_dir: Path, out: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_killed_driver_resumes_to_the_uninterrupted_summary(tmp_path):
+def test_killed_driver_resumes_to_the_uninterrupted_summary(tmp_path, tiny_reference):
     spec = write_spec(tmp_path)
-    run_study(spec, tmp_path / "whole")
-    whole = json.loads((tmp_path / "whole" / "study_summary.json").read_text())
-
     cut = tmp_path / "cut"
     proc = run_study(spec, cut, wait=False)
     state = cut / "study_state.json"
@@ -184,7 +184,7 @@ def test_killed_driver_resumes_to_the_uninterrupted_summary(tmp_path):
 
     proc = run_study(spec, cut, "--resume")
     resumed = json.loads((cut / "study_summary.json").read_text())
-    assert scores(resumed) == scores(whole)
+    assert scores(resumed) == scores(tiny_reference)
     _, runs = mlflow_runs(resumed)
     kinds = [r.data.tags.get("rankstudy.kind") for r in runs]
     assert kinds.count("study") == 1 and kinds.count("trial") == ARMS * 2
@@ -279,7 +279,7 @@ def test_interrupted_driver_stops_cleanly_and_resumes(tmp_path):
     """Ctrl-C (SIGINT) to the driver: Tune stops its trials, the study exits 130 naming the
     --resume command (not a traceback about an unfinished trial's result), its parent run is
     KILLED, and --resume finishes every arm's trials."""
-    spec = write_spec(tmp_path)
+    spec = write_spec(tmp_path, TWO_ARMS)
     cut = tmp_path / "cut"
     proc = run_study(spec, cut, wait=False)
     state = cut / "study_state.json"
@@ -297,7 +297,7 @@ def test_interrupted_driver_stops_cleanly_and_resumes(tmp_path):
     resumed = json.loads((cut / "study_summary.json").read_text())
     _, runs = mlflow_runs(resumed)
     kinds = [r.data.tags.get("rankstudy.kind") for r in runs]
-    assert kinds.count("trial") == ARMS * 2 and not resumed["missing"]
+    assert kinds.count("trial") == TWO_ARMS_TRIALS and not resumed["missing"]
 
 
 def ray_processes_of(pid: int) -> list[str]:

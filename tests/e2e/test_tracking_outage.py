@@ -15,9 +15,8 @@ from studies import (
     TWO_ARMS,
     TWO_ARMS_TRIALS,
     free_port,
-    mlflow_command,
+    mlflow_service,
     run_study,
-    service,
     wait_for_trials,
     write_spec,
 )
@@ -47,13 +46,13 @@ def test_a_server_restarted_mid_study_loses_no_record(tmp_path):
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     out = tmp_path / "out"
-    with service(mlflow_command(port, tmp_path), f"{uri}/health", "the MLflow server") as server:
+    with mlflow_service(port, tmp_path) as server:
         proc = run_study(served_study(tmp_path, uri), out, wait=False)
         wait_for_trials(proc, out / "study_state.json", 2)
         os.killpg(server.pid, signal.SIGKILL)  # the server and its workers, at once
         server.wait()
         wait_for_trials(proc, out / "study_state.json", 3)  # trials go on meanwhile
-    with service(mlflow_command(port, tmp_path), f"{uri}/health", "the MLflow server again"):
+    with mlflow_service(port, tmp_path, "the MLflow server again"):
         assert proc.wait(timeout=1200) == 0, (tmp_path / "out.log").read_text()[-4000:]
         assert_every_record_in_mlflow(uri, out)
 
@@ -67,7 +66,7 @@ def test_a_server_down_to_the_end_stops_the_study_and_resume_writes_what_it_miss
     uri = f"http://127.0.0.1:{port}"
     out = tmp_path / "out"
     spec = served_study(tmp_path, uri)
-    with service(mlflow_command(port, tmp_path), f"{uri}/health", "the MLflow server") as server:
+    with mlflow_service(port, tmp_path) as server:
         proc = run_study(spec, out, wait=False)
         wait_for_trials(proc, out / "study_state.json", 2)
         os.killpg(server.pid, signal.SIGKILL)
@@ -81,7 +80,7 @@ def test_a_server_down_to_the_end_stops_the_study_and_resume_writes_what_it_miss
     assert len(state["trials"]) == TWO_ARMS_TRIALS  # every trial ran and is recorded
     assert not all(t["logged"] for t in state["trials"].values())
 
-    with service(mlflow_command(port, tmp_path), f"{uri}/health", "the MLflow server again"):
+    with mlflow_service(port, tmp_path, "the MLflow server again"):
         run_study(spec, out, "--resume")
         assert_every_record_in_mlflow(uri, out)
         summary = json.loads((out / "study_summary.json").read_text())
