@@ -17,4 +17,6 @@ if ! command -v chromium >/dev/null; then
 fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-.venv/bin/python -m pytest "$@"
+# Two workers, each test file on one of them (its module fixtures run once): the suite spends
+# most of its time waiting on processes (Ray, servers, studies), not on the two cores.
+.venv/bin/python -m pytest -n 2 --dist loadfile "$@"

@@ -173,7 +173,9 @@ def mlflow_service(port: int, root: Path, what: str = "the MLflow server"):
     On SIGTERM it waits for its clients' idle keep-alive connections: 3 s, then SIGKILL (its
     sqlite store has committed every answered request)."""
     url = f"http://127.0.0.1:{port}/health"
-    return service(mlflow_command(port, root), url, what, grace=3)
+    # without MLflow 3's job runner (GenAI jobs, its own worker pools): none of this uses it
+    env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    return service(mlflow_command(port, root), url, what, env=env, grace=3)
 
 
 def mlflow_command(port: int, root: Path) -> list[str]:
