@@ -65,8 +65,9 @@ def _plan(args: argparse.Namespace) -> int:
         for label, sets in variants:
             variant = load_spec(args.spec, sets)
             # the study's own checks (rankstudy.preflight), then what it will spend
-            shape = shape_of(variant, preflight(variant, Path(f"runs/{variant.name}")))
-            out = plan(variant, shape, split_sizes(variant))
+            arch, sizes = preflight(variant, Path(f"runs/{variant.name}"))
+            shape = shape_of(variant, arch)
+            out = plan(variant, shape, split_sizes(variant) if sizes is None else sizes)
             if args.calibrate:
                 raw = read_spec_file(args.spec)
                 add_time(out, variant, shape, *calibrate(raw, sets, args.calibrate))
@@ -90,8 +91,7 @@ def _point_studies(args: argparse.Namespace, spec) -> tuple[list, list]:
     """The points of the spec's sweep (one, with no sweep) and a Study for each, checked now.
     A sweep's points record into one MLflow store and experiment; resumed, a point that never
     started starts afresh."""
-    from rankstudy.preflight import preflight, tracking_uri
-    from rankstudy.spec import load_spec
+    from rankstudy.preflight import tracking_uri
     from rankstudy.study import Study, StudyError
     from rankstudy.study_state import STATE_FILE
     from rankstudy.sweep import shared_tracking, sweep_points
@@ -104,8 +104,6 @@ def _point_studies(args: argparse.Namespace, spec) -> tuple[list, list]:
     if args.resume and not any((f / STATE_FILE).exists() for f in folders):
         raise StudyError(f"--resume: {base} holds no sweep to resume")
     shared = shared_tracking(spec, tracking_uri(spec.tracking.uri, base))
-    for p, f in zip(points, folders, strict=True):  # every point, before any folder is held
-        preflight(load_spec(args.spec, [*args.set, *p.overrides, *shared]), f)
     return points, [
         Study(
             args.spec,
@@ -125,11 +123,16 @@ def _study(args: argparse.Namespace) -> int:
 
     if args.dry_run:
         return _plan(args)
-    try:  # every spec and output directory is checked before anything starts
+    studies = []
+    try:  # every spec and output directory is checked, then held, before anything starts
         spec = load_spec(args.spec, args.set)
         points, studies = _point_studies(args, spec)
+        for study in studies:
+            study.hold()
     except (SpecError, StudyError, ValueError) as e:
         print(f"rankstudy study: invalid input\n{e}", file=sys.stderr)
+        for study in studies:
+            study.let_go()
         return 2
     r = studies[0].spec.resources
     try:

@@ -84,13 +84,13 @@ def check_tracking(spec: StudySpec, out_dir: Path) -> str:
     return uri
 
 
-def preflight(spec: StudySpec, out_dir: Path) -> Architecture | None:
+def preflight(spec: StudySpec, out_dir: Path) -> tuple[Architecture | None, dict[str, int] | None]:
     """Every check of a spec that needs neither Ray nor a write: the model takes the spec
     (model_fit), the data files hold the splits, the storage is there, the MLflow server
-    answers. Returns the model's architecture (None when its config is out of reach here);
-    raises SpecError."""
+    answers. Returns what the checks read, for the plan: the model's architecture and the
+    examples per split (each None when out of reach here); raises SpecError."""
     arch = check_fits_model(spec)
-    check_data(spec)
+    sizes = check_data(spec)
     check_storage(spec)
     check_tracking(spec, out_dir)
-    return arch
+    return arch, sizes

@@ -13,6 +13,7 @@ import contextlib
 import json
 import time
 from pathlib import Path
+from typing import IO
 
 from mlflow.exceptions import MlflowException
 from requests import RequestException
@@ -65,18 +66,28 @@ class Study:
         rules = json.dumps(study_rules(self.spec))
         self.overrides = [*overrides, f"adapters.inference_rules={rules}"]
         self.files = StudyFiles(self.spec, self.out_dir, resume)
-        self.made_folder = not self.out_dir.exists()
-        self.held = hold_folder(self.out_dir)  # one driver a folder, until this process ends
+        self.held: IO[str] | None = None  # the folder's lock, once held (hold)
+        self.made_folder = False
         self.files.state.spec = SpecRecord(raw=self.raw, overrides=self.overrides)  # `export`
         self.seeds = self.spec.seeds or [self.spec.seed]
         self.resume = resume
         self.tags = tags or {}
         self.recorder: MlflowRecorder | None = None  # once MLflow answers (run)
 
+    def hold(self) -> None:
+        """Hold the study's folder for this driver until the process ends (hold_folder): the
+        command holds every point's before it starts Ray, run() any not held yet."""
+        if self.held is None:
+            self.made_folder = not self.out_dir.exists()
+            self.held = hold_folder(self.out_dir)
+
     def let_go(self) -> None:
         """A study refused before it ran: its folder is let go, and removed if it was made
         only to be held."""
+        if self.held is None:
+            return
         self.held.close()
+        self.held = None
         if self.made_folder:
             (self.out_dir / LOCK_FILE).unlink(missing_ok=True)
             with contextlib.suppress(OSError):  # not empty: something else wrote there
@@ -90,7 +101,7 @@ class Study:
         return self.recorder
 
     def run(self) -> dict:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.hold()
         uri = tracking_uri(self.spec.tracking.uri, self.out_dir)
         recorder = self.attach(StudyTracker(uri, self.spec.tracking.experiment or self.spec.name))
         parent = recorder.start(self.spec.name, self.spec.model_dump(mode="json"), self.tags)

@@ -96,7 +96,6 @@ def test_each_study_gets_its_own_folder_and_resumes_only_with_it(tmp_path, monke
     assert one.files.storage.uri.startswith("s3://bucket/studies/tiny-study-")
     assert one.files.storage.uri != two.files.storage.uri  # same bucket: never the same path
     one.files.save()
-    one.held.close()  # its driver has ended: the folder is free to resume
     again = Study(spec, [], str(tmp_path / "one"), resume=True)
     assert again.files.storage.uri == one.files.storage.uri
     with pytest.raises(StudyError, match="storage: this study keeps its trials under"):
