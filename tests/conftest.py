@@ -1,6 +1,6 @@
 """Shared fixtures: tiny models built locally, one torch thread (2-core machines), and the
 tiny studies that several end-to-end test files only read: the served study, and the
-uninterrupted reference the fault tests end level with."""
+uninterrupted references the fault tests end level with."""
 
 import json
 import os
@@ -14,6 +14,7 @@ import torch
 from studies import (
     SERVED,
     TINY,
+    TWO_ARMS,
     VENV_BIN,
     free_port,
     mlflow_service,
@@ -99,4 +100,12 @@ def tiny_reference(tmp_path_factory) -> dict:
     killed, stopped or submitted elsewhere must end with."""
     tmp = tmp_path_factory.mktemp("reference")
     run_study(write_spec(tmp, TINY), tmp / "out")
+    return json.loads((tmp / "out" / "study_summary.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def two_arms_reference(tmp_path_factory) -> dict:
+    """The summary of the two-arm tiny study (studies.TWO_ARMS) run once without a fault."""
+    tmp = tmp_path_factory.mktemp("two-arms-reference")
+    run_study(write_spec(tmp, TWO_ARMS), tmp / "out")
     return json.loads((tmp / "out" / "study_summary.json").read_text())

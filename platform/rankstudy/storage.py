@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+from rankstudy.disk import MIN_FREE, free_bytes, mib
 from rankstudy.records import RESULT_FILE
 
 SCHEMES = ("s3://", "gs://", "gcs://", "hdfs://", "file://")
@@ -59,9 +59,6 @@ def probe_storage(uri: str, seconds: float | None = None) -> str | None:
     return lines[-1] if lines else f"the lookup exited with {proc.returncode}"
 
 
-MIN_FREE = 64 * 2**20  # checkpoints of adapters and their optimizer state, MLflow, results
-
-
 def check_writable(field: str, path: Path, must_exist: bool = False) -> None:
     """A local folder the study writes to: it (or, unless must_exist, the nearest folder above
     it) must be a folder this process can write, with room left; a ValueError names the field."""
@@ -77,11 +74,10 @@ def check_writable(field: str, path: Path, must_exist: bool = False) -> None:
         raise ValueError(f"{field}: {probe} is a file, so no folder {path} can be made")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise ValueError(f"{field}: {probe} is not writable here")
-    free = shutil.disk_usage(probe).free
+    free = free_bytes(probe)
     if free < MIN_FREE:
         raise ValueError(
-            f"{field}: {probe} has {free / 2**20:.0f} MiB free; a study needs at least "
-            f"{MIN_FREE / 2**20:.0f} MiB"
+            f"{field}: {probe} has {mib(free)} free; a study needs at least {mib(MIN_FREE)}"
         )
 
 
@@ -106,6 +102,17 @@ class TrialStorage:
     def path_of(self, name: str) -> str:
         """A folder of the study in the storage, as Ray Tune and Ray Train take it."""
         return str(self.study_dir / name) if self.shared else f"{self.uri.rstrip('/')}/{name}"
+
+    def tune_location(self) -> tuple[str, object | None]:
+        """Where Ray Tune keeps the study's search state, and the pyarrow file system to reach
+        it: on a local or shared disk, one that replaces each file whole (a full disk or a kill
+        mid-save leaves the previous state, rankstudy.atomic_fs); else the URI's own."""
+        path = self.path_of("tune")
+        if path.startswith(("/", "file://")):
+            from rankstudy.atomic_fs import atomic_local_filesystem
+
+            return path.removeprefix("file://"), atomic_local_filesystem()
+        return path, None
 
     def local(self, path: str | Path) -> Path:
         """This node's working copy of a path of the study (the path itself without a

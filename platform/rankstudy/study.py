@@ -19,6 +19,7 @@ from mlflow.exceptions import MlflowException
 from requests import RequestException
 
 from rankstudy.arms import arm_rules, parse_arm, study_arms, study_rules
+from rankstudy.disk import DiskWatch, full_stop
 from rankstudy.preflight import preflight, tracking_uri
 from rankstudy.progress import StudyProgress
 from rankstudy.records import TrialRecord
@@ -101,7 +102,33 @@ class Study:
         return self.recorder
 
     def run(self) -> dict:
+        """Run (or resume) the study to its summary; a disk that fills up stops it with the
+        folder and its free space named (rankstudy.disk), resumable once space is freed."""
         self.hold()
+        self.disk = DiskWatch(self.written_folders())
+        try:
+            return self._run()
+        except BaseException as e:
+            why = self.disk.reason or (
+                None if isinstance(e, KeyboardInterrupt) else self.disk.full(e)
+            )
+            if why is None:
+                raise
+            raise StudyError(full_stop(why, self.out_dir)) from e
+
+    def written_folders(self) -> list[Path]:
+        """The folders on this machine the driver writes: the study's, a storage on shared
+        disk, a sqlite MLflow store's."""
+        folders = [self.out_dir]
+        storage = self.files.storage.uri or ""
+        if storage.startswith(("/", "file://")):
+            folders.append(Path(storage.removeprefix("file://")))
+        uri = tracking_uri(self.spec.tracking.uri, self.out_dir)
+        if uri.startswith("sqlite:///"):
+            folders.append(Path(uri.removeprefix("sqlite:///")).parent)
+        return folders
+
+    def _run(self) -> dict:
         uri = tracking_uri(self.spec.tracking.uri, self.out_dir)
         recorder = self.attach(StudyTracker(uri, self.spec.tracking.experiment or self.spec.name))
         parent = recorder.start(self.spec.name, self.spec.model_dump(mode="json"), self.tags)
@@ -112,9 +139,10 @@ class Study:
             recorder.flush()
             recorder.catch_up(self.out_dir)
             chosen, missing = chosen_results(self.spec, self.files, self.seeds)
-        except BaseException:
-            with contextlib.suppress(Exception):  # MLflow may be what failed
-                recorder.tracker.client.set_terminated(parent, "KILLED")
+        except BaseException as e:
+            if not (self.disk.reason or self.disk.full(e)):  # a full disk takes no write
+                with contextlib.suppress(Exception):  # MLflow may be what failed
+                    recorder.tracker.client.set_terminated(parent, "KILLED")
             raise
         summary = summarise(
             self.spec,
@@ -185,7 +213,7 @@ class Study:
             ArmSearch(rules, s.space, s.trials_per_arm, s.seed, self.seeds, weights),
             upper_bound(rules, s.trials_per_arm, len(self.seeds)),
             self.files.storage,
-            TrialEvents(self.trial_ended, waiting),
+            TrialEvents(self.trial_ended, waiting, self.disk),
             self.resume,
         )
         kept, unfinished = set(), 0
@@ -202,6 +230,8 @@ class Study:
 
     def check_ended(self, waiting: WaitWatch, unfinished: int) -> None:
         """Raise StudyInterrupted, saying how to go on, unless every trial ended."""
+        if self.disk.reason:
+            raise StudyError(full_stop(self.disk.reason, self.out_dir))
         if waiting.gave_up:
             raise StudyInterrupted(
                 f"resources.wait_timeout_s: trials waited {waiting.timeout:.0f} s for "

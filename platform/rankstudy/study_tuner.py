@@ -18,6 +18,7 @@ from ray import tune
 from ray.tune.search import Searcher
 
 from rankstudy.arms import parse_arm
+from rankstudy.disk import DiskWatch
 from rankstudy.records import TrialRecord
 from rankstudy.spec import StudySpec
 from rankstudy.storage import TrialStorage
@@ -33,32 +34,55 @@ TrialEnded = Callable[[dict, dict, "str | None"], None]
 
 
 class TrialEvents(tune.Callback):
-    """Hands each ended trial to the study as it ends, and watches trials waiting for
-    resources (stopping the study as Ctrl-C does once they gave up).
+    """Hands each ended trial to the study as it ends, watches trials waiting for resources
+    (stopping the study as Ctrl-C does once they gave up), and watches the disks the study
+    writes (stopping it once one is full, the trial it cut off left for --resume to rerun).
 
     Tune pickles its callbacks into the Tuner's state and a restored Tuner unpickles them: this
     one pickles detached (the live study holds threads and locks), and `open_tuner` attaches
     the running study's own to a restored Tuner, so a resumed study records into itself."""
 
-    def __init__(self, ended: TrialEnded, waiting: WaitWatch) -> None:
+    def __init__(self, ended: TrialEnded, waiting: WaitWatch, disk: DiskWatch) -> None:
         self.ended = ended
         self.waiting = waiting
+        self.disk = disk
 
     def __getstate__(self) -> dict:
         return {}
 
     def on_step_begin(self, iteration, trials, **info) -> None:
+        self.disk.poll()
         if not self.waiting.gave_up:
             self.waiting.step(trials)
             if self.waiting.gave_up:  # Tune's own stop on Ctrl-C: resumable, every trial kept
                 os.kill(os.getpid(), signal.SIGINT)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self.ended(trial.config, trial.last_result or {}, None)
+        self._record(trial, None)
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        self.disk.check(_last_error(trial))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        if self.disk.check(_last_error(trial)):
+            return  # not a failed trial: Tune keeps it errored, and --resume reruns it
         why = f"trial {trial.trial_id} crashed {trial.num_failures} times; see {trial.path}"
-        self.ended(trial.config, trial.last_result or {}, why)
+        self._record(trial, why)
+
+    def _record(self, trial, why: str | None) -> None:
+        try:
+            self.ended(trial.config, trial.last_result or {}, why)
+        except OSError as e:  # the state file could not be written: Tune's state keeps it
+            if not self.disk.check(e):
+                raise
+
+
+def _last_error(trial) -> str | None:
+    """The text of a trial's latest failure, as Tune keeps it on the driver."""
+    path = trial.error_file
+    if path is None or not Path(path).is_file():
+        return None
+    return Path(path).read_text(errors="replace").rsplit("Failure # ", 1)[-1]
 
 
 def open_tuner(
@@ -73,12 +97,15 @@ def open_tuner(
     """The study's Tuner: restored, when resuming one that Tune saved, with `events`
     attached in place of the detached copy Tune unpickled; else a new one."""
     trainable = tune.with_resources(tune_trial, trial_resources(spec))
-    path = f"{storage.path_of('tune')}/search"
+    root, filesystem = storage.tune_location()
+    path = f"{root}/search"
     # Tune keeps one trial pending at a time behind a custom searcher, so the second slot's
     # actor would start only once the first is up; let every slot's actor start at once.
     os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(slots(spec)))
-    if resume and tune.Tuner.can_restore(path):
-        tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
+    if resume and tune.Tuner.can_restore(path, storage_filesystem=filesystem):
+        tuner = tune.Tuner.restore(
+            path, trainable, resume_errored=True, storage_filesystem=filesystem
+        )
         tuner._local_tuner.get_run_config().callbacks = [events]  # Ray has no public way
         return tuner
     return tune.Tuner(
@@ -92,7 +119,8 @@ def open_tuner(
         ),
         run_config=tune.RunConfig(
             name="search",
-            storage_path=storage.path_of("tune"),
+            storage_path=root,
+            storage_filesystem=filesystem,
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=2),
             callbacks=[events],

@@ -67,10 +67,12 @@ def trial_config(config: dict, storage: str | None) -> TrialConfig:
 
 def tune_trial(config: dict) -> None:
     """The Tune trainable: run the trial its config asks for (trial_config) and report. A
-    failure a retry can fix is raised, for Tune to retry from the checkpoint; any other is
-    reported once, its reason in the trial folder's failure.txt (rankstudy.failures)."""
+    failure a retry can fix is raised, for Tune to retry from the checkpoint, and so is a full
+    disk (rankstudy.disk); any other is reported once, its reason in the trial folder's
+    failure.txt (rankstudy.failures)."""
     import traceback
 
+    from rankstudy.disk import disk_full, full_disk_error, short_of_space
     from rankstudy.failures import failure_reason, retry_can_fix
 
     storage = trial_storage(config)
@@ -81,10 +83,12 @@ def tune_trial(config: dict) -> None:
     try:
         result = execute(trial, storage.path_of("ray"))
     except Exception as e:
+        local = storage.local(trial.out_dir)
+        if disk_full(e) or short_of_space([local]):  # the driver stops the study (resumable)
+            raise full_disk_error(local, e) from e
         if retry_can_fix(e):
             raise
         traceback.print_exc()  # the whole traceback in the trial's log (the driver's too)
-        local = storage.local(trial.out_dir)
         local.mkdir(parents=True, exist_ok=True)
         (local / "failure.txt").write_text(failure_reason(e))
         storage.push(local / "failure.txt")

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 
 from bad_inputs import MODEL_FIT, SPEC
-from rankstudy import storage
+from rankstudy import disk
 from rankstudy.checkpoint import CorruptCheckpoint
 from rankstudy.model_fit import check_fits_model
 from rankstudy.ray_cluster import ClusterError, check_resources
@@ -88,7 +88,7 @@ def test_a_storage_path_from_the_environment_is_checked_too(tmp_path, monkeypatc
 
 def test_a_full_disk_is_refused_before_the_study(tmp_path, monkeypatch):
     full = SimpleNamespace(total=10 * 2**30, used=10 * 2**30, free=3 * 2**20)
-    monkeypatch.setattr(storage.shutil, "disk_usage", lambda path: full)
+    monkeypatch.setattr(disk.shutil, "disk_usage", lambda path: full)
     with pytest.raises(ValueError, match="--out: .* has 3 MiB free; a study needs at least 64"):
         study(tmp_path)
 
