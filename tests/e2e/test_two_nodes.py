@@ -6,8 +6,10 @@ only place they meet. A small study joins them; its trials must land on both nod
 each node a task pinned there must reach the study's MLflow store and every trial's result and
 checkpoint through the storage."""
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -16,7 +18,17 @@ from pathlib import Path
 
 import pytest
 
-from studies import ROOT, TINY, VENV_BIN, end_group, free_port, write_spec
+from studies import (
+    ROOT,
+    TINY,
+    TWO_ARMS,
+    TWO_ARMS_TRIALS,
+    VENV_BIN,
+    end_group,
+    free_port,
+    scores,
+    write_spec,
+)
 
 
 def start_node(args: list[str], log: Path, scratch: Path) -> subprocess.Popen:
@@ -50,8 +62,10 @@ def ray_nodes(address: str) -> list[str]:
     return json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else []
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def two_nodes(tmp_path_factory):
+    """(address, node ids, logs folder): a head and a worker node, each with one CPU, each
+    test its own (a test may lose the worker)."""
     logs = tmp_path_factory.mktemp("ray-logs")
     temp = tempfile.mkdtemp(prefix="rs2-", dir="/tmp")  # short: Ray's socket paths are bounded
     port = free_port()
@@ -82,7 +96,7 @@ def two_nodes(tmp_path_factory):
         ids = ray_nodes(address)
         if len(ids) != 2:
             pytest.fail(f"two Ray nodes did not come up; see {logs}")
-        yield address, ids, logs
+        yield address, ids, logs, nodes
     finally:
         for proc in reversed(nodes):
             end_group(proc)
@@ -125,7 +139,7 @@ print(json.dumps(ray.get(tasks)))
 
 @pytest.mark.slow
 def test_study_spans_two_nodes(tmp_path, two_nodes):
-    address, ids, logs = two_nodes
+    address, ids, logs, _ = two_nodes
     storage = (tmp_path / "storage").as_uri()
     spec = write_spec(
         tmp_path,
@@ -178,3 +192,76 @@ def test_study_spans_two_nodes(tmp_path, two_nodes):
         # the parent, a child per trial, a summary run per method
         assert s["runs"] == 1 + n + 2
         assert s["checkpoints"] == n and s["results"] == n
+
+
+def processes_of(scratch: Path) -> list[int]:
+    """Every process of a node: the node's environment ($RANKSTUDY_SCRATCH) is in each one's,
+    whatever process group Ray gave it."""
+    mine = f"RANKSTUDY_SCRATCH={scratch}".encode()
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if mine in environ.read_bytes().split(b"\0"):
+                found.append(int(environ.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+def part_way(scratch: Path, storage: Path) -> Path | None:
+    """A trial folder on a node (under its scratch) whose checkpoint the storage holds, and not
+    yet its result."""
+    for latest in storage.glob("*/trials/*/*/checkpoints/latest"):
+        trial = latest.parent.parent
+        mine = scratch / "trials" / trial.parent.name / trial.name
+        if mine.is_dir() and not (trial / "result.json").exists():
+            return mine
+    return None
+
+
+@pytest.mark.slow
+def test_a_node_lost_mid_trial_retries_it_from_its_checkpoint_elsewhere(
+    tmp_path, two_nodes, two_arms_reference
+):
+    address, ids, logs, (_, worker) = two_nodes
+    storage = tmp_path / "storage"
+    spec = write_spec(tmp_path, TWO_ARMS | {"storage": storage.as_uri()})
+    out = tmp_path / "study"
+    with open(tmp_path / "study.log", "w") as log:
+        proc = subprocess.Popen(
+            [
+                *(sys.executable, "jobs/study.py", "--spec", str(spec)),
+                *("--out", str(out), "--address", address),
+            ],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=os.environ | {"RAY_AUTH_MODE": "disabled"},
+            start_new_session=True,
+        )
+    try:
+        deadline = time.time() + 600
+        while (cut := part_way(logs / "scratch-2", storage)) is None and proc.poll() is None:
+            assert time.time() < deadline, "no trial reached a checkpoint on the worker node"
+            time.sleep(0.05)
+        for pid in processes_of(logs / "scratch-2"):  # the node is lost: raylet, trial, all
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        end_group(worker, grace=5)
+        assert proc.wait(timeout=900) == 0, (tmp_path / "study.log").read_text()[-4000:]
+    finally:
+        end_group(proc)
+    summary = json.loads((out / "study_summary.json").read_text())
+    assert scores(summary) == scores(two_arms_reference)  # as if no node had been lost
+    state = json.loads((out / "study_state.json").read_text())
+    live = [t for t in state["trials"].values() if not t["superseded"]]
+    assert len(live) == TWO_ARMS_TRIALS and all(t["status"] == "ok" for t in live)
+    record = state["trials"][f"{cut.parent.name}/{cut.name}"]
+    survivor = ray_nodes(address)
+    assert len(survivor) == 1 and survivor[0] in ids
+    assert record["node"] == survivor[0]  # retried on the node that survived
+    stored = Path(state["storage"].removeprefix("file://"))
+    result = json.loads((stored / cut.relative_to(logs / "scratch-2") / "result.json").read_text())
+    steps = TWO_ARMS["training"]["steps"]
+    # from its checkpoint part-way (a test pass adds its own resume at the last step)
+    assert any(0 < step < steps for step in result["resumed_from"]), result["resumed_from"]
