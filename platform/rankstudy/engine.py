@@ -41,9 +41,9 @@ def use_gpu(spec: StudySpec) -> bool:
 
 
 def precision(spec: StudySpec, gpu: bool) -> str:
-    """bf16 on GPUs, fp32 on CPUs unless the spec insists."""
+    """bf16 on GPUs that compute in it, else fp32, unless the spec insists."""
     if spec.deepspeed.precision == "auto":
-        return "bf16" if gpu else "fp32"
+        return "bf16" if gpu and torch.cuda.is_bf16_supported() else "fp32"
     return spec.deepspeed.precision
 
 

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from rankstudy.architecture import Architecture
+from rankstudy.devices import device_problem
 from rankstudy.model_fit import check_fits_model, hub_answers
 from rankstudy.plan import split_sizes
 from rankstudy.ray_cluster import answers
@@ -85,10 +86,13 @@ def check_tracking(spec: StudySpec, out_dir: Path) -> str:
 
 
 def preflight(spec: StudySpec, out_dir: Path) -> tuple[Architecture | None, dict[str, int] | None]:
-    """Every check of a spec that needs neither Ray nor a write: the model takes the spec
-    (model_fit), the data files hold the splits, the storage is there, the MLflow server
-    answers. Returns what the checks read, for the plan: the model's architecture and the
-    examples per split (each None when out of reach here); raises SpecError."""
+    """Every check of a spec that needs neither Ray nor a write: this machine's GPUs can do
+    what it asks (devices), the model takes the spec (model_fit), the data files hold the
+    splits, the storage is there, the MLflow server answers. Returns what the checks read, for
+    the plan: the model's architecture and the examples per split (each None when out of reach
+    here); raises SpecError."""
+    if problem := device_problem(spec):
+        raise SpecError(problem)
     arch = check_fits_model(spec)
     sizes = check_data(spec)
     check_storage(spec)

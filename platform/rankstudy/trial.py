@@ -30,6 +30,7 @@ from rankstudy.batches import example_order, total_steps
 from rankstudy.build import attach_arm, build_task, load_model
 from rankstudy.checkpoint import load_checkpoint, save_checkpoint
 from rankstudy.cost import eval_flops, model_shape, train_flops
+from rankstudy.devices import device_problem
 from rankstudy.engine import build_engine, init_distributed, precision, use_gpu
 from rankstudy.evaluation import Evaluation, evaluate, reduce, score_split
 from rankstudy.records import TrialConfig, write_result
@@ -109,6 +110,8 @@ class Trial:
         engine (`make_engine`, DeepSpeed's by default), then resume from the last checkpoint."""
         spec, arm = self.spec, self.arm
         self.gpu = use_gpu(spec)
+        if problem := device_problem(spec):  # this node's GPUs, which the driver may not see
+            raise TrialFailed(problem)
         self.rank, self.world = init_distributed(self.gpu)
         torch.set_num_threads(spec.resources.cpus_per_worker)
         dtype = torch.bfloat16 if precision(spec, self.gpu) == "bf16" else torch.float32

@@ -258,3 +258,65 @@ def test_plan_and_study_refuse_alike(make, message, tmp_path, capsys, monkeypatc
     assert planned == studied
     assert message.format(tmp=tmp_path) in planned, planned
     assert not (tmp_path / "out").exists()  # nothing written
+
+
+def _gpu(monkeypatch, name: str, capability: tuple[int, int], flash_attn: bool = False):
+    """This process sees one CUDA GPU of that name and compute capability (this machine has
+    none), and flash-attn installed or not."""
+    import importlib.util
+
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: name)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a: capability >= (8, 0))
+    find = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda n, *a: (object() if flash_attn else None) if n == "flash_attn" else find(n, *a),
+    )
+
+
+GPU_SPEC = SPEC | {"resources": {"use_gpu": True}}
+FLASH = GPU_SPEC | {"model": SPEC["model"] | {"attn_implementation": "flash_attention_2"}}
+DEVICE_CASES = [
+    (
+        "bf16 on a V100",
+        ("Tesla V100-SXM2-16GB", (7, 0), True),
+        GPU_SPEC | {"deepspeed": {"precision": "bf16"}},
+        "deepspeed.precision: bf16 needs a GPU that computes in bf16 (compute capability 8.0 or "
+        "later); this machine's Tesla V100-SXM2-16GB is compute capability 7.0: use fp32",
+    ),
+    (
+        "flash attention without flash-attn",
+        ("NVIDIA A100-SXM4-40GB", (8, 0), False),
+        FLASH,
+        "model.attn_implementation: flash_attention_2 needs the flash-attn package, which is "
+        "not installed here",
+    ),
+    (
+        "flash attention on a T4",
+        ("Tesla T4", (7, 5), True),
+        FLASH,
+        "model.attn_implementation: flash_attention_2 needs compute capability 8.0 or later; "
+        "this machine's Tesla T4 is compute capability 7.5: use sdpa",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "gpu,spec,message", [c[1:] for c in DEVICE_CASES], ids=[c[0] for c in DEVICE_CASES]
+)
+def test_what_this_machines_gpu_cannot_do_is_refused_alike(
+    gpu, spec, message, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(ray_cluster, "connect_ray", lambda *a, **k: pytest.fail("Ray started"))
+    monkeypatch.chdir(ROOT)
+    _gpu(monkeypatch, *gpu)
+    path = write_spec(tmp_path, spec)
+    planned = _refusal("plan", path, [], None, capsys)
+    assert planned == _refusal("study", path, [], tmp_path / "out", capsys)
+    assert planned.startswith(message), planned
+    assert not (tmp_path / "out").exists()

@@ -99,3 +99,43 @@ def test_the_prepared_gpu_check_runs_its_code_on_this_cpu(tmp_path):
     assert [r["arm"] for r in out["throughput"]] == ["lora_r64", "matryoshka"]
     assert all(r["tokens_per_s"] > 0 and r["tflops_per_s"] > 0 for r in out["throughput"])
     assert out["tiny_trial"]["train_tokens"] == 30 * 32 * 32  # steps x micro-batch x seq_len
+
+
+def v100(monkeypatch):
+    """This process sees one V100 (compute capability 7.0: no bf16); this machine has none."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla V100-SXM2-16GB")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (7, 0))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a: False)
+
+
+def test_auto_precision_is_fp32_on_a_gpu_without_bf16(monkeypatch):
+    from rankstudy.engine import precision
+
+    spec = load_spec(PAPER, ["deepspeed.precision=auto"])
+    monkeypatch.setattr("torch.cuda.is_bf16_supported", lambda *a: True)
+    assert precision(spec, gpu=True) == "bf16"
+    v100(monkeypatch)
+    assert precision(spec, gpu=True) == "fp32"
+    assert precision(spec, gpu=False) == "fp32"
+
+
+def test_a_trial_on_a_node_whose_gpu_lacks_bf16_fails_once_naming_the_field(tmp_path, monkeypatch):
+    """The driver of a GPU cluster may have no GPU to judge: each trial judges its node's."""
+    from rankstudy.failures import failure_reason, retry_can_fix
+    from rankstudy.trial import TrialFailed, run_trial
+    from studies import SMALL
+
+    v100(monkeypatch)
+    config = {"spec": SMALL, "arm": "lora_r2", "out_dir": str(tmp_path / "t")}
+    overrides = ["resources.use_gpu=true", "deepspeed.precision=bf16"]
+    with pytest.raises(TrialFailed) as failed:
+        run_trial(config | {"overrides": overrides})
+    assert str(failed.value).startswith(
+        "deepspeed.precision: bf16 needs a GPU that computes in bf16 (compute capability 8.0 "
+        "or later); this machine's Tesla V100-SXM2-16GB is compute capability 7.0"
+    )
+    assert not retry_can_fix(failed.value)  # deterministic: not retried
+    assert failure_reason(failed.value) == str(failed.value)
