@@ -17,7 +17,7 @@ from rankstudy.model_fit import check_fits_model, hub_answers
 from rankstudy.plan import split_sizes
 from rankstudy.ray_cluster import answers
 from rankstudy.spec import SpecError, StudySpec
-from rankstudy.storage import check_storage_uri, check_writable, probe_storage
+from rankstudy.storage import check_storage_uri, check_writable, on_disk, probe_storage
 
 
 def tracking_uri(spec_uri: str | None, out_dir: Path) -> str:
@@ -68,7 +68,7 @@ def check_storage(spec: StudySpec) -> str | None:
     except ValueError as e:
         message = str(e)
         raise SpecError(message if message.startswith(field) else f"{field}: {message}") from None
-    if base and not base.startswith(("/", "file://")) and (failed := probe_storage(base)):
+    if base and on_disk(base) is None and (failed := probe_storage(base)):
         raise SpecError(
             f"{field}: {base} does not answer ({failed}); check the URI, the credentials and "
             f"the network (on one machine, leave it unset)"

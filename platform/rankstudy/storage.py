@@ -59,6 +59,14 @@ def probe_storage(uri: str, seconds: float | None = None) -> str | None:
     return lines[-1] if lines else f"the lookup exited with {proc.returncode}"
 
 
+def on_disk(uri: str | None) -> str | None:
+    """The path on a mounted disk that a storage URI or path names (file:// or absolute), else
+    None (an object store, or no storage)."""
+    if uri and uri.startswith(("/", "file://")):
+        return uri.removeprefix("file://")
+    return None
+
+
 def check_writable(field: str, path: Path, must_exist: bool = False) -> None:
     """A local folder the study writes to: it (or, unless must_exist, the nearest folder above
     it) must be a folder this process can write, with room left; a ValueError names the field."""
@@ -108,10 +116,10 @@ class TrialStorage:
         it: on a local or shared disk, one that replaces each file whole (a full disk or a kill
         mid-save leaves the previous state, rankstudy.atomic_fs); else the URI's own."""
         path = self.path_of("tune")
-        if path.startswith(("/", "file://")):
+        if (local := on_disk(path)) is not None:
             from rankstudy.atomic_fs import atomic_local_filesystem
 
-            return path.removeprefix("file://"), atomic_local_filesystem()
+            return local, atomic_local_filesystem()
         return path, None
 
     def local(self, path: str | Path) -> Path:

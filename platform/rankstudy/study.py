@@ -24,6 +24,7 @@ from rankstudy.preflight import preflight, tracking_uri
 from rankstudy.progress import StudyProgress
 from rankstudy.records import TrialRecord
 from rankstudy.spec import load_spec, read_spec_file
+from rankstudy.storage import on_disk
 from rankstudy.study_recorder import MlflowRecorder
 from rankstudy.study_state import (
     LOCK_FILE,
@@ -105,9 +106,10 @@ class Study:
         """Run (or resume) the study to its summary; a disk that fills up stops it with the
         folder and its free space named (rankstudy.disk), resumable once space is freed."""
         self.hold()
-        self.disk = DiskWatch(self.written_folders())
+        uri = tracking_uri(self.spec.tracking.uri, self.out_dir)
+        self.disk = DiskWatch(self.written_folders(uri))
         try:
-            return self._run()
+            return self._run(uri)
         except BaseException as e:
             why = self.disk.reason or (
                 None if isinstance(e, KeyboardInterrupt) else self.disk.full(e)
@@ -116,20 +118,17 @@ class Study:
                 raise
             raise StudyError(full_stop(why, self.out_dir)) from e
 
-    def written_folders(self) -> list[Path]:
+    def written_folders(self, tracking: str) -> list[Path]:
         """The folders on this machine the driver writes: the study's, a storage on shared
-        disk, a sqlite MLflow store's."""
+        disk, a sqlite MLflow store's (tracking: the study's MLflow URI)."""
         folders = [self.out_dir]
-        storage = self.files.storage.uri or ""
-        if storage.startswith(("/", "file://")):
-            folders.append(Path(storage.removeprefix("file://")))
-        uri = tracking_uri(self.spec.tracking.uri, self.out_dir)
-        if uri.startswith("sqlite:///"):
-            folders.append(Path(uri.removeprefix("sqlite:///")).parent)
+        if (storage := on_disk(self.files.storage.uri)) is not None:
+            folders.append(Path(storage))
+        if tracking.startswith("sqlite:///"):
+            folders.append(Path(tracking.removeprefix("sqlite:///")).parent)
         return folders
 
-    def _run(self) -> dict:
-        uri = tracking_uri(self.spec.tracking.uri, self.out_dir)
+    def _run(self, uri: str) -> dict:
         recorder = self.attach(StudyTracker(uri, self.spec.tracking.experiment or self.spec.name))
         parent = recorder.start(self.spec.name, self.spec.model_dump(mode="json"), self.tags)
         start = time.perf_counter()
