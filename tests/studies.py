@@ -45,6 +45,7 @@ TWO_ARMS_TRIALS = 2 * 2  # two search trials an arm
 # the session's served study (conftest.served_study): the svd rules beside the paper's
 SERVED = [
     "lora_grid",
+    "lora_truncated",
     "lora_svd",
     "dylora",
     "matryoshka",

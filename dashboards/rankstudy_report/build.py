@@ -14,9 +14,10 @@ from mlflow.tracking import MlflowClient
 
 from rankstudy.frontier import FrontierRow
 from rankstudy.tracking import best_method
-from rankstudy.verdict import pair_gap
+from rankstudy.verdict import p_better, pair_gap
 from rankstudy_report import charts
 from rankstudy_report.collect import StudyView, collect
+from rankstudy_report.regime import RegimeView, collect_regime
 from rankstudy_report.sweep import SweepView, collect_sweep
 
 ARTIFACT_DIR = "report"
@@ -91,15 +92,6 @@ def headline(view: StudyView) -> list[tuple[str, str, str]]:
     return cards
 
 
-def p_better(intervals: dict, a: str, b: str) -> float:
-    """The share of resamples in which a's AURAC (log2) beats b's, whichever order the pair
-    was stored in."""
-    pairs = intervals["pairs"]
-    if b in pairs.get(a, {}):
-        return pairs[a][b]["p_better"]
-    return 1 - pairs[b][a]["p_better"]
-
-
 def verdict_view(verdict: dict | None) -> dict | None:
     """What the page shows of the study's verdict: what to deploy, each method's AURAC (log2)
     interval, and each method minus the best by AURAC (log2); None for a study without one."""
@@ -151,7 +143,12 @@ def sweep_figures(sweep: SweepView) -> dict[str, str]:
     }
 
 
-def render(view: StudyView, figures: dict[str, str], sweep: SweepView | None = None) -> str:
+def render(
+    view: StudyView,
+    figures: dict[str, str],
+    sweep: SweepView | None = None,
+    regime: RegimeView | None = None,
+) -> str:
     env = Environment(
         loader=PackageLoader("rankstudy_report"), autoescape=select_autoescape(["html", "j2"])
     )
@@ -170,6 +167,7 @@ def render(view: StudyView, figures: dict[str, str], sweep: SweepView | None = N
         view=view,
         figures=figures,
         sweep=sweep,
+        regime=regime,
         cards=headline(view),
         verdict=verdict_view(view.verdict),
         ranks=ranks,
@@ -198,12 +196,18 @@ def build_report(
     (log=True) log both to the study's parent run under report/. When the study is a point of
     a budget sweep (or `sweep` names one; its experiment defaults to the sweep's name), the
     page opens with the sweep's frontier and details the point the grid is read at, unless
-    run_id names another."""
+    run_id names another; a point of a sweep of settings opens with its regime map and details
+    the newest point."""
     if sweep is not None and experiment is None and run_id is None:
         experiment = sweep  # a sweep records into its base spec's experiment, by default its name
-    found = collect_sweep(MlflowClient(tracking_uri), experiment, run_id, sweep)
-    view = collect(tracking_uri, experiment, run_id or (found.reference_run if found else None))
+    client = MlflowClient(tracking_uri)
+    regime = collect_regime(client, experiment, run_id, sweep)
+    found = None if regime else collect_sweep(client, experiment, run_id, sweep)
+    shown = found or regime
+    view = collect(tracking_uri, experiment, run_id or (shown.reference_run if shown else None))
     figures = sweep_figures(found) if found else {}
+    if regime and regime.cells:
+        figures["regime_map"] = charts.regime_map(regime)
     if view.methods:
         figures["rank_curves"] = charts.rank_curves(view)
         figures["cost_front"] = charts.cost_front(view)
@@ -214,7 +218,7 @@ def build_report(
     for name, text in figures.items():
         (out / "figures" / f"{name}.svg").write_text(text)
     page = out / "report.html"
-    page.write_text(render(view, figures, found))
+    page.write_text(render(view, figures, found, regime))
     if log:
         client = MlflowClient(tracking_uri)
         client.log_artifact(view.run_id, str(page), ARTIFACT_DIR)

@@ -248,3 +248,77 @@ def loss_curves(view: StudyView) -> str:
         if labelled:
             ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
         return svg(fig)
+
+
+def x_key(keys: list[str], cells: list) -> str:
+    """The regime map's x axis: the learning rate when it was swept, else the swept field with
+    the most numeric values."""
+    if "training.lr" in keys:
+        return "training.lr"
+
+    def numeric_values(k: str) -> int:
+        values = {c.settings[k] for c in cells}
+        return len(values) if all(isinstance(v, int | float) for v in values) else 0
+
+    return max(keys, key=numeric_values)
+
+
+def regime_map(view) -> str:
+    """The focus method's AURAC (log2) minus each other method's against the x setting (the
+    learning rate), one panel per value of the other settings, each difference with its paired
+    interval as an error bar and 0 (a tie) dashed. Each panel's line of a method is the SVG
+    group id="regime-<panel>-<method>"."""
+    cells = view.cells
+    x = x_key(view.keys, cells)
+    rest = [k for k in view.keys if k != x]
+    panels = sorted({tuple(c.settings[k] for k in rest) for c in cells}, key=str)
+    colors = palette(view.others)
+    numeric = all(isinstance(c.settings[x], int | float) for c in cells)
+    with plt.rc_context(STYLE):
+        cols = min(len(panels), 2) or 1
+        rows = math.ceil(len(panels) / cols) or 1
+        fig, axes = plt.subplots(
+            rows, cols, figsize=(4.6 * cols, 3.2 * rows), squeeze=False, sharey=True
+        )
+        for i, panel in enumerate(panels):
+            ax = axes[i // cols][i % cols]
+            for other in view.others:
+                shown = [
+                    c
+                    for c in cells
+                    if c.other == other and tuple(c.settings[k] for k in rest) == panel
+                ]
+                shown.sort(key=lambda c: c.settings[x] if numeric else str(c.settings[x]))
+                xs = [c.settings[x] if numeric else str(c.settings[x]) for c in shown]
+                bars = ax.errorbar(
+                    xs,
+                    [c.point for c in shown],
+                    yerr=[[c.point - c.low for c in shown], [c.high - c.point for c in shown]],
+                    fmt=".-",
+                    color=colors[other],
+                    capsize=3,
+                    label=f"{view.focus} − {other}",
+                )
+                bars.lines[0].set_gid(f"regime-{i}-{other}")
+            ax.axhline(0, linestyle="--", color="0.35", linewidth=1)
+            if numeric and min(c.settings[x] for c in cells) > 0:
+                ax.set_xscale("log")
+            named = zip(rest, panel, strict=True)
+            title = ", ".join(f"{k.rsplit('.', 1)[-1]} {v}" for k, v in named)
+            ax.set_title(title or view.name, loc="left", fontsize=9)
+            ax.set_xlabel(x)
+            if i % cols == 0:
+                ax.set_ylabel("Δ AURAC (log2)")
+        for j in range(len(panels), rows * cols):
+            axes[j // cols][j % cols].set_visible(False)
+        axes[0][0].legend(
+            fontsize=8, loc="upper left", bbox_to_anchor=(0, -0.25 - 0.05 * rows), frameon=False
+        )
+        fig.suptitle(
+            f"Where {view.focus} wins: its AURAC minus each method's (bars: paired interval "
+            "over test examples; above 0: it wins)",
+            x=0.01,
+            ha="left",
+            fontsize=9,
+        )
+        return svg(fig)

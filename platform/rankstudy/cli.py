@@ -149,7 +149,10 @@ def _study(args: argparse.Namespace) -> int:
     # process's own Ray, and the --resume command is printed
     signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
     sweep = (points, Path(args.out or f"runs/{spec.name}")) if spec.budgets else None
-    return _run_points(studies, sweep, args.resume)
+    code = _run_points(studies, sweep, args.resume)
+    if spec.sweep and not spec.budgets:  # a map of settings: where the paper's method wins
+        _print_regime_map(points, studies, Path(args.out or f"runs/{spec.name}"))
+    return code
 
 
 def _run_points(studies: list, sweep: tuple | None, resume: bool) -> int:
@@ -214,6 +217,17 @@ def _print_summary(study, summary: dict) -> None:
         + (f"report: {summary['report']}\n" if summary["report"] else "")
         + ui_hint(summary["mlflow"]["tracking_uri"], summary["mlflow"]["experiment_id"])
     )
+
+
+def _print_regime_map(points: list, studies: list, out: Path) -> None:
+    """The regime map (rankstudy.regime_map) of the points that finished, printed and written
+    to <out>/regime_map.json; a point not finished is left out and counted."""
+    from rankstudy.regime_map import folder_summaries, map_table, sweep_cells, write_regime_map
+
+    summaries = folder_summaries([s.out_dir for s in studies])
+    cells = sweep_cells([(p.settings, s) for p, s in zip(points, summaries, strict=True)])
+    print("\n" + map_table(cells))
+    print(f"wrote {write_regime_map(out.resolve(), cells, len(points))}")
 
 
 def _print_sweeps(sweeps: list[dict]) -> None:

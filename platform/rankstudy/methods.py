@@ -24,8 +24,11 @@ SCALINGS = ("none", "rank", "sqrt")
 #   A^T diag(q) B with q the method's p at its maximum rank (DESIGN.md section 9).
 # "svd_global": the same factors, with k x layers components spread over the layers by their
 #   singular values (the largest first, whichever layer they are in).
+# "truncated": the model of "scaled" (s_k * x A[:, :k] B[:k]), read from ONE run at every rank:
+#   for the grid method it serves LoRA's rank-R arm at each rank by its first k components
+#   (the reference code's LoRA curve), where "scaled" reads the grid's own arm per rank.
 SVD_RULES = ("svd", "svd_global")
-INFERENCE_RULES = ("scaled", "truncated_p", *SVD_RULES)
+INFERENCE_RULES = ("scaled", "truncated", "truncated_p", *SVD_RULES)
 
 
 def rank_scale(r: int, scaling: str, alpha: float = 1.0) -> float:
@@ -182,7 +185,10 @@ for _method in (
         "lora",
         "LoRA at a fixed rank r: one run per rank in S (the grid)",
         forward=_at_max_rank,
-        served={"lora_grid": "scaled"},
+        # lora_truncated: the rank-R run cut to its first k components with s_k, the
+        # reference code's LoRA baseline (one run, chosen by its validation AURAC)
+        served={"lora_grid": "scaled", "lora_truncated": "truncated"},
+        rules=("scaled", "truncated"),
         grid=True,
     ),
     Method(

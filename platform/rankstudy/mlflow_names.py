@@ -22,6 +22,9 @@ VERSION_TAG_PREFIX = "version."  # + package name, on the study run: what made t
 # point's parent run naming its sweep (the base study's name) and its budget multiplier.
 SWEEP_TAG = "rankstudy.sweep"
 BUDGET_TAG = "rankstudy.budget"  # str(float): "0.25", "1.0", "4.0"
+# + a swept spec field (`rankstudy.setting.training.lr`): the point's value of it, as JSON; the
+# report's regime map reads a sweep's settings from these
+SETTING_TAG_PREFIX = "rankstudy.setting."
 
 # Tags of a trial run (method runs carry METHOD_TAG too).
 ARM_TAG, METHOD_TAG, RANK_TAG, TRIAL_TAG, SEED_TAG = "arm", "method", "rank", "trial", "seed"

@@ -419,9 +419,10 @@ class StudySpec(Strict):
             raise ValueError("methods: give each method once, at least one")
         if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
             raise ValueError("seeds: give each seed once, at least one")
-        probes = [
-            (f"search.space.{k}", k, r.choices[0] if r.choices is not None else r.low)
+        probes = [  # every choice (a scaling searched per arm), or a range's two ends
+            (f"search.space.{k}", k, v)
             for k, r in self.search.space.items()
+            for v in (r.choices if r.choices is not None else (r.low, r.high))
         ]
         for key, values in (self.sweep or {}).items():
             if not values:

@@ -32,11 +32,13 @@ class SweepPoint:
     overrides: list[str] = field(default_factory=list)
     group: str | None = None
     budget: float | None = None
+    settings: dict[str, object] = field(default_factory=dict)  # swept field -> its value here
 
     @property
     def tags(self) -> dict[str, str]:
         """The tags its MLflow parent run carries."""
         tags = {names.SWEEP_TAG: self.group} if self.group is not None else {}
+        tags |= {names.SETTING_TAG_PREFIX + k: json.dumps(v) for k, v in self.settings.items()}
         if self.budget is not None:
             tags[names.BUDGET_TAG] = budget_key(self.budget)
         return tags
@@ -72,7 +74,7 @@ def sweep_points(spec: StudySpec) -> list[SweepPoint]:
             label = "-".join(part for part in (variant, budget and f"budget{budget:g}") if part)
             extra = [budget_override(spec, budget), "budgets=null"] if budget else []
             overrides = [*sets, *extra, f"name={spec.name}-{label}"]
-            points.append(SweepPoint(label, overrides, group, budget))
+            points.append(SweepPoint(label, overrides, group, budget, dict(pairs)))
     return points
 
 

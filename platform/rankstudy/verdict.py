@@ -119,6 +119,15 @@ def seed_spread(methods: dict, a: str, b: str) -> float | None:
     return statistics.pstdev(gaps)
 
 
+def p_better(intervals: dict, a: str, b: str) -> float:
+    """The share of resamples in which a's AURAC (log2) beats b's, whichever order the pair
+    was stored in."""
+    pairs = intervals["pairs"]
+    if b in pairs.get(a, {}):
+        return pairs[a][b]["p_better"]
+    return 1 - pairs[b][a]["p_better"]
+
+
 def pair_gap(intervals: dict, a: str, b: str, axis: str = "aurac_log2") -> dict:
     """a - b's interval on an AURAC axis, whichever order the pair was stored in."""
     pairs = intervals["pairs"]

@@ -6,7 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
+from rankstudy.adapters import load_adapters, set_rank
+from rankstudy.arms import parse_arm
+from rankstudy.build import attach_arm, build_task, load_model
+from rankstudy.checkpoint import latest_tag
+from rankstudy.engine import init_distributed
+from rankstudy.evaluation import score_split
 from rankstudy.records import RESULT_FILE, read_result
 from rankstudy.spec import load_spec
 from rankstudy.study_state import StudyFiles
@@ -37,8 +44,9 @@ def test_chosen_results_keep_every_test_example_of_every_rule(study):
                     assert len(values) == n
                     assert sum(values) / n == pytest.approx(means[rule][k], abs=1e-6)
     lora8 = [r for r in tested if r.arm == "lora_r8"]
-    assert all(set(r.scores_by_rule) == {"scaled", "svd"} for r in lora8)
+    assert all(set(r.scores_by_rule) == {"scaled", "truncated", "svd"} for r in lora8)
     assert all(sorted(r.scores_by_rule["svd"]) == [1, 2, 4, 8] for r in lora8)
+    assert all(sorted(r.scores_by_rule["truncated"]) == [1, 2, 4, 8] for r in lora8)
     assert all(sorted(r.scores_by_rule["scaled"]) == [8] for r in lora8)  # its own rank only
 
 
@@ -52,6 +60,36 @@ def test_lora_svd_is_the_rank_R_arm_alone(study):
     assert svd["scores"][-1] == pytest.approx(grid["scores"][-1], abs=1e-6)
     assert svd["trials"] == 1 and grid["trials"] == 4
     assert svd["cost"]["flops"] < grid["cost"]["flops"] / 2
+
+
+@pytest.mark.slow
+def test_lora_truncated_is_the_rank_R_arm_cut_to_its_first_k_components(study):
+    """The reference code's LoRA curve: the chosen lora_r8 trial, loaded from its checkpoint
+    and scored here at each rank k with s_k x A[:k] B[:k], on the same test split."""
+    spec_path, out = study
+    spec = load_spec(str(spec_path), [])
+    summary = json.loads((out / "study_summary.json").read_text())
+    truncated = summary["methods"]["lora_truncated"]
+    state = StudyFiles(spec, out, resume=True).state
+    (test,) = [t for t in state.tests.values() if t.arm == "lora_r8" and t.seed == 0]
+    assert "truncated" in test.rules
+    arm = parse_arm("lora_r8", spec)
+    loaded = load_model(spec.model, torch.float32)
+    task = build_task(spec, loaded.model, loaded.tokenizer, arm, spec.seed)
+    attach_arm(loaded.model, spec, arm)
+    trial_dir = Path(test.out_dir)
+    tag = latest_tag(trial_dir / "checkpoints")
+    load_adapters(loaded.model, trial_dir / "checkpoints" / tag / "adapters.safetensors")
+    init_distributed(False)
+    by_hand = {}
+    for k in truncated["ranks"]:
+        set_rank(loaded.model, k, "scaled")
+        by_hand[k] = score_split(loaded.model, task, "test", 64)["score"]
+    seed0 = truncated["scores_by_seed"]["0"]
+    assert seed0 == pytest.approx([by_hand[k] for k in truncated["ranks"]], abs=1e-6)
+    # at its own rank it is the grid's rank-8 run; below, a cut of it, not the grid's runs
+    assert seed0[-1] == pytest.approx(summary["methods"]["lora_grid"]["scores_by_seed"]["0"][-1])
+    assert truncated["trials"] == 1
 
 
 @pytest.mark.slow

@@ -231,6 +231,20 @@ def test_the_grid_is_one_lora_arm_per_rank_of_the_set():
     assert method_arms("matryoshka_truncated_p", spec) == ["matryoshka"]
 
 
+def test_lora_truncated_is_the_rank_R_arm_scored_at_every_rank_under_s_k():
+    """The reference code's LoRA curve: one run (lora_r8), its first k components with s_k."""
+    spec = parse_spec(TINY | {"methods": ["lora_grid", "lora_truncated"]})
+    assert method_arms("lora_truncated", spec) == ["lora_r8"]
+    r8, r4 = parse_arm("lora_r8", spec), parse_arm("lora_r4", spec)
+    assert r8.rules_scored(["scaled", "truncated"]) == [("scaled", (8,)), ("truncated", S)]
+    assert r4.rules_scored(["scaled"]) == [("scaled", (4,))]
+    assert not methods.per_rank_runs(*methods.served("lora_truncated"))
+    # served at k it is the paper's rule's model: s_k x A[:k] B[:k], not the run's s_R
+    schedule = RankSchedule("lora", 8, (8,), "sqrt", inference_rule="truncated")
+    schedule.rank = 2
+    assert schedule.terms(False) == [(2, pytest.approx(2**-0.5), 0)]
+
+
 def test_a_method_added_to_the_registry_alone_runs_in_a_trial(tmp_path):
     """One new entry is all a method needs: the spec serves it, a trial trains and scores it,
     and the cost model counts it (a fresh process, so that every module reads the entry)."""

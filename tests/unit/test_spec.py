@@ -120,6 +120,11 @@ MALFORMED = [
         {"training.lr": {"low": 0.0, "high": 1e-2, "log": True}},
         "search.space.training.lr: a log range needs low > 0, got 0.0",
     ),
+    (
+        "search.space",  # every choice is checked, not only the first
+        {"adapters.scaling": {"choices": ["none", "rank", "log"]}},
+        "search.space.adapters.scaling: adapters.scaling: Input should be 'none', 'rank' or",
+    ),
     ("tracking.uri", "ftp://mlflow", "tracking.uri: 'ftp://mlflow' is not an MLflow"),
     ("seeds", [0, 0], "seeds: give each seed once"),
     ("price_per_device_hour", -1, "price_per_device_hour: Input should be greater than or equal"),
@@ -148,6 +153,13 @@ def test_malformed_spec_gives_one_clear_error(path, value, message):
         parse_spec(mutate(path, value))
     assert str(e.value).startswith(message), str(e.value)
     assert len(str(e.value).splitlines()) == 1, str(e.value)
+
+
+def test_the_scaling_can_be_searched_per_arm():
+    spec = parse_spec(
+        mutate("search.space", {"adapters.scaling": {"choices": ["none", "rank", "sqrt"]}})
+    )
+    assert spec.search.space["adapters.scaling"].choices == ["none", "rank", "sqrt"]
 
 
 def test_text_task_on_tiny_model_needs_byte_vocab():

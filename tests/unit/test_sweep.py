@@ -87,8 +87,9 @@ def test_budgets_cross_the_sweep_product_and_tag_each_line_of_budgets():
         (0.5, 30),
         (0.5, 60),
     ]
+    shift = names.SETTING_TAG_PREFIX + "task.shift"
     assert [p.tags for p in points] == [
-        {names.SWEEP_TAG: f"tiny-study-shift{s}", names.BUDGET_TAG: b}
+        {names.SWEEP_TAG: f"tiny-study-shift{s}", names.BUDGET_TAG: b, shift: str(s)}
         for s in (0.1, 0.5)
         for b in ("0.5", "1.0")
     ]
@@ -96,9 +97,10 @@ def test_budgets_cross_the_sweep_product_and_tag_each_line_of_budgets():
 
 def test_a_sweep_without_budgets_and_a_plain_study():
     points = sweep_points(parse_spec(spec_with(sweep={"task.shift": [0.1, 0.5]})))
+    shift = names.SETTING_TAG_PREFIX + "task.shift"
     assert [(p.label, p.budget, p.tags) for p in points] == [
-        ("shift0.1", None, {names.SWEEP_TAG: "tiny-study"}),
-        ("shift0.5", None, {names.SWEEP_TAG: "tiny-study"}),
+        ("shift0.1", None, {names.SWEEP_TAG: "tiny-study", shift: "0.1"}),
+        ("shift0.5", None, {names.SWEEP_TAG: "tiny-study", shift: "0.5"}),
     ]
     assert points[0].overrides == ["task.shift=0.1", "name=tiny-study-shift0.1"]
     assert sweep_points(parse_spec(TINY)) == [SweepPoint("")]

@@ -12,7 +12,8 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from rankstudy.trial import TrialFailed, run_trial
+from rankstudy.adapters import adapter_layers, read_adapter_metadata, set_rank
+from rankstudy.trial import Trial, TrialFailed, run_trial
 from studies import GSM8K_DATA, ROOT, SMALL
 
 
@@ -83,6 +84,36 @@ def test_each_method_completes_and_writes_every_field(tmp_path, arm, ranks):
     adapters = tmp_path / "checkpoints" / "step12" / "adapters.safetensors"
     with safe_open(str(adapters), framework="pt") as f:
         assert any(k.endswith("lora_A") for k in f.keys())  # noqa: SIM118
+
+
+def test_a_searched_scaling_reaches_p_serving_and_the_saved_adapters(tmp_path):
+    """adapters.scaling set for one trial (as a search suggestion arrives, an override): the
+    trained p, the scale served at rank k and the adapter file all follow it."""
+    rank = Trial(
+        {
+            "spec": SMALL,
+            "arm": "matryoshka",
+            "out_dir": str(tmp_path),
+            "overrides": ['adapters.scaling="rank"', "training.steps=2"],
+        }
+    )
+    try:
+        rank.setup()
+        rank.train()
+        result = rank.finish()
+        model = rank.engine.module
+        # p_i = sum of 1/r over r in S = {1, 2, 4, 8} with r > i
+        p = [1 + 1 / 2 + 1 / 4 + 1 / 8, 1 / 2 + 1 / 4 + 1 / 8] + [1 / 4 + 1 / 8] * 2 + [1 / 8] * 4
+        for layer in adapter_layers(model).values():
+            assert layer.trained_p.tolist() == pytest.approx(p)
+        set_rank(model, 4, "scaled")
+        assert rank.schedule.terms(False) == [(4, 1 / 4, 0)]  # s_4 = 1/4 under "rank"
+        set_rank(model, None)
+    finally:
+        rank.close()
+    meta = read_adapter_metadata(tmp_path / "checkpoints" / "step2" / "adapters.safetensors")
+    assert meta["scaling"] == "rank"
+    assert 'adapters.scaling="rank"' in result["hparams"]["overrides"]
 
 
 def test_lora_truncations_are_scored_when_asked(tmp_path):

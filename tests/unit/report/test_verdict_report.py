@@ -6,9 +6,8 @@ and a study without a verdict reported as before, saying intervals are not avail
 import pytest
 
 from chromium import column, render
-from rankstudy.verdict import ONE_SEED, pair_gap
+from rankstudy.verdict import ONE_SEED, p_better, pair_gap
 from rankstudy_report import build_report
-from rankstudy_report.build import p_better
 from report_store import fill_study, make_verdict
 
 RANKS = [1, 2, 4, 8, 16]
