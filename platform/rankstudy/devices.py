@@ -27,10 +27,11 @@ def device_problem(spec: StudySpec) -> str | None:
     name = torch.cuda.get_device_name()
     capability = torch.cuda.get_device_capability()
     here = f"this machine's {name} is compute capability {capability[0]}.{capability[1]}"
-    if spec.deepspeed.precision == "bf16" and not torch.cuda.is_bf16_supported():
+    asked = spec.deepspeed.precision
+    if asked in ("bf16", "bf16_pure") and not torch.cuda.is_bf16_supported():
         return (
-            f"deepspeed.precision: bf16 needs a GPU that computes in bf16 (compute capability "
-            f"8.0 or later); {here}: use fp32, or auto (which is fp32 there)"
+            f"deepspeed.precision: {asked} needs a GPU that computes in bf16 (compute "
+            f"capability 8.0 or later); {here}: use fp32, or auto (which is fp32 there)"
         )
     if spec.model.attn_implementation == "flash_attention_2":
         if importlib.util.find_spec("flash_attn") is None:

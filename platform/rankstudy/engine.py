@@ -47,6 +47,27 @@ def precision(spec: StudySpec, gpu: bool) -> str:
     return spec.deepspeed.precision
 
 
+def model_dtype(spec: StudySpec, gpu: bool) -> torch.dtype:
+    """The dtype the trial casts the model to: bf16 under both bf16 precisions."""
+    return torch.float32 if precision(spec, gpu) == "fp32" else torch.bfloat16
+
+
+def bf16_config(spec: StudySpec, gpu: bool) -> dict:
+    """DeepSpeed's bf16 section. bf16 keeps fp32 master weights and fp32 AdamW state in its
+    optimizer; bf16_pure asks its ZeRO optimizer for bf16 ones instead, so parameters,
+    gradients, AdamW's exp_avg and exp_avg_sq are all bf16 and no fp32 copy exists, as in the
+    reference code's HF Trainer on a model loaded in bf16 (ZeRO stage 1-3 only: the spec
+    refuses stage 0 and optimizer offload)."""
+    mode = precision(spec, gpu)
+    if mode == "bf16_pure":
+        return {
+            "enabled": True,
+            "bf16_master_weights_and_grads": True,
+            "bf16_optimizer_states": True,
+        }
+    return {"enabled": mode == "bf16"}
+
+
 def deepspeed_config(spec: StudySpec, world_size: int, gpu: bool) -> dict:
     """The DeepSpeed config dict. AdamW is torch's (no compiled ops needed on any machine)."""
     t, ds = spec.training, spec.deepspeed
@@ -70,7 +91,7 @@ def deepspeed_config(spec: StudySpec, world_size: int, gpu: bool) -> dict:
             },
         },
         "zero_optimization": zero,
-        "bf16": {"enabled": precision(spec, gpu) == "bf16"},
+        "bf16": bf16_config(spec, gpu),
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }

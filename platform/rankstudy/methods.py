@@ -134,8 +134,9 @@ class Method:
     loss_ranks: (rank, weight) of each forward whose losses a micro-batch sums; rank None is the
         `forward` above, a rank k a forward served at k with s_k.
     cost_ranks: the adapter rank of each forward and backward a step runs, for the FLOP count.
-    draws_rank: draws a rank each optimizer step, uniformly and seeded, from `draw_from`
-        (no draw, drawn None, when that is empty).
+    draws_rank: draws a rank each optimizer step (or each micro-batch: the spec's
+        adapters.rank_draw), uniformly and seeded, from `draw_from` (no draw, drawn None,
+        when that is empty).
     per_rank_scale: trains each rank k with s_k itself, so truncated_p serves it as scaled.
     rules: the inference rules that give it different models (a trial scores each).
     served: the names a study serves it under (spec `methods`) -> their inference rule; every

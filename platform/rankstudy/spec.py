@@ -191,6 +191,16 @@ class GSM8KTaskSpec(TextTaskSpec):
     max_new_tokens: int = Field(256, gt=0)
     test_size: int | None = Field(None, gt=0, description="carved from a single jsonl `path`")
     strip_annotations: bool = Field(False, description="drop calculator notes <<a*b=c>>")
+    answer_match: Literal["last_number", "strict", "flexible"] = Field(
+        "last_number",
+        description="exact_match's judge: the final number, lenient; or lm-eval gsm8k's "
+        "strict-match (needs '#### N') or flexible-extract, exactly",
+    )
+    fewshot_sampler: Literal["first_n", "random"] = Field(
+        "first_n",
+        description="exemplars: the first `shots` train problems, or lm-eval's default "
+        "sampler (Random(1234), a fresh draw per evaluated problem)",
+    )
 
 
 class JsonlTaskSpec(TextTaskSpec):
@@ -217,6 +227,12 @@ class AdapterSpec(Strict):
     inference_rules: list[Literal[INFERENCE_RULES]] = ["scaled"]  # type: ignore[valid-type]
     a_init: Literal["peft", "reference"] = "peft"
     lora_truncations: bool = Field(False, description="also score LoRA arms below their rank")
+    rank_draw: Literal["step", "micro_batch"] = Field(
+        "step",
+        description="how often a drawing method (dylora, dylora_frozen, nested_sampled) draws "
+        "its rank b: once per optimizer step, or once per micro-batch (the reference code's "
+        "draw per forward: grad_accum draws a step); every worker draws the same b",
+    )
 
     @model_validator(mode="after")
     def _ranks(self) -> AdapterSpec:
@@ -273,8 +289,35 @@ class TrainingSpec(Strict):
 
 class DeepSpeedSpec(Strict):
     zero_stage: int = Field(2, ge=0, le=3)
-    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 on GPU")
+    precision: Literal["auto", "bf16", "bf16_pure", "fp32"] = Field(
+        "auto",
+        description="auto: bf16 on GPUs that compute in it, else fp32; bf16: bf16 parameters "
+        "and gradients with DeepSpeed's fp32 master weights and fp32 AdamW state; bf16_pure: "
+        "parameters, gradients and AdamW state all in bf16, no fp32 copy (the reference "
+        "code's HF Trainer on a model loaded in bf16), on CPUs too; needs ZeRO stage 1-3 "
+        "and no optimizer offload",
+    )
     offload_optimizer: bool = False
+
+    @model_validator(mode="after")
+    def _pure_bf16_in_zero(self) -> DeepSpeedSpec:
+        """DeepSpeed keeps bf16 master weights and bf16 optimizer state only in its ZeRO
+        optimizers (bf16_master_weights_and_grads, bf16_optimizer_states), and with optimizer
+        offload only in its compiled CPU Adam, which trials do not use (torch's AdamW)."""
+        if self.precision != "bf16_pure":
+            return self
+        if self.zero_stage == 0:
+            raise ValueError(
+                "precision: bf16_pure needs zero_stage 1, 2 or 3 (DeepSpeed keeps bf16 master "
+                "weights and optimizer state only in its ZeRO optimizers); got zero_stage 0"
+            )
+        if self.offload_optimizer:
+            raise ValueError(
+                "precision: bf16_pure does not work with offload_optimizer: true (DeepSpeed "
+                "keeps offloaded bf16 optimizer state only in its compiled CPU Adam); use "
+                "bf16, or offload_optimizer: false"
+            )
+        return self
 
 
 class ResourcesSpec(Strict):

@@ -31,7 +31,7 @@ from rankstudy.build import attach_arm, build_task, load_model
 from rankstudy.checkpoint import load_checkpoint, save_checkpoint
 from rankstudy.cost import eval_flops, model_shape, train_flops
 from rankstudy.devices import device_problem
-from rankstudy.engine import build_engine, init_distributed, precision, use_gpu
+from rankstudy.engine import build_engine, init_distributed, model_dtype, use_gpu
 from rankstudy.evaluation import Evaluation, evaluate, reduce, score_split
 from rankstudy.records import TrialConfig, write_result
 from rankstudy.spec import StudySpec, parse_spec
@@ -114,7 +114,7 @@ class Trial:
             raise TrialFailed(problem)
         self.rank, self.world = init_distributed(self.gpu)
         torch.set_num_threads(spec.resources.cpus_per_worker)
-        dtype = torch.bfloat16 if precision(spec, self.gpu) == "bf16" else torch.float32
+        dtype = model_dtype(spec, self.gpu)
         torch.manual_seed(spec.seed)
         setup_seconds, tokenizer = 0.0, None
         if model is None:
@@ -126,7 +126,7 @@ class Trial:
         self.task = task
         attach_arm(model, spec, arm)
         self.schedule = get_schedule(model)
-        self.schedule.per_step_draws = True  # one draw per optimizer step, for every worker
+        self.schedule.per_step_draws = True  # the loop draws (draw_rank), for every worker
         self.shape = model_shape(model)
         self.steps = total_steps(spec, task, self.world)
         lr = lr_lambda(spec, self.steps)
@@ -192,10 +192,9 @@ class Trial:
         order = example_order(
             n, self.spec.seed, p.step * global_batch, global_batch, self.lengths, global_batch
         )
-        if self.arm.kind.draws_rank:
-            self.schedule.resample()
         step_loss, step_tokens = 0.0, 0
         for m in range(accum):
+            self.draw_rank(m)
             lo = (m * world + self.rank) * micro
             batch = self.task.collate("train", order[lo : lo + micro])
             batch = {k: v.to(engine.device) for k, v in batch.items()}
@@ -213,6 +212,20 @@ class Trial:
         p.train_seconds += time.perf_counter() - tic
         p.step += 1
         return step_loss
+
+    def draw_rank(self, micro_batch: int) -> None:
+        """A drawing method's b (adapters.rank_draw): one draw at the step's first micro-batch,
+        or one at every micro-batch, as the reference code draws at every forward. Every
+        worker draws from the same seeded generator in the same order, so a worker's k-th
+        micro-batch trains the same b as every other worker's k-th. That matches the
+        reference's DDP processes: each seeds Python's global `random` alike (set_seed) and
+        draws b with random.randint in compute_loss, once a forward, so they draw the same
+        sequence too (unless something else takes from that generator on some process only).
+        The generator's state is in every checkpoint: a resumed trial draws on exactly."""
+        if not self.arm.kind.draws_rank:
+            return
+        if micro_batch == 0 or self.spec.adapters.rank_draw == "micro_batch":
+            self.schedule.resample()
 
     def _check_finite(self, loss: float, step: int) -> None:
         lr = self.spec.training.lr

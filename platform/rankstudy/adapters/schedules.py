@@ -55,8 +55,8 @@ class RankSchedule:
     inference_rule: str = "scaled"
     seed: int = 0
     # False: DyLoRA draws b at every training forward of the model (a plain loop needs nothing
-    # more). True: the training loop calls resample() once per optimizer step, so every
-    # micro-batch and every worker of a step trains the same b, whatever the accumulation.
+    # more). True: the training loop calls resample() itself, once per optimizer step or once
+    # per micro-batch (the spec's adapters.rank_draw), the same on every worker.
     per_step_draws: bool = False
     # Set by set_rank (inference at rank k) or by resample (DyLoRA's b for this step).
     rank: int | None = None
