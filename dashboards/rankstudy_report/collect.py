@@ -47,12 +47,13 @@ class TrialRun:
     arm: str
     trial: int | None
     seed: str | None
-    status: str  # ok, failed or chosen
+    status: str  # ok, failed, chosen or stopped (early, by the search's scheduler)
     params: dict[str, str]
     validation: dict[str, float]  # inference rule -> the validation score the search compared
     chosen_for: str  # the rules it was chosen and tested for ("" unless chosen)
     failure: str | None
     loss: dict[int, float] = field(default_factory=dict)  # step -> training loss, chosen only
+    stopped_at: str | None = None  # the step a stopped trial was stopped at
 
 
 @dataclass
@@ -173,6 +174,7 @@ def trial_run(run) -> TrialRun:
         },
         chosen_for=tags.get(names.CHOSEN_FOR_TAG, ""),
         failure=tags.get(names.FAILURE_TAG),
+        stopped_at=tags.get(names.STOPPED_AT_TAG),
     )
 
 

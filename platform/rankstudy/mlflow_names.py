@@ -29,7 +29,8 @@ SETTING_TAG_PREFIX = "rankstudy.setting."
 # Tags of a trial run (method runs carry METHOD_TAG too).
 ARM_TAG, METHOD_TAG, RANK_TAG, TRIAL_TAG, SEED_TAG = "arm", "method", "rank", "trial", "seed"
 STATUS_TAG = "status"
-OK, FAILED, CHOSEN = "ok", "failed", "chosen"  # its values
+OK, FAILED, CHOSEN, STOPPED = "ok", "failed", "chosen", "stopped"  # its values
+STOPPED_AT_TAG = "stopped_at"  # the step the search's scheduler (ASHA) stopped a trial at
 CHOSEN_FOR_TAG = "chosen_for"  # the inference rules a chosen trial was tested for, comma-joined
 FAILURE_TAG = "failure"
 

@@ -18,9 +18,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 RESULT_FILE = "result.json"
 # Bump when a field changes meaning or goes; readers refuse other versions. 2 added each
-# example's score (`examples`); a version-1 result reads as one without them.
-RESULT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+# example's score (`examples`); a version-1 result reads as one without them. 3 added the
+# status "stopped" (a search trial its scheduler stopped early); older ones read as "ok".
+RESULT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 
 # What a trial evaluates at its end by default: the study's search trials stop at validation,
 # and only each arm's chosen trial is scored on test, by running it again with ["test"].
@@ -97,10 +98,12 @@ class TrialCost(_Record):
 
 class TrialResult(_Record):
     """result.json: one trial's scores and cost. A validation-only run (a search trial) has
-    empty test fields (scores, scores_by_rule, extra_scores, aurac)."""
+    empty test fields (scores, scores_by_rule, extra_scores, aurac). A trial the search's
+    scheduler stopped early is "stopped": its steps, validation and cost are those of the
+    validation it was stopped at."""
 
     version: int = RESULT_VERSION
-    status: Literal["ok"] = "ok"
+    status: Literal["ok", "stopped"] = "ok"
     arm: str
     method: str
     max_rank: int
@@ -178,10 +181,11 @@ class TrialRecord(_Record):
     trial: int | None  # its number within the arm
     out_dir: str
     params: dict[str, Any]  # sampled hyperparameters by spec path
-    status: Literal["ok", "failed"]
+    status: Literal["ok", "failed", "stopped"]  # stopped: early, by the search's scheduler
     failure: str | None
     selection_metric: float
     selection_by_rule: dict[str, float] = {}
+    stopped_at: int | None = None  # the step the search's scheduler stopped it at
     node: str | None = None
     logged: bool = False
     superseded: bool = False  # a rerun after a resume replaced it (rankstudy.study_tuner)

@@ -12,12 +12,17 @@ actors are reused throughout instead of paying process start-up and imports agai
 from __future__ import annotations
 
 import pickle
+from typing import TYPE_CHECKING
 
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from rankstudy.spec import ParamRange
+from rankstudy.trainable import INTERIM
 from rankstudy.tune_keys import reported_in, tune_key
+
+if TYPE_CHECKING:
+    from rankstudy.arm_scheduler import ArmASHA
 
 
 def optuna_space(space: dict[str, ParamRange]) -> dict:
@@ -58,7 +63,10 @@ class ArmSearch(Searcher):
     relative step cost (its method's forwards per step), for ordering only: costly arms go
     first in each round (longest processing time first), so that long trials, and the test
     passes that wait for an arm's last trial, do not run alone at the end while the other
-    slots idle. Once an arm has finished a trial, its measured duration replaces the guess."""
+    slots idle. Once an arm has finished a trial, its measured duration replaces the guess.
+    scheduler: the study's ASHA (rankstudy.arm_scheduler), whose rungs this searcher's
+    checkpoints carry; a trial it stopped has ended (it counts toward trials_per_arm) but is
+    never chosen."""
 
     def __init__(
         self,
@@ -70,8 +78,10 @@ class ArmSearch(Searcher):
         weights: dict[str, float] | None = None,
         metric: str = "selection_metric",
         mode: str = "max",
+        scheduler: ArmASHA | None = None,
     ) -> None:
         super().__init__(metric=metric, mode=mode)
+        self.scheduler = scheduler
         dists = optuna_space(space)
         self.rules = arms
         self.seeds = seeds
@@ -132,6 +142,7 @@ class ArmSearch(Searcher):
         if self.searchers[arm] is not None:
             self.searchers[arm].on_trial_complete(trial_id, result, error)
         ok = result is not None and not error and not result.get("failed")
+        ok = ok and not result.get(INTERIM)  # its last report a validation: stopped there
         if ok and "time_total_s" in result:
             self.seconds[arm] = max(self.seconds.get(arm, 0.0), result["time_total_s"])
         self.ended[arm].append({"index": index, "ok": ok, **(result or {})})
@@ -158,9 +169,16 @@ class ArmSearch(Searcher):
                 )
 
     def save(self, checkpoint_path: str) -> None:
+        rungs = self.scheduler.state() if self.scheduler is not None else None
         with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__, f)
+            pickle.dump(self.__dict__ | {"scheduler": rungs}, f)
 
     def restore(self, checkpoint_path: str) -> None:
+        """This searcher's state, and the rungs into the scheduler Tune runs (the one
+        unpickled with this searcher from the Tuner's own state)."""
         with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
+            state = pickle.load(f)
+        rungs = state.pop("scheduler")
+        self.__dict__.update(state)
+        if self.scheduler is not None and rungs is not None:
+            self.scheduler.restore(rungs)

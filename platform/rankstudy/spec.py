@@ -362,13 +362,26 @@ class ParamRange(Strict):
         return self
 
 
+class SchedulerSpec(Strict):
+    """Ray Tune's ASHA (asynchronous successive halving) over each arm's search trials: a
+    trial is compared with its own arm's at rungs grace_period x reduction_factor^k optimizer
+    steps (at the first validation at or past each), and stopped there unless its validation
+    selection metric is in the arm's top 1/reduction_factor so far."""
+
+    kind: Literal["asha"]
+    grace_period: int = Field(gt=0, description="optimizer steps before a trial can be stopped")
+    reduction_factor: float = Field(3, gt=1, description="keep the top 1/reduction_factor")
+
+
 class SearchSpec(Strict):
     """The same Optuna search for every arm: trials_per_arm trials over `space`, whose keys
-    are spec fields in dotted form (training.lr, training.weight_decay, adapters.dropout)."""
+    are spec fields in dotted form (training.lr, training.weight_decay, adapters.dropout);
+    `scheduler` stops weak trials early (None: every trial runs its whole budget)."""
 
     trials_per_arm: int = Field(2, gt=0)
     space: dict[str, ParamRange] = {"training.lr": ParamRange(low=1e-3, high=1e-2, log=True)}
     seed: int = 0
+    scheduler: SchedulerSpec | None = None
 
 
 class TrackingSpec(Strict):
@@ -482,6 +495,36 @@ class StudySpec(Strict):
                 raise ValueError(f"{where}: {_format(e)}") from None
             except SpecError as e:
                 raise ValueError(f"{where}: {e}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _scheduler_sees_validations(self) -> StudySpec:
+        """ASHA decides on what a trial reports while it trains: its validations, counted in
+        optimizer steps, from the one process Tune runs it in."""
+        asha, t = self.search.scheduler, self.training
+        if asha is None:
+            return self
+        if not t.eval_every:
+            raise ValueError(
+                "search.scheduler: ASHA compares trials at their validations; set "
+                "training.eval_every > 0"
+            )
+        if t.steps is None:
+            raise ValueError(
+                "search.scheduler: ASHA's rungs are optimizer steps; give the budget as "
+                "training.steps, not training.epochs"
+            )
+        if asha.grace_period >= t.steps:
+            raise ValueError(
+                f"search.scheduler.grace_period: {asha.grace_period} must be below the budget "
+                f"(training.steps: {t.steps}), or no trial could ever be stopped"
+            )
+        if self.resources.workers > 1:
+            raise ValueError(
+                f"search.scheduler: ASHA needs each validation reported to Tune while the trial "
+                f"trains, and a trial on several Ray Train workers (resources.workers: "
+                f"{self.resources.workers}) reports to Ray Train only; use resources.workers: 1"
+            )
         return self
 
     @model_validator(mode="after")

@@ -44,7 +44,7 @@ from rankstudy.study_summary import (
 )
 from rankstudy.study_tuner import TrialEvents, drop_superseded, ended_trial, new_record, open_tuner
 from rankstudy.tracking import StudyTracker
-from rankstudy.trainable import trial_bundles
+from rankstudy.trainable import INTERIM, trial_bundles
 from rankstudy.waiting import WaitWatch, free_resources
 
 __all__ = ["Study", "StudyError", "StudyInterrupted", "summary_table"]
@@ -189,7 +189,9 @@ class Study:
         return str(path)
 
     def search(self) -> None:
-        """Every arm's trials under one Tuner; resumes the Tuner after a kill."""
+        """Every arm's trials under one Tuner (under ASHA, per arm, when the spec asks);
+        resumes the Tuner after a kill."""
+        from rankstudy.arm_scheduler import ArmASHA
         from rankstudy.search import ArmSearch, upper_bound
 
         s = self.spec.search
@@ -201,6 +203,7 @@ class Study:
         needs = ", ".join(f"{b}" for b in trial_bundles(self.spec))
         timeout = self.spec.resources.wait_timeout_s
         waiting = WaitWatch(needs, timeout, self.log, every=min(30.0, timeout / 2))
+        asha = s.scheduler and ArmASHA(arms, s.scheduler, self.spec.training.steps)
         tuner = open_tuner(
             self.spec,
             {
@@ -209,15 +212,18 @@ class Study:
                 "study_dir": str(self.out_dir),
                 "storage": self.files.storage.uri,
             },
-            ArmSearch(rules, s.space, s.trials_per_arm, s.seed, self.seeds, weights),
+            ArmSearch(
+                rules, s.space, s.trials_per_arm, s.seed, self.seeds, weights, scheduler=asha
+            ),
             upper_bound(rules, s.trials_per_arm, len(self.seeds)),
             self.files.storage,
             TrialEvents(self.trial_ended, waiting, self.disk),
             self.resume,
+            asha,
         )
         kept, unfinished = set(), 0
         for result in tuner.fit():  # trials that ended before a resume are recorded here
-            if result.error is None and "selection_metric" not in (result.metrics or {}):
+            if self.cut_off(result):
                 unfinished += 1  # stopped by an interrupt: a resume runs it again
                 continue
             error = (
@@ -226,6 +232,19 @@ class Study:
             kept.add(self.record(result.config, result.metrics or {}, error).key)
         drop_superseded(self.files, self.recorder, kept, self.log)
         self.check_ended(waiting, unfinished)
+
+    def cut_off(self, result) -> bool:
+        """Whether a trial Tune returns was stopped by an interrupt, not ended: it has no
+        end report, or its last report is a validation (INTERIM) that the scheduler did not
+        stop it at (the study records those as Tune stops them, trial_ended)."""
+        metrics = result.metrics or {}
+        if result.error is not None:
+            return False
+        if "selection_metric" not in metrics:
+            return True
+        return metrics.get(INTERIM, False) and (
+            ended_trial(result.config, metrics)[1] not in self.files.state.trials
+        )
 
     def check_ended(self, waiting: WaitWatch, unfinished: int) -> None:
         """Raise StudyInterrupted, saying how to go on, unless every trial ended."""
@@ -267,8 +286,9 @@ class Study:
         """Record a trial as Tune ends it, and say how far the study is."""
         record = self.record(config, metrics, error)
         if config["phase"] == "search":
+            at = f" at step {record.stopped_at}" if record.stopped_at is not None else ""
             self.log(
-                f"search trial {record.key}: {record.status}, "
+                f"search trial {record.key}: {record.status}{at}, "
                 f"selection {record.selection_metric:.4f} {record.params}"
             )
         else:

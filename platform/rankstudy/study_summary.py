@@ -77,12 +77,13 @@ def chosen_results(
 
 
 def spent_dirs(files: StudyFiles, arm: str, rule: str | None = None) -> list[str]:
-    """The folders of every result this arm spent compute on: search trials, test passes, seed
+    """The folders of every result this arm spent compute on: search trials (those the
+    search's scheduler stopped early too, with what they spent until then), test passes, seed
     repeats; with `rule`, only the test passes and repeats chosen for that rule (another
     rule's choice trained them for another served method)."""
     tests = [t for t in files.state.tests.values() if rule is None or rule in t.rules]
     records = [*files.state.trials.values(), *tests]
-    return sorted({t.out_dir for t in records if t.arm == arm and t.status == "ok"})
+    return sorted({t.out_dir for t in records if t.arm == arm and t.status != "failed"})
 
 
 def score_methods(

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ray import tune
+from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import Searcher
 
 from rankstudy.arms import parse_arm
@@ -24,7 +25,14 @@ from rankstudy.spec import StudySpec
 from rankstudy.storage import TrialStorage
 from rankstudy.study_recorder import MlflowRecorder
 from rankstudy.study_state import StudyFiles
-from rankstudy.trainable import FAILED_METRIC, trial_bundles, trial_resources, tune_trial
+from rankstudy.trainable import (
+    FAILED_METRIC,
+    INTERIM,
+    STEP,
+    trial_bundles,
+    trial_resources,
+    tune_trial,
+)
 from rankstudy.tune_keys import sampled
 from rankstudy.waiting import WaitWatch
 
@@ -93,9 +101,12 @@ def open_tuner(
     storage: TrialStorage,
     events: TrialEvents,
     resume: bool,
+    scheduler: TrialScheduler | None = None,
 ) -> tune.Tuner:
     """The study's Tuner: restored, when resuming one that Tune saved, with `events`
-    attached in place of the detached copy Tune unpickled; else a new one."""
+    attached in place of the detached copy Tune unpickled; else a new one. scheduler: the
+    search's (rankstudy.arm_scheduler), or None for Tune's default (every trial runs to its
+    end); a restored Tuner keeps the one it was made with."""
     trainable = tune.with_resources(tune_trial, trial_resources(spec))
     root, filesystem = storage.tune_location()
     path = f"{root}/search"
@@ -113,6 +124,7 @@ def open_tuner(
         param_space=param_space,
         tune_config=tune.TuneConfig(
             search_alg=searcher,
+            scheduler=scheduler,
             num_samples=samples,
             reuse_actors=True,
             max_concurrent_trials=max_concurrent(spec),
@@ -163,6 +175,7 @@ def new_record(
     """An ended trial as the study keeps it."""
     shape = parse_arm(config["arm"], spec)
     test = config["phase"] == "test"
+    stopped = metrics.get(INTERIM, False)  # its last report a validation: the scheduler's stop
     return TrialRecord(
         key=key,
         arm=config["arm"],
@@ -171,7 +184,7 @@ def new_record(
         trial=config.get("trial"),
         out_dir=str(out_dir),
         params=sampled(config),
-        status="failed" if failure else "ok",
+        status="failed" if failure else "stopped" if stopped else "ok",
         failure=failure,
         selection_metric=metrics.get("selection_metric", FAILED_METRIC),
         selection_by_rule={
@@ -179,6 +192,7 @@ def new_record(
             for k, v in metrics.items()
             if k.startswith("selection_") and k != "selection_metric"
         },
+        stopped_at=metrics[STEP] if stopped and not failure else None,
         node=metrics.get("node"),
         rules=config["rules"] if test else None,
         seed=config["seed"] if test else None,

@@ -181,14 +181,18 @@ class StudyTracker:
 
     def log_trial(self, record: TrialRecord, result: TrialResult | None) -> str:
         """A child run for an ended search trial or test pass (once per key); status FAILED
-        with the reason when it failed. A test pass logged later adds its test curve to its
-        trial's run and marks it chosen."""
+        with the reason when it failed, the status tag "stopped" with the step when the
+        search's scheduler stopped it early. A test pass logged later adds its test curve to
+        its trial's run and marks it chosen."""
         key, error = record.key, record.failure
         run_id = self._child(key)
         new = run_id is None
         chosen = record.is_test and result is not None
-        status = names.FAILED if error else names.CHOSEN if chosen else names.OK
+        # else the record's own: names.OK, or names.STOPPED early by the search's scheduler
+        status = names.FAILED if error else names.CHOSEN if chosen else record.status
         tags = {names.STATUS_TAG: status}
+        if status == names.STOPPED:
+            tags[names.STOPPED_AT_TAG] = str(record.stopped_at)
         if record.seed is not None:
             tags[names.SEED_TAG] = str(record.seed)
         if chosen:

@@ -7,6 +7,8 @@ imports once, and on a small machine those seconds are a study's overhead.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import ray
@@ -19,14 +21,20 @@ from rankstudy.storage import trial_storage
 from rankstudy.tune_keys import as_overrides, reported, sampled
 
 FAILED_METRIC = -1.0  # what a deterministically failed trial reports to the searcher
+# A report made at a validation mid-training (what an ASHA search compares) carries these: it
+# is not the trial's end, and STEP, its optimizer step, is the scheduler's time attribute.
+INTERIM, STEP = "interim", "step"
 
 
-def execute(config: TrialConfig, storage: str) -> TrialResult:
-    """Run one trial config where it is: this process for one worker, Ray Train for more."""
+def execute(
+    config: TrialConfig, storage: str, validated: Callable[[TrialResult], None] | None = None
+) -> TrialResult:
+    """Run one trial config where it is: this process for one worker, Ray Train for more
+    (validated: as Trial.train takes it; one worker only, rankstudy.spec says why)."""
     from rankstudy.trial import run_trial
 
     if parse_spec(config.spec, config.overrides).resources.workers == 1:
-        result = run_trial(config.wire())
+        result = run_trial(config.wire(), validated)
     else:
         from rankstudy.ray_train import fit_trial
 
@@ -69,7 +77,10 @@ def tune_trial(config: dict) -> None:
     """The Tune trainable: run the trial its config asks for (trial_config) and report. A
     failure a retry can fix is raised, for Tune to retry from the checkpoint, and so is a full
     disk (rankstudy.disk); any other is reported once, its reason in the trial folder's
-    failure.txt (rankstudy.failures)."""
+    failure.txt (rankstudy.failures). A search trial under a scheduler (search.scheduler) also
+    reports each validation as it trains; when the scheduler stops the trial, Tune ends that
+    report with SystemExit in this thread, which unwinds the trial (its engine closed) and
+    leaves the record it wrote for that validation (Trial.stopped_here)."""
     import traceback
 
     from rankstudy.disk import disk_full, full_disk_error, short_of_space
@@ -80,8 +91,30 @@ def tune_trial(config: dict) -> None:
     # the trial's hyperparameters, and the node it ran on (a multi-worker trial's workers may
     # be elsewhere), go into every report: the study records both
     report = reported(sampled(config)) | {"node": ray.get_runtime_context().get_node_id()}
+
+    def outcome(result: TrialResult) -> dict:
+        by_rule = result.selection_metric_by_rule
+        return {
+            "selection_metric": result.selection_metric,
+            "failed": False,
+            "out_dir": trial.out_dir,
+            **report,
+            **{f"selection_{r}": v for r, v in by_rule.items()},
+        }
+
+    def validated(result: TrialResult) -> None:
+        tune.report(outcome(result) | {INTERIM: True, STEP: result.steps})
+
+    scheduled = (
+        config["phase"] == "search"
+        and parse_spec(config["spec"], config["overrides"]).search.scheduler is not None
+    )
+    # A stopped trial's thread unwinds (its engine closed, its memory freed) only once Tune
+    # hands this actor its next trial, and Tune waits 2 s for that before it throws the actor
+    # away and starts another (seconds of start-up and imports): let it finish.
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "120")
     try:
-        result = execute(trial, storage.path_of("ray"))
+        result = execute(trial, storage.path_of("ray"), validated if scheduled else None)
     except Exception as e:
         local = storage.local(trial.out_dir)
         if disk_full(e) or short_of_space([local]):  # the driver stops the study (resumable)
@@ -96,15 +129,7 @@ def tune_trial(config: dict) -> None:
             {"selection_metric": FAILED_METRIC, "failed": True, "out_dir": trial.out_dir, **report}
         )
         return
-    tune.report(
-        {
-            "selection_metric": result.selection_metric,
-            "failed": False,
-            "out_dir": trial.out_dir,
-            **report,
-            **{f"selection_{r}": v for r, v in result.selection_metric_by_rule.items()},
-        }
-    )
+    tune.report(outcome(result))
 
 
 def trial_resources(spec: StudySpec) -> dict:

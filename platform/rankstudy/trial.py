@@ -19,6 +19,7 @@ import math
 import os
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -33,7 +34,7 @@ from rankstudy.cost import eval_flops, model_shape, train_flops
 from rankstudy.devices import device_problem
 from rankstudy.engine import build_engine, init_distributed, model_dtype, use_gpu
 from rankstudy.evaluation import Evaluation, evaluate, reduce, score_split
-from rankstudy.records import TrialConfig, write_result
+from rankstudy.records import TrialConfig, TrialResult, write_result
 from rankstudy.spec import StudySpec, parse_spec
 from rankstudy.storage import publish_checkpoint, trial_storage
 from rankstudy.trial_result import measured_validation, previous_result, trial_result
@@ -163,9 +164,12 @@ class Trial:
         self.saved = p.step
 
     # -- training ----------------------------------------------------------------------------
-    def train(self) -> None:
+    def train(self, validated: Callable[[TrialResult], None] | None = None) -> None:
         """Optimizer steps up to the budget, logging, validating and checkpointing on the spec's
-        schedule; the last step is always checkpointed."""
+        schedule; the last step is always checkpointed. `validated` hears of each validation
+        before the end, with the record the trial leaves if it ends there (stopped_here): a
+        study's ASHA search reports it to Tune, whose scheduler may stop the trial in that
+        call."""
         t, p = self.spec.training, self.progress
         self.engine.train()
         started, first = time.perf_counter(), p.step
@@ -174,8 +178,12 @@ class Trial:
             if self.rank == 0 and (p.step % t.log_every == 0 or p.step == self.steps):
                 self._log(loss, (p.step - first) / (time.perf_counter() - started))
             if t.eval_every and p.step % t.eval_every == 0 and p.step < self.steps:
-                curve = self.evaluate("validation").scores["score"][self.rules[0]]
-                p.validation.append({"step": p.step, "scores": curve})
+                scores = self.evaluate("validation")
+                p.validation.append(
+                    {"step": p.step, "scores": scores.scores["score"][self.rules[0]]}
+                )
+                if validated is not None:
+                    validated(self.stopped_here(scores))
             if t.checkpoint_every and p.step % t.checkpoint_every == 0:
                 self.checkpoint()
         if self.saved != p.step:
@@ -310,23 +318,37 @@ class Trial:
         test = self.evaluate("test") if "test" in splits else None
         # the base model's test scores: the study asks one test pass for them
         base = self.evaluate_base("test") if config.score_base and test else None
-        p.wall_seconds = self.wall()
-        result = trial_result(
-            self.spec,
-            self.arm,
-            config,
-            self.task,
-            validation,
-            test,
-            asdict(p),
-            self.world,
-            self.gpu,
-            self.flops(),
-        )
+        result = self._result(validation, test)
         result.base_scores = base
         if self.rank == 0:
             self.storage.push(write_result(result, self.out_dir))
         return result.wire()
+
+    def stopped_here(self, validation: Evaluation) -> TrialResult:
+        """result.json as the trial stands at a validation mid-training, status "stopped",
+        written before anyone hears of that validation: if the search's scheduler stops the
+        trial there, this is its record, its cost everything it spent; a trial that goes on
+        overwrites it at its end."""
+        result = self._result(validation, None)
+        result.status = "stopped"
+        if self.rank == 0:
+            self.storage.push(write_result(result, self.out_dir))
+        return result
+
+    def _result(self, validation: Evaluation, test: Evaluation | None) -> TrialResult:
+        self.progress.wall_seconds = self.wall()
+        return trial_result(
+            self.spec,
+            self.arm,
+            self.config,
+            self.task,
+            validation,
+            test,
+            asdict(self.progress),
+            self.world,
+            self.gpu,
+            self.flops(),
+        )
 
     def flops(self) -> dict:
         """The cost model's training and evaluation FLOPs of what the trial ran."""
@@ -372,13 +394,13 @@ def release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def run_trial(config: dict) -> dict:
+def run_trial(config: dict, validated: Callable[[TrialResult], None] | None = None) -> dict:
     """The whole trial on this worker (config: a TrialConfig's wire dict, as Ray carries it);
-    returns result.json's object."""
+    returns result.json's object. validated: as Trial.train takes it."""
     trial = Trial(config)
     try:
         trial.setup()
-        trial.train()
+        trial.train(validated)
         return trial.finish()
     finally:
         trial.close()

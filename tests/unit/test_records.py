@@ -45,7 +45,7 @@ def test_a_result_of_another_version_or_cut_short_is_refused(tmp_path):
     on_disk = make_result().wire()
     path.write_text(json.dumps(on_disk | {"version": RESULT_VERSION + 1}))
     with pytest.raises(
-        ResultError, match=rf"version {RESULT_VERSION + 1}.*reads versions \[1, 2\]"
+        ResultError, match=rf"version {RESULT_VERSION + 1}.*reads versions \[1, 2, 3\]"
     ):
         read_result(path)
     path.write_text(json.dumps({k: v for k, v in on_disk.items() if k != "version"}))
