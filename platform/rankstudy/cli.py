@@ -53,7 +53,14 @@ def _trial(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace) -> int:
 
-    from rankstudy.plan import add_time, calibrate, plan, plan_table, shape_of, split_sizes
+    from rankstudy.plan import (
+        add_time,
+        calibrate,
+        plan,
+        plan_table,
+        published_split_sizes,
+        shape_of,
+    )
     from rankstudy.preflight import preflight
     from rankstudy.spec import SpecError, load_spec, read_spec_file
     from rankstudy.sweep import sweep_points
@@ -67,7 +74,8 @@ def _plan(args: argparse.Namespace) -> int:
             # the study's own checks (rankstudy.preflight), then what it will spend
             arch, sizes = preflight(variant, Path(f"runs/{variant.name}"))
             shape = shape_of(variant, arch)
-            out = plan(variant, shape, split_sizes(variant) if sizes is None else sizes)
+            # a hub data set out of reach: its published sizes (the trials read its rows)
+            out = plan(variant, shape, published_split_sizes(variant) if sizes is None else sizes)
             if args.calibrate:
                 raw = read_spec_file(args.spec)
                 add_time(out, variant, shape, *calibrate(raw, sets, args.calibrate))

@@ -68,6 +68,9 @@ def read_config(spec: ModelSpec) -> dict | None:
 
         folder = converted(spec.gguf)
         return _config_file(folder) if folder else gguf_header_config(resolve(spec.gguf))
+    if spec.config is not None:  # the architecture the spec names for a hub model
+        path = Path(spec.config).expanduser()
+        return _config_file(path) if path.is_dir() else json.loads(path.read_text())
     local = Path(spec.name).expanduser()
     if local.exists():
         return _config_file(local)

@@ -55,7 +55,7 @@ def check_fits_model(spec: StudySpec) -> Architecture | None:
     from rankstudy.plan import sequence_tokens
 
     source = model_source(spec)
-    if not config_within_reach(spec.model.name):
+    if spec.model.config is None and not config_within_reach(spec.model.name):
         # a hub id this machine cannot reach (offline) and has not cached: the nodes that run
         # the trials may; they load the model themselves, and fail there, clearly, if not
         print(

@@ -68,6 +68,26 @@ def split_sizes(spec: StudySpec) -> dict[str, int]:
     return {s: len(rows[s]) for s in ("train", "validation", "test")}
 
 
+# openai/gsm8k ("main") as the hub publishes it: the rows a plan counts where the hub is out of
+# reach (a cluster's spec planned on a laptop offline); the study itself reads the real rows
+GSM8K_HUB_ROWS = {"train": 7473, "test": 1319}
+
+
+def published_split_sizes(spec: StudySpec) -> dict[str, int]:
+    """Examples per split of the hub's GSM8K from its published row counts, held out and cut
+    as rankstudy.tasks.rows.gsm8k_splits does (validation from train; max_train, max_eval)."""
+    task = spec.task
+    if task.kind != "gsm8k":
+        raise ValueError(f"task: {task.kind} has no published split sizes")
+    keep = {"train": task.max_train, "validation": task.max_eval, "test": task.max_eval}
+    full = {
+        "train": GSM8K_HUB_ROWS["train"] - task.validation_size,
+        "validation": task.validation_size,
+        "test": GSM8K_HUB_ROWS["test"],
+    }
+    return {s: min(n, keep[s] or n) for s, n in full.items()}
+
+
 def sequence_tokens(spec: StudySpec) -> int:
     return spec.task.seq_len if spec.task.kind == "planted" else spec.task.max_length
 

@@ -76,6 +76,13 @@ class ModelSpec(Strict):
     name: str | None = None
     gguf: str | None = None
     tiny: TinyModelSpec | None = None
+    config: str | None = Field(
+        None,
+        description="with `name`: a local config.json (or a folder holding one) of that "
+        "model's architecture, which `rankstudy plan` and the checks before a study read "
+        "instead of asking the hub (a spec for a cluster plans offline); the trials load "
+        "`name` itself",
+    )
     trust_remote_code: bool = False
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     gradient_checkpointing: bool = False
@@ -86,7 +93,18 @@ class ModelSpec(Strict):
             raise ValueError(
                 "give exactly one of `name` (hub id or local path), `gguf` (a GGUF file) and `tiny`"
             )
+        if self.config is not None and self.name is None:
+            raise ValueError("config: describes the architecture of a `name`; give `name` too")
         return self
+
+    @field_validator("config")
+    @classmethod
+    def _config_file(cls, config: str | None) -> str | None:
+        if config is not None:
+            path = Path(config).expanduser()
+            if not (path / "config.json" if path.is_dir() else path).is_file():
+                raise ValueError(f"{config} is not a config.json, nor a folder holding one")
+        return config
 
     @field_validator("name")
     @classmethod
@@ -613,6 +631,7 @@ def parse_spec(data: dict, overrides: list[str] = ()) -> StudySpec:
 # relative to that file, so a spec works from any working directory (a Ray job runs in a copy).
 PATH_FIELDS = (
     ("model", "name"),
+    ("model", "config"),
     ("model", "gguf"),
     ("task", "path"),
     ("task", "train"),

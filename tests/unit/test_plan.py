@@ -7,7 +7,7 @@ import math
 import pytest
 
 from rankstudy.cli import main
-from rankstudy.plan import add_time, plan, shape_of, split_sizes
+from rankstudy.plan import add_time, plan, published_split_sizes, shape_of, split_sizes
 from rankstudy.spec import load_spec
 from studies import ROOT, study_job
 
@@ -177,3 +177,44 @@ def test_planned_flops_and_tokens_are_what_a_trial_records(tmp_path):
         recorded = run_trial(config)["cost"]
         assert recorded["flops"] == pytest.approx(planned["arms"][arm]["flops"], rel=1e-12), arm
         assert recorded["train_tokens"] == planned["tokens_per_trial"]
+
+
+def test_the_paper_protocol_plans_offline(monkeypatch, capsys):
+    """The GPU spec of the reference protocol: the model's shape from the config the spec ships
+    (its architecture equals the Llama-3.2-1B figures above), the hub's GSM8K from its
+    published row counts, with no hub in reach."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    path = ROOT / "jobs" / "specs" / "paper-protocol-llama-3.2-1b.yaml"
+    spec = load_spec(path)
+    shape = shape_of(spec)
+    assert shape.matmul_params == N and shape.adapter_width == W
+    assert published_split_sizes(spec) == {"train": 7473 - 200, "validation": 200, "test": 1319}
+    out = plan(spec, shape, published_split_sizes(spec))
+    assert out["steps_per_trial"] == 682 == math.ceil(3 * 7273 / 32)  # 3 epochs at 32
+    with pytest.raises(SystemExit) as done:
+        main(["plan", "--spec", str(path)])
+    assert done.value.code == 0
+    printed = capsys.readouterr().out
+    assert "8 arms" in printed and "682 steps" in printed
+
+
+def test_the_smollm2_protocol_spec_plans_from_its_gguf_header():
+    spec = load_spec(ROOT / "jobs" / "specs" / "paper-protocol-smollm2.yaml")
+    assert (spec.task.answer_match, spec.task.shots, spec.deepspeed.precision) == (
+        "strict",
+        3,
+        "bf16_pure",
+    )
+    out = plan(spec, shape_of(spec), split_sizes(spec))
+    assert set(out["methods"]) == set(spec.methods)
+    assert out["steps_per_trial"] == 12
+
+
+def test_published_sizes_are_cut_as_the_task_cuts_real_rows():
+    """The hub's sizes as counted offline equal the real files' (../shared holds the hub's
+    GSM8K) under the same holdout and limits."""
+    spec = load_spec(ROOT / "jobs" / "specs" / "smollm2-gsm8k-cpu.yaml", ["task.max_eval=null"])
+    assert published_split_sizes(spec) == split_sizes(spec)
+    limited = load_spec(ROOT / "jobs" / "specs" / "smollm2-gsm8k-cpu.yaml", ["task.max_train=100"])
+    assert published_split_sizes(limited) == split_sizes(limited)

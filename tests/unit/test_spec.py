@@ -64,6 +64,19 @@ MALFORMED = [
         "flash_attention_2",
         "model.attn_implementation: flash_attention_2 runs on CUDA GPUs only",
     ),
+    (
+        "model",
+        {"name": "org/model", "config": "/nonexistent/config.json"},
+        "model.config: /nonexistent/config.json is not a config.json, nor a folder holding one",
+    ),
+    (
+        "model",
+        {
+            "tiny": {},
+            "config": str(ROOT / "jobs" / "specs" / "models" / "llama-3.2-1b-instruct.json"),
+        },
+        "model: config: describes the architecture of a `name`; give `name` too",
+    ),
     ("task.kind", "squad", "task: Input tag 'squad'"),
     ("task.shift", 0.0, "task.planted.shift: Input should be greater than 0"),
     ("task.shift", 1.5, "task.planted.shift: Input should be less than 1"),
