@@ -278,7 +278,12 @@ def regime_map(view) -> str:
         cols = min(len(panels), 2) or 1
         rows = math.ceil(len(panels) / cols) or 1
         fig, axes = plt.subplots(
-            rows, cols, figsize=(4.6 * cols, 3.2 * rows), squeeze=False, sharey=True
+            rows,
+            cols,
+            figsize=(4.6 * cols, 3.2 * rows + 0.6),
+            squeeze=False,
+            sharey=True,
+            layout="constrained",
         )
         for i, panel in enumerate(panels):
             ax = axes[i // cols][i % cols]
@@ -311,9 +316,8 @@ def regime_map(view) -> str:
                 ax.set_ylabel("Δ AURAC (log2)")
         for j in range(len(panels), rows * cols):
             axes[j // cols][j % cols].set_visible(False)
-        axes[0][0].legend(
-            fontsize=8, loc="upper left", bbox_to_anchor=(0, -0.25 - 0.05 * rows), frameon=False
-        )
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize=8, frameon=False)
         fig.suptitle(
             f"Where {view.focus} wins: its AURAC minus each method's (bars: paired interval "
             "over test examples; above 0: it wins)",
