@@ -263,6 +263,20 @@ def x_key(keys: list[str], cells: list) -> str:
     return max(keys, key=numeric_values)
 
 
+def gap_bars(ax, cells: list, x: str, numeric: bool, color, label: str):
+    """One method's differences against the x setting, each with its interval as a bar."""
+    cells = sorted(cells, key=lambda c: c.settings[x] if numeric else str(c.settings[x]))
+    return ax.errorbar(
+        [c.settings[x] if numeric else str(c.settings[x]) for c in cells],
+        [c.point for c in cells],
+        yerr=[[c.point - c.low for c in cells], [c.high - c.point for c in cells]],
+        fmt=".-",
+        color=color,
+        capsize=3,
+        label=label,
+    )
+
+
 def regime_map(view) -> str:
     """The focus method's AURAC (log2) minus each other method's against the x setting (the
     learning rate), one panel per value of the other settings, each difference with its paired
@@ -293,17 +307,7 @@ def regime_map(view) -> str:
                     for c in cells
                     if c.other == other and tuple(c.settings[k] for k in rest) == panel
                 ]
-                shown.sort(key=lambda c: c.settings[x] if numeric else str(c.settings[x]))
-                xs = [c.settings[x] if numeric else str(c.settings[x]) for c in shown]
-                bars = ax.errorbar(
-                    xs,
-                    [c.point for c in shown],
-                    yerr=[[c.point - c.low for c in shown], [c.high - c.point for c in shown]],
-                    fmt=".-",
-                    color=colors[other],
-                    capsize=3,
-                    label=f"{view.focus} − {other}",
-                )
+                bars = gap_bars(ax, shown, x, numeric, colors[other], f"{view.focus} − {other}")
                 bars.lines[0].set_gid(f"regime-{i}-{other}")
             ax.axhline(0, linestyle="--", color="0.35", linewidth=1)
             if numeric and min(c.settings[x] for c in cells) > 0:

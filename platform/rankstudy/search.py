@@ -66,7 +66,10 @@ class ArmSearch(Searcher):
     slots idle. Once an arm has finished a trial, its measured duration replaces the guess.
     scheduler: the study's ASHA (rankstudy.arm_scheduler), whose rungs this searcher's
     checkpoints carry; a trial it stopped has ended (it counts toward trials_per_arm) but is
-    never chosen."""
+    never chosen. Under it an arm's search trials run one after another (arms still run side
+    by side): ASHA decides on the results its rungs hold when a trial reaches them, so two
+    trials of one arm racing to a rung would make the choice depend on timing, and a study
+    and its resume could choose differently."""
 
     def __init__(
         self,
@@ -109,6 +112,11 @@ class ArmSearch(Searcher):
             open_arms = [a for a, n in self.suggested.items() if n < self.trials_per_arm]
             if not open_arms:
                 return None if self.running else Searcher.FINISHED
+            if self.scheduler is not None:  # one search trial of an arm at a time
+                busy = {self.owner[t][0] for t in self.running if self.owner[t][1] == "search"}
+                open_arms = [a for a in open_arms if a not in busy]
+                if not open_arms:
+                    return None  # asked again when a trial ends
             arm = min(open_arms, key=lambda a: (self.suggested[a], -self.expected_cost(a)))
             self.owner[trial_id] = (arm, "search", self.suggested[arm])
             self.suggested[arm] += 1

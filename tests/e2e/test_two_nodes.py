@@ -50,7 +50,7 @@ def start_node(args: list[str], log: Path, scratch: Path) -> subprocess.Popen:
 def ray_nodes(address: str) -> list[str]:
     code = (
         f"import json, ray; ray.init(address={address!r}, logging_level='ERROR');"
-        "print(json.dumps([n['NodeID'] for n in ray.nodes() if n['Alive']]))"
+        "print('NODES', json.dumps([n['NodeID'] for n in ray.nodes() if n['Alive']]))"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code],
@@ -59,7 +59,9 @@ def ray_nodes(address: str) -> list[str]:
         env=os.environ | {"RAY_AUTH_MODE": "disabled"},
         timeout=120,
     )
-    return json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else []
+    # the marked line: Ray may print its own lines after it
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("NODES ")]
+    return json.loads(lines[-1].removeprefix("NODES ")) if proc.returncode == 0 and lines else []
 
 
 @pytest.fixture

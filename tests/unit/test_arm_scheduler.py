@@ -84,6 +84,21 @@ def test_a_stopped_trial_ends_its_search_slot_but_is_never_chosen():
     assert [c["test_of"] for c in chosen] == ["x1"]  # the finished trial, though it scored less
 
 
+def test_under_asha_an_arms_search_trials_run_one_after_another():
+    """Two trials of one arm racing to a rung would make ASHA's choice depend on timing: under
+    a scheduler the searcher holds an arm's next trial until its running one ends; without one
+    it does not."""
+    searcher = search(scheduler_with())
+    first = [searcher.suggest("t0"), searcher.suggest("t1")]
+    assert {c["arm"] for c in first} == {"a", "b"}
+    assert searcher.suggest("t2") is None  # each arm has a trial running
+    searcher.on_trial_complete("t0", {"selection_metric": 0.5, "out_dir": "x0"})
+    assert searcher.suggest("t2")["arm"] == first[0]["arm"]
+    free = search(None)
+    assert [free.suggest(f"t{i}")["arm"] for i in range(3)].count("a") >= 1
+    assert free.suggest("t3") is not None  # both arms' second trials, side by side
+
+
 SPEC = TINY | {"search": {"trials_per_arm": 2, "scheduler": {"kind": "asha", "grace_period": 10}}}
 
 
