@@ -134,6 +134,12 @@ class TrialResult(_Record):
         """The JSON object result.json holds."""
         return self.model_dump(mode="json", exclude_none=True)
 
+    def selection(self) -> dict[str, float]:
+        """What the search compares, as a trial reports it to Tune: the selection metric
+        under its own rule and, as selection_<rule>, under each rule it was scored with."""
+        by_rule = {f"selection_{r}": v for r, v in self.selection_metric_by_rule.items()}
+        return {"selection_metric": self.selection_metric, **by_rule}
+
 
 class ResultError(ValueError):
     """A result.json that cannot be used: cut short, corrupt, or of another version."""

@@ -27,7 +27,7 @@ INTERIM, STEP = "interim", "step"
 
 
 def execute(
-    config: TrialConfig, storage: str, validated: Callable[[TrialResult], None] | None = None
+    config: TrialConfig, storage: str, validated: Callable[[int, dict], None] | None = None
 ) -> TrialResult:
     """Run one trial config where it is: this process for one worker, Ray Train for more
     (validated: as Trial.train takes it; one worker only, rankstudy.spec says why)."""
@@ -92,18 +92,11 @@ def tune_trial(config: dict) -> None:
     # be elsewhere), go into every report: the study records both
     report = reported(sampled(config)) | {"node": ray.get_runtime_context().get_node_id()}
 
-    def outcome(result: TrialResult) -> dict:
-        by_rule = result.selection_metric_by_rule
-        return {
-            "selection_metric": result.selection_metric,
-            "failed": False,
-            "out_dir": trial.out_dir,
-            **report,
-            **{f"selection_{r}": v for r, v in by_rule.items()},
-        }
+    def outcome(selection: dict[str, float]) -> dict:
+        return {"failed": False, "out_dir": trial.out_dir, **report, **selection}
 
-    def validated(result: TrialResult) -> None:
-        tune.report(outcome(result) | {INTERIM: True, STEP: result.steps})
+    def validated(step: int, selection: dict[str, float]) -> None:
+        tune.report(outcome(selection) | {INTERIM: True, STEP: step})
 
     scheduled = (
         config["phase"] == "search"
@@ -129,7 +122,7 @@ def tune_trial(config: dict) -> None:
             {"selection_metric": FAILED_METRIC, "failed": True, "out_dir": trial.out_dir, **report}
         )
         return
-    tune.report(outcome(result))
+    tune.report(outcome(result.selection()))
 
 
 def trial_resources(spec: StudySpec) -> dict:

@@ -60,6 +60,10 @@ class TrialProgress:
     # rule is not charged for the others a shared trial also scored
     eval_by_rule: dict[str, dict[str, float]] = field(default_factory=dict)
     resumed_from: list[int] = field(default_factory=list)
+    # (step, selection metrics) of each validation told to the search's scheduler: a resumed
+    # trial tells them again, so a study resumed after a kill rebuilds the scheduler's rungs
+    # that Tune's last saved state missed
+    told: list[list] = field(default_factory=list)
     shared_seconds: float = 0.0  # set-up later trials reuse (not this arm's cost)
     wall_seconds: float = 0.0  # of the runs before this one (a resume adds its own)
 
@@ -164,13 +168,16 @@ class Trial:
         self.saved = p.step
 
     # -- training ----------------------------------------------------------------------------
-    def train(self, validated: Callable[[TrialResult], None] | None = None) -> None:
+    def train(self, validated: Callable[[int, dict], None] | None = None) -> None:
         """Optimizer steps up to the budget, logging, validating and checkpointing on the spec's
-        schedule; the last step is always checkpointed. `validated` hears of each validation
-        before the end, with the record the trial leaves if it ends there (stopped_here): a
-        study's ASHA search reports it to Tune, whose scheduler may stop the trial in that
-        call."""
+        schedule; the last step is always checkpointed. `validated(step, selection)` hears of
+        each validation before the end (its selection metrics), once the record the trial
+        leaves if it ends there is written (stopped_here): a study's ASHA search reports it to
+        Tune, whose scheduler may stop the trial in that call. A resumed trial first tells
+        again what it told before its checkpoint."""
         t, p = self.spec.training, self.progress
+        for step, selection in p.told if validated is not None else []:
+            validated(step, selection)
         self.engine.train()
         started, first = time.perf_counter(), p.step
         while p.step < self.steps:
@@ -183,7 +190,8 @@ class Trial:
                     {"step": p.step, "scores": scores.scores["score"][self.rules[0]]}
                 )
                 if validated is not None:
-                    validated(self.stopped_here(scores))
+                    p.told.append([p.step, self.stopped_here(scores).selection()])
+                    validated(*p.told[-1])
             if t.checkpoint_every and p.step % t.checkpoint_every == 0:
                 self.checkpoint()
         if self.saved != p.step:
@@ -394,7 +402,7 @@ def release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def run_trial(config: dict, validated: Callable[[TrialResult], None] | None = None) -> dict:
+def run_trial(config: dict, validated: Callable[[int, dict], None] | None = None) -> dict:
     """The whole trial on this worker (config: a TrialConfig's wire dict, as Ray carries it);
     returns result.json's object. validated: as Trial.train takes it."""
     trial = Trial(config)
