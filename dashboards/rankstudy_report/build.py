@@ -220,7 +220,6 @@ def build_report(
     page = out / "report.html"
     page.write_text(render(view, figures, found, regime))
     if log:
-        client = MlflowClient(tracking_uri)
         client.log_artifact(view.run_id, str(page), ARTIFACT_DIR)
         if figures:
             client.log_artifacts(view.run_id, str(out / "figures"), f"{ARTIFACT_DIR}/figures")

@@ -13,7 +13,8 @@ from mlflow.tracking import MlflowClient
 
 from rankstudy import mlflow_names as names
 from rankstudy.regime_map import FOCUS, MapCell, point_cells, tally
-from rankstudy_report.collect import PAGE, artifact_json, find_study
+from rankstudy_report.collect import artifact_json, find_study
+from rankstudy_report.sweep import sweep_study_runs
 
 
 @dataclass
@@ -67,12 +68,7 @@ def collect_regime(
     name = sweep or parent.data.tags.get(names.SWEEP_TAG)
     if name is None:
         return None
-    runs = client.search_runs(
-        [parent.info.experiment_id],
-        f"tags.`{names.KIND_TAG}` = '{names.STUDY}' and tags.`{names.SWEEP_TAG}` = '{name}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=PAGE,
-    )
+    runs = sweep_study_runs(client, parent.info.experiment_id, name)
     if not runs or any(names.BUDGET_TAG in r.data.tags for r in runs):
         return None
     newest: dict[str, object] = {}

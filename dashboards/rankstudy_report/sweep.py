@@ -52,16 +52,20 @@ class SweepView:
         return next((b for b, r in self.runs.items() if r == run_id), None)
 
 
-def sweep_runs(client: MlflowClient, experiment_id: str, sweep: str) -> dict:
-    """budget -> the newest study run of the sweep at that budget, budgets ascending."""
-    runs = client.search_runs(
+def sweep_study_runs(client: MlflowClient, experiment_id: str, sweep: str) -> list:
+    """Every study run of the sweep (its points, and any point run again), the newest first."""
+    return client.search_runs(
         [experiment_id],
         f"tags.`{names.KIND_TAG}` = '{names.STUDY}' and tags.`{names.SWEEP_TAG}` = '{sweep}'",
         order_by=["attributes.start_time DESC"],
         max_results=PAGE,
     )
+
+
+def sweep_runs(client: MlflowClient, experiment_id: str, sweep: str) -> dict:
+    """budget -> the newest study run of the sweep at that budget, budgets ascending."""
     newest: dict[float, object] = {}
-    for run in runs:
+    for run in sweep_study_runs(client, experiment_id, sweep):
         budget = run.data.tags.get(names.BUDGET_TAG)
         if budget is not None:
             newest.setdefault(float(budget), run)

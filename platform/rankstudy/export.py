@@ -68,14 +68,14 @@ def plan_exports(
         served = {k: arm.name for k in range(1, arm.max_rank + 1)}
         default = arm.ranks_for(method_rule(method))  # what the study scored
         what = f"{method} serves its rank-{arm.max_rank} update by SVD at ranks 1..{arm.max_rank}"
-    elif method in spec.methods and parse_arm(method_arms(method, spec)[0], spec).kind.grid:
-        arm = parse_arm(method_arms(method, spec)[0], spec)  # lora_truncated: the rank-R arm
-        served = {k: arm.name for k in arm.ranks_for(method_rule(method))}
-        what = f"{method} serves its rank-{arm.max_rank} run at ranks {sorted(served)}"
     elif method in spec.methods:
         arm = parse_arm(method_arms(method, spec)[0], spec)
-        served = {k: arm.name for k in sorted({*arm.train_ranks, *arm.eval_ranks})}
-        what = f"{method} was trained for ranks S = {list(arm.train_ranks)}"
+        if arm.kind.grid:  # lora_truncated: the rank-R arm, one run at every rank
+            served = {k: arm.name for k in arm.ranks_for(method_rule(method))}
+            what = f"{method} serves its rank-{arm.max_rank} run at ranks {sorted(served)}"
+        else:
+            served = {k: arm.name for k in sorted({*arm.train_ranks, *arm.eval_ranks})}
+            what = f"{method} was trained for ranks S = {list(arm.train_ranks)}"
     else:
         raise ExportError(
             f"--method: the study ran no method {method!r}; it ran {', '.join(spec.methods)} "
