@@ -260,6 +260,10 @@ def test_a_node_lost_mid_trial_retries_it_from_its_checkpoint_elsewhere(
     assert len(live) == TWO_ARMS_TRIALS and all(t["status"] == "ok" for t in live)
     record = state["trials"][f"{cut.parent.name}/{cut.name}"]
     survivor = ray_nodes(address)
+    deadline = time.time() + 120  # the head marks a killed node dead after its health checks fail
+    while len(survivor) != 1 and time.time() < deadline:
+        time.sleep(2)
+        survivor = ray_nodes(address)
     assert len(survivor) == 1 and survivor[0] in ids
     assert record["node"] == survivor[0]  # retried on the node that survived
     stored = Path(state["storage"].removeprefix("file://"))
