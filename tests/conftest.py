@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from filelock import FileLock
 
 from studies import (
     SERVED,
@@ -77,11 +78,32 @@ def mlflow_server(tmp_path_factory):
         yield uri
 
 
+def once_per_run(tmp_path_factory, worker_id: str, name: str, make) -> Path:
+    """A folder `make(folder)` fills once per test run, not once per pytest-xdist worker: the
+    first worker to ask makes it under a lock in the run's shared temporary folder, the others
+    wait and read it (tests only read these studies)."""
+    if worker_id == "master":  # no xdist: this process is the whole run
+        folder = tmp_path_factory.mktemp(name)
+        make(folder)
+        return folder
+    folder = tmp_path_factory.getbasetemp().parent / name
+    with FileLock(f"{folder}.lock"):
+        if not (folder / ".made").exists():
+            folder.mkdir(exist_ok=True)
+            make(folder)
+            (folder / ".made").touch()
+    return folder
+
+
+def study_in(spec: dict):
+    """make(folder) for once_per_run: the spec run as a study into folder/out."""
+    return lambda folder: run_study(write_spec(folder, spec), folder / "out")
+
+
 @pytest.fixture(scope="session")
-def served_study(tmp_path_factory) -> tuple[Path, Path]:
+def served_study(tmp_path_factory, worker_id) -> tuple[Path, Path]:
     """(spec path, study folder): every LoRA rank, DyLoRA and Matryoshka, one search trial per
     arm, seeds 0 and 1, served under the paper's rule, truncated_p and svd."""
-    tmp = tmp_path_factory.mktemp("served")
     spec = TINY | {
         "name": "tiny-served",
         "training": TINY["training"] | {"steps": 12},
@@ -89,23 +111,20 @@ def served_study(tmp_path_factory) -> tuple[Path, Path]:
         "search": {"trials_per_arm": 1},
         "seeds": [0, 1],
     }
-    path = write_spec(tmp, spec)
-    run_study(path, tmp / "out")
-    return path, tmp / "out"
+    folder = once_per_run(tmp_path_factory, worker_id, "served", study_in(spec))
+    return folder / "spec.yaml", folder / "out"
 
 
 @pytest.fixture(scope="session")
-def tiny_reference(tmp_path_factory) -> dict:
+def tiny_reference(tmp_path_factory, worker_id) -> dict:
     """The summary of the tiny study (studies.TINY) run once without a fault: what a study
     killed, stopped or submitted elsewhere must end with."""
-    tmp = tmp_path_factory.mktemp("reference")
-    run_study(write_spec(tmp, TINY), tmp / "out")
-    return json.loads((tmp / "out" / "study_summary.json").read_text())
+    folder = once_per_run(tmp_path_factory, worker_id, "reference", study_in(TINY))
+    return json.loads((folder / "out" / "study_summary.json").read_text())
 
 
 @pytest.fixture(scope="session")
-def two_arms_reference(tmp_path_factory) -> dict:
+def two_arms_reference(tmp_path_factory, worker_id) -> dict:
     """The summary of the two-arm tiny study (studies.TWO_ARMS) run once without a fault."""
-    tmp = tmp_path_factory.mktemp("two-arms-reference")
-    run_study(write_spec(tmp, TWO_ARMS), tmp / "out")
-    return json.loads((tmp / "out" / "study_summary.json").read_text())
+    folder = once_per_run(tmp_path_factory, worker_id, "two-arms-reference", study_in(TWO_ARMS))
+    return json.loads((folder / "out" / "study_summary.json").read_text())

@@ -126,9 +126,13 @@ def test_study_through_ray_job_submit(tmp_path, ray_head, tiny_reference):
 
 @pytest.mark.slow
 def test_killed_trial_process_is_retried_from_its_checkpoint(tmp_path):
-    spec = write_spec(
-        tmp_path, TINY | {"methods": ["matryoshka"], "training": TINY["training"] | {"steps": 400}}
-    )
+    steps = 200  # long enough to be killed between its first checkpoint and its end
+    spec = TINY | {
+        "methods": ["matryoshka"],
+        "training": TINY["training"] | {"steps": steps},
+        "search": {"trials_per_arm": 1},
+    }
+    spec = write_spec(tmp_path, spec)
     out = tmp_path / "out"
     proc = run_study(spec, out, wait=False)
     deadline, victim = time.time() + 600, None
@@ -140,7 +144,7 @@ def test_killed_trial_process_is_retried_from_its_checkpoint(tmp_path):
     os.kill(int((victim / "trial.pid").read_text()), signal.SIGKILL)
     assert proc.wait(timeout=1200) == 0, (tmp_path / "out.log").read_text()[-4000:]
     result = read_result(victim / RESULT_FILE)
-    assert result.resumed_from and result.steps == 400
+    assert result.resumed_from and result.steps == steps
     summary = json.loads((out / "study_summary.json").read_text())
     _, runs = mlflow_runs(summary)
     assert all(r.info.status == "FINISHED" for r in runs)
@@ -149,7 +153,7 @@ def test_killed_trial_process_is_retried_from_its_checkpoint(tmp_path):
     assert result.wire()["loss_curve"] == whole["loss_curve"]
     assert result.wire()["validation_scores"] == whole["validation_scores"]
     retried, alone = (
-        load_file(d / "checkpoints" / "step400" / "adapters.safetensors")
+        load_file(d / "checkpoints" / f"step{steps}" / "adapters.safetensors")
         for d in (victim, tmp_path / "whole")
     )
     assert retried.keys() == alone.keys()
@@ -172,8 +176,8 @@ def uninterrupted(study_out: Path, trial_dir: Path, out: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_killed_driver_resumes_to_the_uninterrupted_summary(tmp_path, tiny_reference):
-    spec = write_spec(tmp_path)
+def test_killed_driver_resumes_to_the_uninterrupted_summary(tmp_path, two_arms_reference):
+    spec = write_spec(tmp_path, TWO_ARMS)
     cut = tmp_path / "cut"
     proc = run_study(spec, cut, wait=False)
     state = cut / "study_state.json"
@@ -184,10 +188,10 @@ def test_killed_driver_resumes_to_the_uninterrupted_summary(tmp_path, tiny_refer
 
     proc = run_study(spec, cut, "--resume")
     resumed = json.loads((cut / "study_summary.json").read_text())
-    assert scores(resumed) == scores(tiny_reference)
+    assert scores(resumed) == scores(two_arms_reference)
     _, runs = mlflow_runs(resumed)
     kinds = [r.data.tags.get("rankstudy.kind") for r in runs]
-    assert kinds.count("study") == 1 and kinds.count("trial") == ARMS * 2
+    assert kinds.count("study") == 1 and kinds.count("trial") == TWO_ARMS_TRIALS
     assert all(r.info.status == "FINISHED" for r in runs)
     keys = [
         r.data.tags["rankstudy.trial_key"] for r in runs if "rankstudy.trial_key" in r.data.tags
