@@ -109,7 +109,7 @@ def test_the_watch_stops_on_a_trials_full_disk_elsewhere(tmp_path):
 
 
 WRITE = """
-import resource, signal, sys
+import gc, resource, signal, sys
 from pathlib import Path
 from pyarrow import fs
 from rankstudy.atomic_fs import atomic_local_filesystem
@@ -120,6 +120,7 @@ try:
     fs.copy_files(source, dest, destination_filesystem=atomic_local_filesystem())
 except OSError as e:
     print("failed:", e)
+gc.collect()  # the dropped stream may sit in a reference cycle with the failed copy's frames
 """
 
 
