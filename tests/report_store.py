@@ -5,6 +5,7 @@ shapes (a failed arm, many methods, a budget sweep) and for the report benchmark
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -139,12 +140,14 @@ def fill_study(
     failed: frozenset[str] = frozenset(),
     reference: bool = True,
     verdict: bool = False,
+    searches: Path | None = None,
 ) -> dict:
     """Log a whole study: per method (m0, m1, ..., each its own arm) its search trials, its chosen
     trial's test passes at every seed and its summary run; a method in `failed` has every
     trial failed and no summary. verdict: the study ends with make_verdict's, each summary
-    holding its method's intervals, as a study with per-example scores does. Returns method ->
-    the summary logged."""
+    holding its method's intervals, as a study with per-example scores does. searches: an
+    Optuna storage file, logged as a study logs its own. Returns method -> the summary
+    logged."""
     tracker = StudyTracker(uri, name)
     spec = {"name": name, "methods": [f"m{i}" for i in range(methods)], "seeds": seeds}
     tracker.start_study(name, spec)
@@ -212,6 +215,8 @@ def fill_study(
             summary["intervals"] = study["verdict"]["intervals"]["methods"][method]
     for method, summary in summaries.items():
         tracker.log_method(method, summary, None, study.get("verdict"))
+    if searches is not None:
+        tracker.log_searches(searches)
     tracker.finish_study(study, "FAILED" if failed else "FINISHED")
     return summaries
 

@@ -18,7 +18,9 @@ from rankstudy.verdict import p_better, pair_gap
 from rankstudy_report import charts
 from rankstudy_report.collect import StudyView, collect
 from rankstudy_report.regime import RegimeView, collect_regime
+from rankstudy_report.searches import IMPORTANCE_MIN_TRIALS, ArmSearchView, collect_searches
 from rankstudy_report.sweep import SweepView, collect_sweep
+from rankstudy_report.tables import with_downloads, write_csvs
 
 ARTIFACT_DIR = "report"
 
@@ -148,6 +150,7 @@ def render(
     figures: dict[str, str],
     sweep: SweepView | None = None,
     regime: RegimeView | None = None,
+    searches: dict[str, ArmSearchView] | None = None,
 ) -> str:
     env = Environment(
         loader=PackageLoader("rankstudy_report"), autoescape=select_autoescape(["html", "j2"])
@@ -168,6 +171,8 @@ def render(
         figures=figures,
         sweep=sweep,
         regime=regime,
+        searches=searches or {},
+        importance_min=IMPORTANCE_MIN_TRIALS,
         cards=headline(view),
         verdict=verdict_view(view.verdict),
         ranks=ranks,
@@ -191,13 +196,14 @@ def build_report(
     run_id: str | None = None,
     log: bool = True,
     sweep: str | None = None,
+    csv_dir: str | Path | None = None,
 ) -> Path:
     """Read the study from MLflow, write out_dir/report.html and out_dir/figures/*.svg, and
     (log=True) log both to the study's parent run under report/. When the study is a point of
     a budget sweep (or `sweep` names one; its experiment defaults to the sweep's name), the
     page opens with the sweep's frontier and details the point the grid is read at, unless
     run_id names another; a point of a sweep of settings opens with its regime map and details
-    the newest point."""
+    the newest point. Every table of the page links its CSV; csv_dir: also written there."""
     if sweep is not None and experiment is None and run_id is None:
         experiment = sweep  # a sweep records into its base spec's experiment, by default its name
     client = MlflowClient(tracking_uri)
@@ -213,12 +219,18 @@ def build_report(
         figures["cost_front"] = charts.cost_front(view)
     if any(t.loss for t in view.trials):
         figures["loss_curves"] = charts.loss_curves(view)
+    searches = collect_searches(client, view.run_id)
+    for arm, search in searches.items():
+        figures |= {f"search_{arm}_{kind}": text for kind, text in search.figures.items()}
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     for name, text in figures.items():
         (out / "figures" / f"{name}.svg").write_text(text)
     page = out / "report.html"
-    page.write_text(render(view, figures, found, regime))
+    html = with_downloads(render(view, figures, found, regime, searches))
+    page.write_text(html)
+    if csv_dir is not None:
+        write_csvs(html, csv_dir)
     if log:
         client.log_artifact(view.run_id, str(page), ARTIFACT_DIR)
         if figures:

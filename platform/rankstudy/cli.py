@@ -1,5 +1,5 @@
-"""The `rankstudy` command: `study`, `plan`, `report`, `export`, `trial` (one arm, no Ray
-Tune)."""
+"""The `rankstudy` command: `study`, `plan`, `report`, `export`, `evaluate`, `trial` (one arm,
+no Ray Tune)."""
 
 from __future__ import annotations
 
@@ -267,33 +267,101 @@ def _report(args: argparse.Namespace) -> int:
     out = args.out or f"runs/{args.experiment or args.run or args.sweep}/report"
     try:
         page = build_report(
-            uri, out, args.experiment, args.run, log=not args.no_log, sweep=args.sweep
+            uri,
+            out,
+            args.experiment,
+            args.run,
+            log=not args.no_log,
+            sweep=args.sweep,
+            csv_dir=args.csv,
         )
     except (ReportError, MlflowException) as e:
         print(f"rankstudy report: {e}", file=sys.stderr)
         return 2
     print(f"report: {page.resolve()}")
+    if args.csv:
+        print(f"tables: {Path(args.csv).resolve()}")
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
     from rankstudy.export import ExportError, run_export
+    from rankstudy.registry import RegistryError, plan_registration, register
     from rankstudy.spec import SpecError
 
     if (args.rank is None) == (args.ranks is None):
         print("rankstudy export: give exactly one of --rank K and --ranks all", file=sys.stderr)
         return 2
+    if args.register and args.rank is None:
+        print("rankstudy export: --register: registers one rank; give --rank K", file=sys.stderr)
+        return 2
     try:
+        if args.register:
+            request = plan_registration(args.study, args.method, args.rank, args.seed)
         written = run_export(
             args.study, args.method, None if args.ranks else [args.rank], args.out, args.seed
         )
-    except (ExportError, SpecError) as e:
+    except (ExportError, SpecError, RegistryError) as e:
         print(f"rankstudy export: {e}", file=sys.stderr)
         return 2
     for path in written:
         config = json.loads((path / "adapter_config.json").read_text())
         print(f"wrote {path} (rank {config['r']}; base {config['base_model_name_or_path']})")
+    if args.register:
+        print(f"registered {register(request, written[0], args.register)}")
     return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from rankstudy.export import ExportError
+    from rankstudy.lm_eval_scoring import EvaluateError, Request, evaluate_adapter, evaluate_study
+    from rankstudy.spec import SpecError
+
+    request = Request(args.task, args.shots, args.limit, args.gen_kwargs, args.batch_size)
+    data, include, out = Path(args.data), [Path(p) for p in args.include], Path(args.out)
+    try:
+        if args.study is None:
+            if args.method or args.ranks:
+                raise EvaluateError(
+                    "--method, --ranks: a study's options; --adapter is scored alone"
+                )
+            lines = evaluate_adapter(Path(args.adapter), args.base, out, request, data, include)
+        else:
+            if args.base:
+                raise EvaluateError("--base: only with --adapter (a study knows its base model)")
+            if not (args.method and args.ranks):
+                raise EvaluateError("--method, --ranks: give both with --study")
+            lines = evaluate_study(
+                Path(args.study), args.method, args.ranks, out, request, data, include
+            )
+    except (EvaluateError, ExportError, SpecError) as e:
+        print(f"rankstudy evaluate: {e}", file=sys.stderr)
+        return 2
+    print("\n".join(lines))
+    print(f"wrote {out / 'evaluate_summary.txt'}")
+    return 0
+
+
+def _ranks(text: str) -> list[int]:
+    """--ranks "1,4": [1, 4], each rank once, in the order given."""
+    try:
+        ranks = [int(k) for k in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of ranks"
+        ) from None
+    return list(dict.fromkeys(ranks))
+
+
+def _at_least(low: int):
+    """An argparse type: a whole number >= low."""
+
+    def parse(text: str) -> int:
+        if not text.isdigit() or int(text) < low:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= {low}")
+        return int(text)
+
+    return parse
 
 
 def _add_trial(sub) -> None:
@@ -364,6 +432,9 @@ def _add_report(sub) -> None:
     report.add_argument(
         "--no-log", action="store_true", help="do not log the report to the study's parent run"
     )
+    report.add_argument(
+        "--csv", metavar="DIR", help="also write every table of the page to DIR/<table id>.csv"
+    )
     report.set_defaults(handler=_report)
 
 
@@ -379,14 +450,58 @@ def _add_export(sub) -> None:
     export.add_argument("--ranks", choices=["all"], help="every rank the method serves")
     export.add_argument("--seed", type=int, help="which seed's trial (default: the first)")
     export.add_argument("--out", required=True, help="folder (one rank) or parent (all)")
+    export.add_argument(
+        "--register",
+        metavar="NAME",
+        help="also log it as an MLflow model in the study's store and register a version of "
+        "NAME carrying the study's figures for it (a database-backed store)",
+    )
     export.set_defaults(handler=_export)
+
+
+def _add_evaluate(sub) -> None:
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="score a study's chosen trial at some ranks, or a PEFT adapter, with lm-eval",
+    )
+    which = evaluate.add_mutually_exclusive_group(required=True)
+    which.add_argument("--study", help="the study's folder (its --out)")
+    which.add_argument("--adapter", help="an exported PEFT adapter folder")
+    evaluate.add_argument("--method", help="with --study: a method of it, or lora_r<rank>")
+    evaluate.add_argument("--ranks", type=_ranks, help="with --study: ranks to score, e.g. 1,4")
+    evaluate.add_argument(
+        "--base", help="with --adapter: its base model (default: the adapter's own)"
+    )
+    evaluate.add_argument("--task", default="gsm8k", help="the lm-eval task (default gsm8k)")
+    evaluate.add_argument(
+        "--data",
+        default="../shared/data/gsm8k",
+        help="gsm8k: the folder of train.jsonl and test.jsonl (default ../shared/data/gsm8k)",
+    )
+    evaluate.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder of lm-eval task YAMLs that --task may name (repeatable)",
+    )
+    evaluate.add_argument(
+        "--shots", type=_at_least(0), help="few-shot exemplars (default: the task's)"
+    )
+    evaluate.add_argument("--limit", type=_at_least(1), help="score the first N problems only")
+    evaluate.add_argument(
+        "--gen-kwargs", help="over the task's generation settings, e.g. max_gen_toks=256"
+    )
+    evaluate.add_argument("--batch-size", default="1", help="lm-eval's batch size (or auto)")
+    evaluate.add_argument("--out", required=True, help="folder for the results")
+    evaluate.set_defaults(handler=_evaluate)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line and exit with the command's status."""
     parser = argparse.ArgumentParser(prog="rankstudy", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_trial, _add_study_and_plan, _add_report, _add_export):
+    for add in (_add_trial, _add_study_and_plan, _add_report, _add_export, _add_evaluate):
         add(sub)
     args = parser.parse_args(argv)
     sys.exit(args.handler(args))

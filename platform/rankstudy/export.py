@@ -98,6 +98,16 @@ def plan_exports(
     return out
 
 
+def read_study(study_dir: Path) -> StudyState:
+    """The state of the study in `study_dir` (its --study), or an ExportError saying why not."""
+    if not (study_dir / STATE_FILE).is_file():
+        raise ExportError(f"--study: {study_dir} holds no study (no {STATE_FILE})")
+    try:
+        return read_state(study_dir / STATE_FILE, "--study")
+    except StudyError as e:
+        raise ExportError(str(e)) from None
+
+
 def run_export(
     study_dir: str | Path,
     method: str,
@@ -113,12 +123,7 @@ def run_export(
     from rankstudy.build import load_model
 
     study_dir = Path(study_dir).resolve()
-    if not (study_dir / STATE_FILE).is_file():
-        raise ExportError(f"--study: {study_dir} holds no study (no {STATE_FILE})")
-    try:
-        state = read_state(study_dir / STATE_FILE, "--study")
-    except StudyError as e:
-        raise ExportError(str(e)) from None
+    state = read_study(study_dir)
     spec = study_spec(state)
     exports = plan_exports(state, spec, method, ranks, seed)
     storage = TrialStorage(state.storage, study_dir)

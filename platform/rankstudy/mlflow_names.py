@@ -11,10 +11,11 @@ from __future__ import annotations
 PARENT_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
 
-# Which of the three kinds of run a run is, and (trial and method runs) its key in the study,
+# Which kind of run a run is, and (trial and method runs) its key in the study,
 # by which a resumed study finds what it logged instead of logging it twice.
 KIND_TAG = "rankstudy.kind"
 STUDY, TRIAL, METHOD = "study", "trial", "method"
+MODEL = "model"  # a run that logged a registered model version (rankstudy.registry)
 TRIAL_KEY_TAG = "rankstudy.trial_key"
 CREATION_TAG = "rankstudy.creation"  # a token per create_run call: finds a retried POST's copy
 VERSION_TAG_PREFIX = "version."  # + package name, on the study run: what made the numbers

@@ -16,6 +16,7 @@ from rankstudy.devices import device_problem
 from rankstudy.model_fit import check_fits_model, hub_answers
 from rankstudy.plan import split_sizes
 from rankstudy.ray_cluster import answers
+from rankstudy.registry import registry_problem
 from rankstudy.spec import SpecError, StudySpec
 from rankstudy.storage import check_storage_uri, check_writable, on_disk, probe_storage
 
@@ -82,6 +83,8 @@ def check_tracking(spec: StudySpec, out_dir: Path) -> str:
     field = "tracking.uri" if spec.tracking.uri else "MLFLOW_TRACKING_URI"
     if uri.startswith(("http://", "https://")) and not answers(uri):
         raise SpecError(f"{field}: nothing answers at {uri} (the MLflow server)")
+    if spec.tracking.register_as and (problem := registry_problem(uri)):
+        raise SpecError(f"tracking.register_as: {problem}")
     return uri
 
 

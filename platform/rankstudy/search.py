@@ -6,7 +6,9 @@ and space (same budget, same search). When all of an arm's trials have ended, th
 chooses the arm's best trial per inference rule on validation (never looking at test) and
 queues its test pass and its repeats at the other seeds as further trials. So the whole study
 shares one Tuner: trials of different arms and test passes run side by side, and warm trial
-actors are reused throughout instead of paying process start-up and imports again.
+actors are reused throughout instead of paying process start-up and imports again. With a
+storage, every arm's Optuna study is kept there (rankstudy.optuna_storage), where
+optuna-dashboard and the report read it.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from __future__ import annotations
 import pickle
 from typing import TYPE_CHECKING
 
+import optuna
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from rankstudy.optuna_storage import fail_lost, fresh_search
 from rankstudy.spec import ParamRange
 from rankstudy.trainable import INTERIM
 from rankstudy.tune_keys import reported_in, tune_key
@@ -27,8 +31,6 @@ if TYPE_CHECKING:
 
 def optuna_space(space: dict[str, ParamRange]) -> dict:
     """Optuna distributions keyed for Tune (rankstudy.tune_keys)."""
-    import optuna
-
     out = {}
     for key, r in space.items():
         out[tune_key(key)] = (
@@ -69,7 +71,12 @@ class ArmSearch(Searcher):
     never chosen. Under it an arm's search trials run one after another (arms still run side
     by side): ASHA decides on the results its rungs hold when a trial reaches them, so two
     trials of one arm racing to a rung would make the choice depend on timing, and a study
-    and its resume could choose differently."""
+    and its resume could choose differently.
+
+    storage: an Optuna RDB storage URL (rankstudy.optuna_storage.storage_url), None for
+    memory; study: the study's name, which names its Optuna studies. They are opened at the
+    first suggestion (open_searches), so a searcher Tune restores keeps its own, reattached
+    to the storage by the pickle it was saved in."""
 
     def __init__(
         self,
@@ -82,17 +89,19 @@ class ArmSearch(Searcher):
         metric: str = "selection_metric",
         mode: str = "max",
         scheduler: ArmASHA | None = None,
+        storage: str | None = None,
+        study: str = "study",
     ) -> None:
         super().__init__(metric=metric, mode=mode)
         self.scheduler = scheduler
-        dists = optuna_space(space)
+        self.space = optuna_space(space)
+        self.seed = seed
+        self.storage = storage
+        self.study = study
         self.rules = arms
         self.seeds = seeds
         self.trials_per_arm = trials_per_arm
-        self.searchers = {
-            arm: OptunaSearch(space=dists, metric=metric, mode=mode, seed=seed) if dists else None
-            for arm in arms
-        }
+        self.searchers: dict[str, OptunaSearch | None] | None = None  # open_searches
         self.suggested = {arm: 0 for arm in arms}
         self.weight = {arm: (weights or {}).get(arm, 1) for arm in arms}
         self.seconds: dict[str, float] = {}  # measured duration of an arm's search trial
@@ -120,6 +129,8 @@ class ArmSearch(Searcher):
             arm = min(open_arms, key=lambda a: (self.suggested[a], -self.expected_cost(a)))
             self.owner[trial_id] = (arm, "search", self.suggested[arm])
             self.suggested[arm] += 1
+            if self.searchers is None:
+                self.searchers = self.open_searches()
             searcher = self.searchers[arm]
             config = {
                 "arm": arm,
@@ -129,6 +140,27 @@ class ArmSearch(Searcher):
             }
         self.running.add(trial_id)
         return config
+
+    def open_searches(self) -> dict[str, OptunaSearch | None]:
+        """Each arm's OptunaSearch, on a fresh Optuna study in the storage (fresh_search); None
+        for every arm when the space is empty (nothing to search)."""
+        if not self.space:
+            return {arm: None for arm in self.rules}
+        storage = optuna.storages.RDBStorage(self.storage) if self.storage else None
+
+        def searcher(name: str) -> OptunaSearch:
+            return OptunaSearch(
+                space=self.space,
+                metric=self.metric,
+                mode=self.mode,
+                seed=self.seed,
+                study_name=name,
+                storage=storage,
+            )
+
+        return {
+            arm: fresh_search(storage, self.study, arm, self.seed, searcher) for arm in self.rules
+        }
 
     def expected_cost(self, arm: str) -> float:
         """The arm's measured trial seconds, else its weight times the cheapest measured."""
@@ -183,10 +215,14 @@ class ArmSearch(Searcher):
 
     def restore(self, checkpoint_path: str) -> None:
         """This searcher's state, and the rungs into the scheduler Tune runs (the one
-        unpickled with this searcher from the Tuner's own state)."""
+        unpickled with this searcher from the Tuner's own state). Its Optuna studies go on in
+        the storage, less the trials asked for after this state was saved (fail_lost)."""
         with open(checkpoint_path, "rb") as f:
             state = pickle.load(f)
         rungs = state.pop("scheduler")
         self.__dict__.update(state)
+        for searcher in (self.searchers or {}).values():
+            if searcher is not None:
+                fail_lost(searcher)
         if self.scheduler is not None and rungs is not None:
             self.scheduler.restore(rungs)

@@ -408,6 +408,11 @@ class TrackingSpec(Strict):
 
     uri: str | None = None
     experiment: str | None = None
+    register_as: str | None = Field(
+        None,
+        description="at the end of the study, export the recommended method at its rank and "
+        "register it as a version of this MLflow model (rankstudy.registry); off by default",
+    )
 
     @field_validator("uri")
     @classmethod

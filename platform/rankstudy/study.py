@@ -20,6 +20,7 @@ from requests import RequestException
 
 from rankstudy.arms import arm_rules, parse_arm, study_arms, study_rules
 from rankstudy.disk import DiskWatch, full_stop
+from rankstudy.optuna_storage import STORAGE_FILE, storage_url
 from rankstudy.preflight import preflight, tracking_uri
 from rankstudy.progress import StudyProgress
 from rankstudy.records import TrialRecord
@@ -155,13 +156,16 @@ class Study:
         try:  # the summary file is written whatever MLflow does: it holds the study's outcome
             self.record_summary(summary)
             summary["report"] = self.report()
+            summary["registered"] = self.register(summary)
         finally:
             write_summary(self.out_dir, summary)
         return summary
 
     def record_summary(self, summary: dict) -> None:
         try:
-            self.recorder.log_summary(summary, self.out_dir / "figures")
+            self.recorder.log_summary(
+                summary, self.out_dir / "figures", self.out_dir / STORAGE_FILE
+            )
         except (MlflowException, RequestException) as e:
             raise StudyError(
                 f"tracking.uri: MLflow at {self.recorder.tracker.uri} failed while taking the "
@@ -188,6 +192,35 @@ class Study:
         self.log(f"report: {path}")
         return str(path)
 
+    def register(self, summary: dict) -> str | None:
+        """With tracking.register_as: export the recommended method at its rank (first seed)
+        to <out>/registered and register it (rankstudy.registry); its models:/ URI. One that
+        fails is said with the command that registers it later, as a report is."""
+        from rankstudy.export import run_export
+        from rankstudy.registry import Registration, figures, register
+
+        name = self.spec.tracking.register_as
+        choice = (summary.get("verdict") or {}).get("recommendation")
+        if not name:
+            return None
+        if not choice:
+            self.log("tracking.register_as: not registered: the study recommends no rank")
+            return None
+        method, rank = choice["method"], choice["rank"]
+        try:
+            request = Registration(summary, figures(summary, method, rank, None), self.spec.model)
+            folder = run_export(self.out_dir, method, [rank], self.out_dir / "registered")[0]
+            uri = register(request, folder, name)
+        except Exception as e:
+            self.log(
+                f"tracking.register_as: not registered ({type(e).__name__}: {e}); register it "
+                f"with rankstudy export --study {self.out_dir} --method {method} --rank {rank} "
+                f"--out {self.out_dir / 'registered'} --register {name}"
+            )
+            return None
+        self.log(f"registered {method} at rank {rank}: {uri}")
+        return uri
+
     def search(self) -> None:
         """Every arm's trials under one Tuner (under ASHA, per arm, when the spec asks);
         resumes the Tuner after a kill."""
@@ -213,7 +246,15 @@ class Study:
                 "storage": self.files.storage.uri,
             },
             ArmSearch(
-                rules, s.space, s.trials_per_arm, s.seed, self.seeds, weights, scheduler=asha
+                rules,
+                s.space,
+                s.trials_per_arm,
+                s.seed,
+                self.seeds,
+                weights,
+                scheduler=asha,
+                storage=storage_url(self.out_dir),
+                study=self.spec.name,
             ),
             upper_bound(rules, s.trials_per_arm, len(self.seeds)),
             self.files.storage,

@@ -106,10 +106,11 @@ class MlflowRecorder:
                 f"same --spec and --set)"
             )
 
-    def log_summary(self, summary: dict, figures: Path) -> None:
+    def log_summary(self, summary: dict, figures: Path, searches: Path | None = None) -> None:
         """The study's end: the reference and base curves, each method's summary run with its
-        figure (and its intervals, when the study has a verdict), the summary and the verdict;
-        the parent run FAILED when a method is missing."""
+        figure (and its intervals, when the study has a verdict), the arms' Optuna searches
+        (`searches`, when the study searched), the summary and the verdict; the parent run
+        FAILED when a method is missing."""
         if "reference" in summary:
             self.tracker.log_reference(summary["reference"])
         if "base_scores" in summary:
@@ -117,4 +118,6 @@ class MlflowRecorder:
         for m, s in summary["methods"].items():
             figure = curve_figure(m, s, summary.get("reference"), figures / f"{m}.png")
             self.tracker.log_method(m, s, figure, summary.get("verdict"))
+        if searches is not None and searches.exists():  # none: nothing was searched
+            self.tracker.log_searches(searches)
         self.tracker.finish_study(summary, "FAILED" if summary["missing"] else "FINISHED")

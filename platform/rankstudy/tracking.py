@@ -143,6 +143,11 @@ class StudyTracker:
             self.log_verdict(summary["verdict"])
         self.client.set_terminated(self.parent_id, status)
 
+    def log_searches(self, storage: Path) -> None:
+        """The study's Optuna storage (a sqlite file), at the artifacts' root under its own
+        name: the report draws each arm's search from it, as it reads all else from MLflow."""
+        self.client.log_artifact(self.parent_id, str(storage))
+
     def log_verdict(self, verdict: dict) -> None:
         """The verdict whole (verdict.json, which the report reads), and what to deploy as a
         tag, so the run table answers without opening it."""

@@ -13,9 +13,11 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
 from safetensors.torch import load_file
 
 from rankstudy.records import RESULT_FILE, read_result
@@ -302,6 +304,15 @@ def test_interrupted_driver_stops_cleanly_and_resumes(tmp_path):
     _, runs = mlflow_runs(resumed)
     kinds = [r.data.tags.get("rankstudy.kind") for r in runs]
     assert kinds.count("trial") == TWO_ARMS_TRIALS and not resumed["missing"]
+    # the resumed searcher went on in each arm's Optuna study: one each, every trial told once
+    storage = f"sqlite:///{cut / 'optuna.db'}"
+    arms = {t["arm"] for t in json.loads(state.read_text())["trials"].values()}
+    assert set(optuna.get_all_study_names(storage)) == {f"tiny-two-arms/{a}/seed0" for a in arms}
+    for arm in arms:
+        study = optuna.load_study(study_name=f"tiny-two-arms/{arm}/seed0", storage=storage)
+        assert (
+            len(study.get_trials(states=(TrialState.COMPLETE,))) == TINY["search"]["trials_per_arm"]
+        )
 
 
 def ray_processes_of(pid: int) -> list[str]:

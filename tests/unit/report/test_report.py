@@ -2,6 +2,9 @@
 no console error, no request leaving the file, tables holding what MLflow holds, and a study
 with a failed arm or a missing method reported as such instead of crashing."""
 
+import base64
+import csv
+import io
 import json
 import re
 import subprocess
@@ -139,6 +142,40 @@ def test_report_is_logged_to_the_study_parent_run(failed_arm_study):
     }
 
 
+def test_every_table_is_taken_away_as_the_csv_its_link_holds(failed_arm_study, tmp_path):
+    """`--csv DIR` writes each table the browser shows, cell for cell ("–", no value: empty),
+    and each table's download link decodes to that same file."""
+    uri, summaries, page, shown = failed_arm_study
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "rankstudy.cli", "report", "--experiment", "odd-study"),
+            *("--tracking-uri", uri, "--out", str(tmp_path / "r"), "--no-log"),
+            *("--csv", str(tmp_path / "csv")),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"tables: {tmp_path / 'csv'}" in proc.stdout
+    files = {p.stem: p.read_text() for p in (tmp_path / "csv").glob("*.csv")}
+    seen = {
+        table: [["" if c == "–" else " ".join(c.split()) for c in row] for row in rows]
+        for table, rows in shown.tables.items()
+    }
+    assert {k: list(csv.reader(io.StringIO(v))) for k, v in files.items()} == seen
+    assert {"rank-table", "aurac-table", "cost-table", "search-m2", "versions"} <= set(files)
+    flops = column(seen["cost-table"], "FLOPs")
+    assert {m: float(flops[m]) for m in summaries} == {
+        m: float(f"{s['cost']['flops']:.3g}") for m, s in summaries.items()
+    }
+    links = re.findall(
+        r'<caption class="csv"><a download="([^"]+)\.csv" href="data:text/csv;base64,([^"]+)">',
+        page.read_text(),
+    )
+    assert {name: base64.b64decode(data).decode() for name, data in links} == files
+
+
 def test_a_study_with_no_result_yet_still_gets_a_report(tmp_path):
     """Every arm failed (or the study was killed before any test pass): no method run."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -189,6 +226,7 @@ def tiny_study(tmp_path_factory):
         "adapters": {"max_rank": 4, "train_ranks": [1, 2, 4]},
         "training": TINY["training"] | {"steps": 30, "log_every": 10, "checkpoint_every": 10},
         "seeds": [0, 1],
+        "tracking": {"register_as": "tiny-report"},  # its end registers the recommended rank
     }
     run_study(write_spec(root, spec), root / "out")
     summary = json.loads((root / "out" / "study_summary.json").read_text())
@@ -225,6 +263,18 @@ def test_report_of_a_real_study_matches_its_results(tiny_study):
         scores = sorted(r[table[0].index("validation (scaled)")] for r in table[1:3])
         recorded = [t for t in state["trials"].values() if t["arm"] == arm]
         assert scores == sorted(f"{t['selection_metric']:.4f}" for t in recorded)
+
+
+@pytest.mark.slow
+def test_the_study_end_registers_its_recommended_rank(tiny_study):
+    """tracking.register_as: the verdict's method at its rank, exported and registered."""
+    root, summary = tiny_study
+    choice = summary["verdict"]["recommendation"]
+    assert summary["registered"] == "models:/tiny-report/1"
+    version = MlflowClient(summary["mlflow"]["tracking_uri"]).get_model_version("tiny-report", "1")
+    assert (version.tags["method"], version.tags["rank"]) == (choice["method"], str(choice["rank"]))
+    config = json.loads((root / "out" / "registered" / "adapter_config.json").read_text())
+    assert config["r"] == choice["rank"]
 
 
 @pytest.mark.slow
