@@ -22,8 +22,7 @@ from rankstudy.adapters import (
 from rankstudy.arms import method_arms, parse_arm
 from rankstudy.cost import ModelShape, train_flops
 from rankstudy.models import tiny_model
-from rankstudy.spec import METHODS as SPEC_METHODS
-from rankstudy.spec import StudySpec, parse_spec
+from rankstudy.spec import SpecError, parse_spec
 from rankstudy.trial import method_loss
 from studies import ROOT, TINY
 
@@ -32,9 +31,12 @@ RANKS = methods.Ranks(8, S, "sqrt", 1.0)
 
 
 def test_every_served_name_is_a_spec_method_and_back():
-    assert tuple(SPEC_METHODS) == tuple(methods.SERVED)
+    """A spec may name every served method, each with arms to train, and nothing else."""
     for name, (kind, rule) in methods.SERVED.items():
         assert rule in kind.rules or rule == "scaled", name
+        assert method_arms(name, parse_spec(TINY | {"methods": [name]})), name
+    with pytest.raises(SpecError, match="methods"):
+        parse_spec(TINY | {"methods": ["matryoshka_by_hand"]})
 
 
 @pytest.mark.parametrize(
@@ -83,6 +85,20 @@ def test_cost_ranks_and_forwards_per_step_follow_the_rank_set(name, per_step):
     assert methods.method("nested_multiloss").forwards_per_step(three) == 3
 
 
+@pytest.mark.parametrize("name", sorted(methods.REGISTRY))
+def test_forwards_per_step_is_what_a_micro_batch_runs(name, tokens):
+    """The model's forwards one micro-batch's loss really runs (method_loss after the step's
+    draw, as a trial runs it), counted by a hook: the registry's forwards_per_step."""
+    model, arm = adapted_model(name)
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    for _ in range(5):  # several draws: a sampled method runs the same count whatever b is
+        calls.clear()
+        get_schedule(model).resample()
+        method_loss(model, LM(), {"input_ids": tokens}, arm)
+        assert len(calls) == methods.method(name).forwards_per_step(RANKS)
+
+
 def test_train_flops_sums_a_forward_and_backward_per_cost_rank():
     shape = ModelShape(matmul_params=1000, layers=2, attn_dim=16, adapter_width=10)
     one = {r: train_flops(shape, 100, 8, "lora", r) for r in S}
@@ -95,15 +111,15 @@ class LM:
 
 
 def adapted_model(name: str):
-    """A tiny llama with `name`'s adapters (S = {1, 2, 4, 8}) and its arm; B non-zero, so
-    that every rank's model differs."""
+    """A tiny llama with `name`'s adapters (S = {1, 2, 4, 8}) and its arm (LoRA's at rank 8);
+    B non-zero, so that every rank's model differs."""
     spec = parse_spec(TINY, ["adapters.max_rank=8", "adapters.train_ranks=[1,2,4,8]"])
     model = tiny_model("llama", seed=0, hidden=64, layers=2, vocab=256)
     attach_adapters(model, name, 8, S, target_modules=TARGETS["llama"], seed=0)
     for layer in model.modules():
         if hasattr(layer, "lora_B"):
             torch.nn.init.normal_(layer.lora_B, std=0.1, generator=torch.Generator().manual_seed(2))
-    return model, parse_arm(name, spec)
+    return model, parse_arm("lora_r8" if name == "lora" else name, spec)
 
 
 def loss_at(model, batch, r: int) -> float:
@@ -216,7 +232,8 @@ def test_new_methods_are_served_but_not_in_the_default_study():
         "matryoshka_binary_truncated_p",
         "nested_multiloss",
     )
-    assert StudySpec.model_fields["methods"].default == list(methods.DEFAULT)
+    unnamed = parse_spec({k: v for k, v in TINY.items() if k != "methods"})
+    assert unnamed.methods == list(methods.DEFAULT)  # what a spec without methods runs
     spec = parse_spec(TINY | {"methods": ["lora_grid", "nested_sampled", "dylora_frozen"]})
     for name in ("nested_sampled", "dylora_frozen"):
         assert methods.served(name) == (methods.method(name), "scaled")

@@ -142,20 +142,18 @@ def test_report_is_logged_to_the_study_parent_run(failed_arm_study):
     }
 
 
+def report_cli(experiment: str, uri: str, out: Path, *args: str) -> subprocess.CompletedProcess:
+    """`rankstudy report --experiment EXPERIMENT` into out, not logged, run in out's parent."""
+    cmd = [sys.executable, "-m", "rankstudy.cli", "report", "--experiment", experiment]
+    cmd += ["--tracking-uri", uri, "--out", str(out), "--no-log", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=out.parent)
+
+
 def test_every_table_is_taken_away_as_the_csv_its_link_holds(failed_arm_study, tmp_path):
     """`--csv DIR` writes each table the browser shows, cell for cell ("–", no value: empty),
     and each table's download link decodes to that same file."""
     uri, summaries, page, shown = failed_arm_study
-    proc = subprocess.run(
-        [
-            *(sys.executable, "-m", "rankstudy.cli", "report", "--experiment", "odd-study"),
-            *("--tracking-uri", uri, "--out", str(tmp_path / "r"), "--no-log"),
-            *("--csv", str(tmp_path / "csv")),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-    )
+    proc = report_cli("odd-study", uri, tmp_path / "r", "--csv", str(tmp_path / "csv"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"tables: {tmp_path / 'csv'}" in proc.stdout
     files = {p.stem: p.read_text() for p in (tmp_path / "csv").glob("*.csv")}
@@ -282,15 +280,7 @@ def test_rankstudy_report_rebuilds_the_same_tables_from_mlflow_alone(tiny_study,
     """`rankstudy report` on the study's experiment: the same tables as the study's own."""
     _, summary = tiny_study
     out = tmp_path / "rebuilt"
-    proc = subprocess.run(
-        [
-            *(sys.executable, "-m", "rankstudy.cli", "report", "--experiment", "tiny-report"),
-            *("--tracking-uri", summary["mlflow"]["tracking_uri"], "--out", str(out), "--no-log"),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-    )
+    proc = report_cli("tiny-report", summary["mlflow"]["tracking_uri"], out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"report: {out / 'report.html'}" in proc.stdout
     again = render(out / "report.html", "report-tiny-study-cli")
