@@ -159,7 +159,9 @@ def test_smollm2_spec_is_planned_from_its_gguf_header():
 def test_planned_flops_and_tokens_are_what_a_trial_records(tmp_path):
     """The README's claim that the plan's FLOPs are what the study records, per trial: with
     one search trial per arm and one seed, an arm's planned FLOPs are those of one trial run
-    whole (validations every 3 steps and at the end, then the test pass), as it records them."""
+    whole (validations every 3 steps and at the end, then the test pass), as it records them,
+    for every method of the registry."""
+    from rankstudy.methods import METHODS
     from rankstudy.spec import parse_spec
     from rankstudy.trial import run_trial
     from studies import SMALL
@@ -167,12 +169,12 @@ def test_planned_flops_and_tokens_are_what_a_trial_records(tmp_path):
     raw = SMALL | {
         "adapters": SMALL["adapters"] | {"inference_rules": ["scaled"]},
         "training": SMALL["training"] | {"steps": 6, "eval_every": 3, "checkpoint_every": 0},
-        "methods": ["lora_grid", "dylora", "matryoshka"],
+        "methods": ["lora_grid", *(m for m in METHODS if m != "lora")],  # every method
         "search": {"trials_per_arm": 1},
     }
     spec = parse_spec(raw)
     planned = plan(spec, shape_of(spec), split_sizes(spec))
-    for arm in ("lora_r2", "dylora", "matryoshka"):
+    for arm in ("lora_r2", *(m for m in METHODS if m != "lora")):
         config = {"spec": raw, "arm": arm, "out_dir": str(tmp_path / arm), "overrides": []}
         recorded = run_trial(config)["cost"]
         assert recorded["flops"] == pytest.approx(planned["arms"][arm]["flops"], rel=1e-12), arm
