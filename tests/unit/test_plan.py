@@ -3,6 +3,7 @@ calibration run, `jobs/study.py --dry-run`, and a clear error when the model can
 
 import json
 import math
+import re
 
 import pytest
 
@@ -220,3 +221,26 @@ def test_published_sizes_are_cut_as_the_task_cuts_real_rows():
     assert published_split_sizes(spec) == split_sizes(spec)
     limited = load_spec(ROOT / "jobs" / "specs" / "smollm2-gsm8k-cpu.yaml", ["task.max_train=100"])
     assert published_split_sizes(limited) == split_sizes(limited)
+
+
+def test_a_budget_sweep_is_planned_point_by_point(capsys):
+    """The README's `rankstudy plan` on the budget sweep: one plan per budget, each at its
+    multiple of the 300 steps, its tokens a trial in proportion."""
+    path = ROOT / "jobs" / "specs" / "planted-budget-sweep.yaml"
+    with pytest.raises(SystemExit) as done:
+        main(["plan", "--spec", str(path)])
+    assert done.value.code == 0
+    heads = re.findall(
+        r"^\[budget([\d.]+)\] study planted-budget-sweep-budget\1: 12 arms, .* "
+        r"(\d+) steps x ([\d,]+) tokens a trial$",
+        capsys.readouterr().out,
+        re.MULTILINE,
+    )
+    assert [(b, int(s)) for b, s, _ in heads] == [
+        ("0.25", 75),
+        ("0.5", 150),
+        ("1", 300),
+        ("2", 600),
+        ("4", 1200),
+    ]
+    assert {int(t.replace(",", "")) // int(s) for _, s, t in heads} == {1024}  # tokens a step
