@@ -4,13 +4,15 @@ Tune saves its experiment state (trials, searcher) by copying files into the sto
 on a local disk a copy cut short, by a full disk or a kill, leaves a truncated state file that
 a restore then reads as a different experiment (trials without their config). Here each file
 is written beside its path and moved onto it once complete, so the storage keeps the previous
-whole copy until a new one is. Object stores (S3, GCS) already publish an object only once
-its upload completes.
+whole copy until a new one is. A partial copy a kill left behind (no cleanup runs then) is
+removed by the next complete write of its path. Object stores (S3, GCS) already publish an
+object only once its upload completes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import uuid
 
@@ -77,6 +79,9 @@ class _Replacing:
                     os.unlink(self.partial)
             else:
                 os.replace(self.partial, self.path)
+                for stale in glob.glob(f"{glob.escape(self.path)}.partial-*"):
+                    with contextlib.suppress(OSError):  # another cleanup may be there first
+                        os.unlink(stale)
 
 
 class AtomicLocalFiles(fs.FileSystemHandler):

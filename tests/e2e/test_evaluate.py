@@ -35,7 +35,9 @@ SCORES = ("exact_match,strict-match", "exact_match,flexible-extract")
 
 def evaluate(*args) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "rankstudy.cli", "evaluate", *map(str, [*args, *ARGS])]
-    env = os.environ | OFFLINE
+    # an in-process trial earlier on this worker leaves DeepSpeed's LOCAL_RANK in os.environ:
+    # inherited alone, accelerate (inside lm-eval) takes it for a torchrun launch and fails
+    env = {k: v for k, v in os.environ.items() if k != "LOCAL_RANK"} | OFFLINE
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
