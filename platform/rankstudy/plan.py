@@ -115,10 +115,12 @@ def _arm_plan(
     rules = arm_rules(name, spec)
     arm = parse_arm(name, spec)
     per_rank = train_flops(shape, tokens, seq, arm.method, arm.max_rank, arm.train_ranks)
-    # a trial scores each of its rules that changes the model's output, at its ranks
+    # a trial scores each of its rules that changes the model's output, at its ranks: its own
+    # rule at every validation, the others at the last one only (as trial.py)
     scored = arm.rules_scored(trial_rules(spec, name))
     val = {
-        u: validations * eval_flops(shape, sizes["validation"] * seq, seq, ks) for u, ks in scored
+        u: (validations if i == 0 else 1) * eval_flops(shape, sizes["validation"] * seq, seq, ks)
+        for i, (u, ks) in enumerate(scored)
     }
     test = {u: eval_flops(shape, sizes["test"] * seq, seq, ks) for u, ks in scored}
     trainings = spec.search.trials_per_arm + len(rules) * (seeds - 1)

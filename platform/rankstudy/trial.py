@@ -185,7 +185,7 @@ class Trial:
             if self.rank == 0 and (p.step % t.log_every == 0 or p.step == self.steps):
                 self._log(loss, (p.step - first) / (time.perf_counter() - started))
             if t.eval_every and p.step % t.eval_every == 0 and p.step < self.steps:
-                scores = self.evaluate("validation")
+                scores = self.evaluate("validation", self.rules[:1])  # what the search reads
                 p.validation.append(
                     {"step": p.step, "scores": scores.scores["score"][self.rules[0]]}
                 )
@@ -268,11 +268,13 @@ class Trial:
         )
 
     # -- evaluation and checkpoints -----------------------------------------------------------
-    def evaluate(self, split: str) -> Evaluation:
-        """Every evaluation rank under every rule, its seconds and tokens added to the cost."""
+    def evaluate(self, split: str, rules: list[str] | None = None) -> Evaluation:
+        """Every evaluation rank under every rule (or the given ones), its seconds and tokens
+        added to the cost. A validation mid-training scores the trial's own rule alone: the
+        search compares trials by it, and the other rules choose among finished trials only."""
         start = time.perf_counter()
-        batch = self.spec.training.eval_batch_size
-        scores = evaluate(self.engine.module, self.task, split, self.arm, self.rules, batch)
+        batch, rules = self.spec.training.eval_batch_size, rules or self.rules
+        scores = evaluate(self.engine.module, self.task, split, self.arm, rules, batch)
         evaluated = sum(len(curve) for curve in scores.scores["score"].values())  # (rule, rank)
         self._spent_on_eval(split, evaluated, start)
         per_example = self.task.size(split) * self.task.tokens_per_example(split)

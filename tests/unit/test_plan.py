@@ -160,17 +160,17 @@ def test_smollm2_spec_is_planned_from_its_gguf_header():
 def test_planned_flops_and_tokens_are_what_a_trial_records(tmp_path):
     """The README's claim that the plan's FLOPs are what the study records, per trial: with
     one search trial per arm and one seed, an arm's planned FLOPs are those of one trial run
-    whole (validations every 3 steps and at the end, then the test pass), as it records them,
-    for every method of the registry."""
+    whole (validations every 3 steps under its own rule, at the end under every rule, then the
+    test pass), as it records them, for every method of the registry."""
     from rankstudy.methods import METHODS
     from rankstudy.spec import parse_spec
     from rankstudy.trial import run_trial
     from studies import SMALL
 
     raw = SMALL | {
-        "adapters": SMALL["adapters"] | {"inference_rules": ["scaled"]},
         "training": SMALL["training"] | {"steps": 6, "eval_every": 3, "checkpoint_every": 0},
-        "methods": ["lora_grid", *(m for m in METHODS if m != "lora")],  # every method
+        # every method; matryoshka's trials also scored under truncated_p, at the end only
+        "methods": ["lora_grid", *(m for m in METHODS if m != "lora"), "matryoshka_truncated_p"],
         "search": {"trials_per_arm": 1},
     }
     spec = parse_spec(raw)
@@ -178,8 +178,15 @@ def test_planned_flops_and_tokens_are_what_a_trial_records(tmp_path):
     for arm in ("lora_r2", *(m for m in METHODS if m != "lora")):
         config = {"spec": raw, "arm": arm, "out_dir": str(tmp_path / arm), "overrides": []}
         recorded = run_trial(config)["cost"]
-        assert recorded["flops"] == pytest.approx(planned["arms"][arm]["flops"], rel=1e-12), arm
         assert recorded["train_tokens"] == planned["tokens_per_trial"]
+        if arm != "matryoshka":
+            assert recorded["flops"] == pytest.approx(planned["arms"][arm]["flops"], rel=1e-12)
+            continue
+        # two rules: each served method pays the training and its own rule's scoring (the
+        # study gives each its own test pass; this one trial ran one, scoring both)
+        for method, rule in [("matryoshka", "scaled"), ("matryoshka_truncated_p", "truncated_p")]:
+            mine = recorded["train_flops"] + recorded["eval_by_rule"][rule]["flops"]
+            assert mine == pytest.approx(planned["methods"][method]["flops"], rel=1e-12), method
 
 
 def test_the_paper_protocol_plans_offline(monkeypatch, capsys):
