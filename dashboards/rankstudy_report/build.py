@@ -219,9 +219,11 @@ def build_report(
         figures["cost_front"] = charts.cost_front(view)
     if any(t.loss for t in view.trials):
         figures["loss_curves"] = charts.loss_curves(view)
-    searches = collect_searches(client, view.run_id)
+    searches, across = collect_searches(client, view.run_id)
     for arm, search in searches.items():
         figures |= {f"search_{arm}_{kind}": text for kind, text in search.figures.items()}
+    if across:
+        figures["search_across_arms"] = across
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     for name, text in figures.items():

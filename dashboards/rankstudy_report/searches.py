@@ -1,7 +1,7 @@
 """Each arm's Optuna search, drawn from the study's Optuna storage (the optuna.db its parent
 run holds, rankstudy.optuna_storage) with optuna.visualization.matplotlib: the search history,
-the objective against each parameter, and parameter importance where the arm has enough
-trials for it to say something."""
+the objective against each parameter, parameter importance where the arm has enough trials
+for it to say something, and every arm's trials on one parallel-coordinates plot."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from rankstudy.optuna_storage import ARM_ATTR, STORAGE_FILE
+from rankstudy.tune_keys import FAILED_METRIC
 from rankstudy_report.charts import STYLE, log_ticks, svg
 
 # Importance is fANOVA's split of the objective's variance over the parameters: with one
@@ -94,19 +95,56 @@ def arm_view(study: optuna.Study) -> ArmSearchView:
     return view
 
 
-def collect_searches(client: MlflowClient, run_id: str) -> dict[str, ArmSearchView]:
-    """arm -> its Optuna search, from the storage the study logged; none for a study that
-    searched nothing (an empty space) or was logged before studies kept one."""
+def across_arms(studies: list[optuna.Study]) -> str | None:
+    """Every arm's complete trials on one parallel-coordinates plot, the arm an axis of it:
+    Optuna's own plot, of an in-memory study holding each trial with its arm as a parameter.
+    None with fewer than two arms that completed a trial. A failed trial (told as -1) is left
+    out: it would stretch the objective's colour scale over a value no trial scored."""
+    arms = {
+        study.user_attrs.get(ARM_ATTR, study.study_name): [
+            t
+            for t in study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
+            if t.value != FAILED_METRIC
+        ]
+        for study in studies
+    }
+    arms = {arm: trials for arm, trials in sorted(arms.items()) if trials}
+    if len(arms) < 2:
+        return None
+    merged = optuna.create_study(direction="maximize")
+    by_arm = optuna.distributions.CategoricalDistribution(list(arms))
+    for arm, trials in arms.items():
+        for t in trials:
+            merged.add_trial(
+                optuna.trial.create_trial(
+                    params={"arm": arm, **t.params},
+                    distributions={"arm": by_arm, **t.distributions},
+                    value=t.value,
+                )
+            )
+    with plt.rc_context(STYLE), warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return figure_of(views.plot_parallel_coordinate(merged, target_name=TARGET))
+
+
+def collect_searches(
+    client: MlflowClient, run_id: str
+) -> tuple[dict[str, ArmSearchView], str | None]:
+    """(arm -> its Optuna search, the parallel coordinates across arms), from the storage the
+    study logged; none for a study that searched nothing (an empty space) or was logged
+    before studies kept one."""
     if STORAGE_FILE not in {a.path for a in client.list_artifacts(run_id)}:
-        return {}
+        return {}, None
     with tempfile.TemporaryDirectory() as tmp:
         path = client.download_artifacts(run_id, STORAGE_FILE, tmp)
         storage = optuna.storages.RDBStorage(f"sqlite:///{path}")
         try:
-            found = [
-                arm_view(optuna.load_study(study_name=name, storage=storage))
+            studies = [
+                optuna.load_study(study_name=name, storage=storage)
                 for name in optuna.get_all_study_names(storage)
             ]
+            found = [arm_view(study) for study in studies]
+            across = across_arms(studies)
         finally:
             storage.engine.dispose()
-    return {v.arm: v for v in sorted(found, key=lambda v: v.arm)}
+    return {v.arm: v for v in sorted(found, key=lambda v: v.arm)}, across

@@ -26,14 +26,13 @@ from rankstudy.storage import TrialStorage
 from rankstudy.study_recorder import MlflowRecorder
 from rankstudy.study_state import StudyFiles
 from rankstudy.trainable import (
-    FAILED_METRIC,
     INTERIM,
     STEP,
     trial_bundles,
     trial_resources,
     tune_trial,
 )
-from rankstudy.tune_keys import sampled
+from rankstudy.tune_keys import FAILED_METRIC, sampled
 from rankstudy.waiting import WaitWatch
 
 # (Tune config, last reported metrics, why it failed or None): what the study does as a

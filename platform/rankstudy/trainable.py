@@ -18,9 +18,8 @@ from rankstudy.arms import study_arms
 from rankstudy.records import TrialConfig, TrialResult
 from rankstudy.spec import StudySpec, parse_spec
 from rankstudy.storage import trial_storage
-from rankstudy.tune_keys import as_overrides, reported, sampled
+from rankstudy.tune_keys import FAILED_METRIC, as_overrides, reported, sampled
 
-FAILED_METRIC = -1.0  # what a deterministically failed trial reports to the searcher
 # A report made at a validation mid-training (what an ASHA search compares) carries these: it
 # is not the trial's end, and STEP, its optimizer step, is the scheduler's time attribute.
 INTERIM, STEP = "interim", "step"

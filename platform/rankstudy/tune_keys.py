@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 REPORTED = "param:"
+FAILED_METRIC = -1.0  # what a deterministically failed trial reports to the searcher
 
 
 def tune_key(path: str) -> str:

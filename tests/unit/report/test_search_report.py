@@ -4,6 +4,7 @@ complete trials, and the reason said where it has not."""
 
 import re
 
+import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -11,7 +12,7 @@ from rankstudy.optuna_storage import storage_url
 from rankstudy.search import ArmSearch
 from rankstudy.spec import ParamRange
 from rankstudy_report import build_report
-from rankstudy_report.searches import importance_note
+from rankstudy_report.searches import across_arms, importance_note
 from report_store import fill_study
 
 SPACE = {
@@ -96,3 +97,25 @@ def test_importance_needs_two_parameters_and_five_complete_trials():
     assert importance_note(5, 2) is None
     assert importance_note(4, 2).startswith("Not enough trials for parameter importance")
     assert importance_note(20, 1).startswith("No parameter importance: one parameter")
+
+
+def test_every_arms_trials_on_one_parallel_coordinates_plot(searched, tmp_path):
+    _, html = searched
+    start = html.index('<figure class="search-view" id="optuna-across-arms">')
+    across = html[start : html.index("</figure>", start)]
+    labels = re.findall(r">([^<>]+)</text>", across)  # SVG text: axes, ticks
+    # Optuna's axes (it cuts a name past 20 characters), the arm axis ticked with the arms
+    for axis in ("arm", "training__lr", "training__weight_...", "m0", "m1"):
+        assert axis in labels
+    assert "m2" not in labels  # none of its trials completed
+    # from the arms' own studies; one arm with complete trials has nothing to set beside
+    search_arms(tmp_path)
+    storage = storage_url(tmp_path)
+    studies = [
+        optuna.load_study(study_name=n, storage=storage)
+        for n in optuna.get_all_study_names(storage)
+    ]
+    complete = sum(len(s.get_trials(states=[optuna.trial.TrialState.COMPLETE])) for s in studies)
+    assert complete == 7  # m0's five, m1's two
+    assert across_arms(studies) is not None
+    assert across_arms([s for s in studies if s.study_name.endswith("m0/seed0")]) is None
