@@ -13,13 +13,14 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from rankstudy import mlflow_names as names
+from rankstudy.errors import InputError
 from rankstudy.methods import SERVED
 
 PAGE = 1000  # runs per search_runs page
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small JSON file
 
 
-class ReportError(ValueError):
+class ReportError(InputError):
     """No study to report on: the message names what was asked for and what exists."""
 
 

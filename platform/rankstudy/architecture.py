@@ -24,7 +24,7 @@ class Architecture:
     positions: int | None  # how many positions the model embeds (None: unsaid)
 
     def adapted(self, target_modules: Targets) -> dict[str, tuple[int, int]]:
-        """The linear modules target_modules adapt, by name; ValueError names a target that
+        """The linear modules target_modules adapt, by name; InputError names a target that
         matches nothing."""
         return {n: self.linears[n] for n in match_targets(list(self.linears), target_modules)}
 

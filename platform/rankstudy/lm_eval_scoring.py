@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rankstudy import mlflow_names as names
+from rankstudy.errors import InputError
 from rankstudy.export import ExportError, plan_exports, read_study, run_export, study_spec
 from rankstudy.spec import ModelSpec, StudySpec
 from rankstudy.study_state import StudyState
@@ -27,7 +28,7 @@ RESULTS_FILE = "results.json"
 SUMMARY_FILE = "evaluate_summary.txt"
 
 
-class EvaluateError(ValueError):
+class EvaluateError(InputError):
     """A request that cannot be scored; the message names the option and why."""
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from rankstudy.architecture import Architecture, read_architecture
+from rankstudy.errors import InputError
 from rankstudy.ray_cluster import answers
 from rankstudy.spec import SpecError, StudySpec
 
@@ -71,7 +72,7 @@ def check_fits_model(spec: StudySpec) -> Architecture | None:
     problems = []
     try:
         adapted = arch.adapted(spec.adapters.target_modules)
-    except ValueError as e:
+    except InputError as e:
         raise SpecError(f"adapters.{e}") from None
     side, where = smallest(adapted, "adapted")
     if spec.adapters.max_rank > side:
@@ -84,7 +85,7 @@ def check_fits_model(spec: StudySpec) -> Architecture | None:
         if spec.task.teacher_targets is not None:
             try:
                 teacher = arch.adapted(spec.task.teacher_targets)
-            except ValueError as e:
+            except InputError as e:
                 raise SpecError(
                     f"task.teacher_targets: {str(e).removeprefix('target_modules: ')}"
                 ) from None

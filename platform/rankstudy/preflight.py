@@ -13,6 +13,7 @@ from pathlib import Path
 
 from rankstudy.architecture import Architecture
 from rankstudy.devices import device_problem
+from rankstudy.errors import InputError
 from rankstudy.model_fit import check_fits_model, hub_answers
 from rankstudy.plan import split_sizes
 from rankstudy.ray_cluster import answers
@@ -46,7 +47,7 @@ def check_data(spec: StudySpec) -> dict[str, int] | None:
         return None
     try:
         return split_sizes(spec)
-    except ValueError as e:
+    except InputError as e:
         raise SpecError(f"task.{spec.task.kind}.{e}") from None
 
 
@@ -66,7 +67,7 @@ def check_storage(spec: StudySpec) -> str | None:
         check_storage_uri(base)
         if base and base.startswith("/"):
             check_writable(field, Path(base), must_exist=True)
-    except ValueError as e:
+    except InputError as e:
         message = str(e)
         raise SpecError(message if message.startswith(field) else f"{field}: {message}") from None
     if base and on_disk(base) is None and (failed := probe_storage(base)):

@@ -15,10 +15,11 @@ from importlib.metadata import requires
 from pathlib import Path
 
 from rankstudy import mlflow_names as names
+from rankstudy.errors import InputError
 from rankstudy.spec import ModelSpec
 
 
-class RegistryError(ValueError):
+class RegistryError(InputError):
     """A registration the study cannot serve; the message names the option and why."""
 
 

@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from rankstudy.errors import InputError
 from rankstudy.methods import DEFAULT as DEFAULT_METHODS
 from rankstudy.methods import INFERENCE_RULES, SERVED
 from rankstudy.ranks import powers_of_two
@@ -594,7 +595,7 @@ def scaled_steps(steps: int, budget: float) -> int:
     return max(1, round(steps * budget))
 
 
-class SpecError(ValueError):
+class SpecError(InputError):
     """A spec that failed validation; the message lists every field and problem."""
 
 
@@ -625,7 +626,12 @@ def parse_spec(data: dict, overrides: list[str] = ()) -> StudySpec:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise SpecError(f"--set {item!r}: expected key=value")
-        set_key(data, key.strip(), yaml.safe_load(raw))
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            why = getattr(e, "problem", None) or e  # a parser's problem, without its excerpt
+            raise SpecError(f"--set {item!r}: the value is not valid YAML ({why})") from None
+        set_key(data, key.strip(), value)
     try:
         return StudySpec.model_validate(data)
     except ValidationError as e:

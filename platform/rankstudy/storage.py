@@ -19,15 +19,16 @@ import sys
 from pathlib import Path
 
 from rankstudy.disk import MIN_FREE, free_bytes, mib
+from rankstudy.errors import InputError
 from rankstudy.records import RESULT_FILE
 
 SCHEMES = ("s3://", "gs://", "gcs://", "hdfs://", "file://")
 
 
 def check_storage_uri(uri: str | None) -> str | None:
-    """A storage URI or absolute path (or None), else a ValueError saying what was wrong."""
+    """A storage URI or absolute path (or None), else an InputError saying what was wrong."""
     if uri is not None and not uri.startswith((*SCHEMES, "/")):
-        raise ValueError(
+        raise InputError(
             f"{uri!r} is neither a storage URI ({', '.join(SCHEMES)}) nor an absolute path"
         )
     return uri
@@ -69,22 +70,22 @@ def on_disk(uri: str | None) -> str | None:
 
 def check_writable(field: str, path: Path, must_exist: bool = False) -> None:
     """A local folder the study writes to: it (or, unless must_exist, the nearest folder above
-    it) must be a folder this process can write, with room left; a ValueError names the field."""
+    it) must be a folder this process can write, with room left; an InputError names the field."""
     probe = Path(path)
     if must_exist and not probe.is_dir():
-        raise ValueError(
+        raise InputError(
             f"{field}: {path} is not an existing folder; a storage path must be a folder every "
             f"node sees (mount it, or create it)"
         )
     while not probe.exists():
         probe = probe.parent
     if not probe.is_dir():
-        raise ValueError(f"{field}: {probe} is a file, so no folder {path} can be made")
+        raise InputError(f"{field}: {probe} is a file, so no folder {path} can be made")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise ValueError(f"{field}: {probe} is not writable here")
+        raise InputError(f"{field}: {probe} is not writable here")
     free = free_bytes(probe)
     if free < MIN_FREE:
-        raise ValueError(
+        raise InputError(
             f"{field}: {probe} has {mib(free)} free; a study needs at least {mib(MIN_FREE)}"
         )
 

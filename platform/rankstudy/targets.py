@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from rankstudy.errors import InputError
+
 Targets = str | Sequence[str]
 
 
@@ -17,11 +19,11 @@ def _matcher(target_modules: Targets):
         try:
             pattern = re.compile(target_modules)
         except re.error as e:
-            raise ValueError(f"target_modules: invalid regex {target_modules!r}: {e}") from e
+            raise InputError(f"target_modules: invalid regex {target_modules!r}: {e}") from e
         return lambda name: pattern.fullmatch(name) is not None
     names = list(target_modules)
     if not names:
-        raise ValueError("target_modules: empty; name at least one linear module")
+        raise InputError("target_modules: empty; name at least one linear module")
     return lambda name: any(name == t or name.endswith("." + t) for t in names)
 
 
@@ -34,11 +36,11 @@ def match_targets(linear_names: Sequence[str], target_modules: Targets) -> list[
     hint = f"the model's linear modules are named: {', '.join(leaves)}"
     if isinstance(target_modules, str):
         if not matched:
-            raise ValueError(
+            raise InputError(
                 f"target_modules: regex {target_modules!r} matches no linear module; {hint}"
             )
         return matched
     for t in target_modules:
         if not any(n == t or n.endswith("." + t) for n in matched):
-            raise ValueError(f"target_modules: {t!r} matches no linear module; {hint}")
+            raise InputError(f"target_modules: {t!r} matches no linear module; {hint}")
     return matched

@@ -22,6 +22,12 @@ def _jsonl(tmp_path, text: str) -> dict:
     return SPEC | {"model": {"tiny": SPEC["model"]["tiny"] | {"vocab": 258}}, "task": task}
 
 
+def _not_utf8(tmp_path) -> dict:
+    spec = _jsonl(tmp_path, ROWS)
+    (tmp_path / "train.jsonl").write_bytes(ROWS.encode() + b'{"prompt": "\xff", "response": "b"}\n')
+    return spec
+
+
 def _gsm8k(tmp_path, **fields) -> dict:
     spec = _jsonl(tmp_path, ROWS)
     return spec | {"task": {"kind": "gsm8k", "max_length": 32} | fields}
@@ -98,6 +104,11 @@ CASES = [
         "a jsonl line that is not JSON",
         lambda t: _jsonl(t, ROWS + '{"prompt": "a", \n'),
         "task.jsonl.train: {tmp}/train.jsonl line 2 is not valid JSON",
+    ),
+    (
+        "a jsonl file that is not UTF-8 text",
+        _not_utf8,
+        "task.jsonl.train: {tmp}/train.jsonl is not UTF-8 text",
     ),
     (
         "a jsonl file with no rows",

@@ -28,6 +28,7 @@ from filelock import FileLock
 from torch import nn
 
 from rankstudy.adapters.layer import ADAPTABLE, Conv1D
+from rankstudy.errors import InputError
 from rankstudy.spec import PlantedTaskSpec
 from rankstudy.targets import match_targets
 from rankstudy.tasks.base import Task
@@ -54,8 +55,8 @@ def plant_deltas(
     """A random rank-`rank` delta per target module with sigma_i = ||W||_2 / i^decay."""
     try:
         chosen = set(match_targets(linear_names(model), targets))
-    except ValueError as e:  # names the target that matches nothing
-        raise ValueError(f"targets: {str(e).removeprefix('target_modules: ')}") from None
+    except InputError as e:  # names the target that matches nothing
+        raise InputError(f"targets: {str(e).removeprefix('target_modules: ')}") from None
     gen = torch.Generator().manual_seed(seed)
     deltas = []
     for name, module in model.named_modules():
@@ -173,10 +174,10 @@ class PlantedTask(Task):
         teacher_targets = spec.teacher_targets or targets
         try:
             deltas = plant_deltas(base, teacher_targets, spec.planted_rank, spec.decay, seed=seed)
-        except ValueError as e:
+        except InputError as e:
             if spec.teacher_targets is None:
                 raise
-            raise ValueError(f"task.teacher_targets: {str(e).removeprefix('targets: ')}") from None
+            raise InputError(f"task.teacher_targets: {str(e).removeprefix('targets: ')}") from None
         # A rank-k truncation of the deltas is a rank-k adapter only if every delta lies in an
         # adapted module; a teacher elsewhere (the MLP, students on attention) has no reference.
         adapted = set(match_targets(linear_names(base), targets))

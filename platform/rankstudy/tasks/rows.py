@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
+
+from rankstudy.errors import InputError
 
 
 class Example(NamedTuple):
@@ -27,7 +29,7 @@ def holdout(
     `exclude` indices (few-shot exemplars). Returns (the rest, [slice, ...]), all in order."""
     pool = list(range(exclude, n))
     if sum(sizes) >= len(pool):
-        raise ValueError(f"cannot hold out {sum(sizes)} of {len(pool)} examples")
+        raise InputError(f"cannot hold out {sum(sizes)} of {len(pool)} examples")
     random.Random(seed).shuffle(pool)
     slices, start = [], 0
     for size in sizes:
@@ -37,23 +39,33 @@ def holdout(
     return [i for i in range(n) if i not in taken], slices
 
 
+def _json_lines(path: Path, field: str) -> Iterator[tuple[int, object]]:
+    """(line number, value) of each line of a jsonl file, blank lines skipped; a line that is
+    not JSON, or a file that is not UTF-8 text, is an InputError naming `field`."""
+    with path.open(encoding="utf-8") as f:
+        try:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise InputError(f"{field}: {path} line {n} is not valid JSON: {e}") from None
+                yield n, row
+        except UnicodeDecodeError as e:
+            raise InputError(f"{field}: {path} is not UTF-8 text ({e})") from None
+
+
 def read_gsm8k_jsonl(path: Path) -> list[dict]:
     """GSM8K problems ({"question", "answer"}) of one jsonl file, blank lines skipped."""
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"path: {path} line {n} is not valid JSON: {e}") from None
-            for key in ("question", "answer"):
-                if not isinstance(row, dict) or not isinstance(row.get(key), str):
-                    raise ValueError(f"path: {path} line {n} has no string {key!r}")
-            rows.append({"question": row["question"], "answer": row["answer"]})
+    for n, row in _json_lines(path, "path"):
+        for key in ("question", "answer"):
+            if not isinstance(row, dict) or not isinstance(row.get(key), str):
+                raise InputError(f"path: {path} line {n} has no string {key!r}")
+        rows.append({"question": row["question"], "answer": row["answer"]})
     if not rows:
-        raise ValueError(f"path: {path} holds no problems")
+        raise InputError(f"path: {path} holds no problems")
     return rows
 
 
@@ -65,12 +77,12 @@ def load_gsm8k(path: str) -> tuple[list[dict], list[dict] | None]:
     if local.is_dir():
         missing = [n for n in ("train.jsonl", "test.jsonl") if not (local / n).is_file()]
         if missing:
-            raise ValueError(f"path: {local} lacks {', '.join(missing)}")
+            raise InputError(f"path: {local} lacks {', '.join(missing)}")
         return read_gsm8k_jsonl(local / "train.jsonl"), read_gsm8k_jsonl(local / "test.jsonl")
     if local.is_file():
         return read_gsm8k_jsonl(local), None
     if path.endswith(".jsonl") or path.startswith((".", "/", "~")) or path.count("/") != 1:
-        raise ValueError(f"path: {path} is neither a local file or directory nor a hub id")
+        raise InputError(f"path: {path} is neither a local file or directory nor a hub id")
     from datasets import load_dataset
 
     data = load_dataset(path, "main")
@@ -98,7 +110,7 @@ def gsm8k_splits(
         raise ValueError(f"shots: must be >= 0, got {shots}")
     train_rows, test_rows = load_gsm8k(path)
     if shots > len(train_rows):
-        raise ValueError(f"shots: {shots} exceeds the {len(train_rows)} train problems")
+        raise InputError(f"shots: {shots} exceeds the {len(train_rows)} train problems")
     sizes = (
         [validation_size]
         if test_rows is not None
@@ -106,8 +118,8 @@ def gsm8k_splits(
     )
     try:
         rest, held = holdout(len(train_rows), sizes, seed, exclude=shots)
-    except ValueError as e:
-        raise ValueError(f"validation_size: {e}") from None
+    except InputError as e:
+        raise InputError(f"validation_size: {e}") from None
     if test_rows is None:
         test_rows = [train_rows[i] for i in held[1]]
     rows = {
@@ -122,22 +134,15 @@ def read_pairs(path: str, field: str, prompt_field: str, response_field: str) ->
     """Examples from one jsonl file; `field` names the spec field the path came from."""
     file = Path(path)
     if not file.is_file():
-        raise ValueError(f"{field}: no such file {path}")
+        raise InputError(f"{field}: no such file {path}")
     examples = []
-    with file.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{field}: {path} line {n} is not valid JSON: {e}") from None
-            for key in (prompt_field, response_field):
-                if not isinstance(row, dict) or not isinstance(row.get(key), str):
-                    raise ValueError(f"{field}: {path} line {n} has no string field {key!r}")
-            examples.append(Example(row[prompt_field], row[response_field]))
+    for n, row in _json_lines(file, field):
+        for key in (prompt_field, response_field):
+            if not isinstance(row, dict) or not isinstance(row.get(key), str):
+                raise InputError(f"{field}: {path} line {n} has no string field {key!r}")
+        examples.append(Example(row[prompt_field], row[response_field]))
     if not examples:
-        raise ValueError(f"{field}: {path} holds no examples")
+        raise InputError(f"{field}: {path} holds no examples")
     return examples
 
 
@@ -169,8 +174,8 @@ def jsonl_splits(
     carve = [s for s in ("validation", "test") if s not in loaded]
     try:
         rest, held = holdout(len(loaded["train"]), [sizes[s] for s in carve], seed)
-    except ValueError as e:
-        raise ValueError(f"validation_size: train file {train}: {e}") from None
+    except InputError as e:
+        raise InputError(f"validation_size: train file {train}: {e}") from None
     pool = loaded["train"]
     loaded["train"] = [pool[i] for i in rest]
     for split, idx in zip(carve, held, strict=True):

@@ -19,6 +19,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from rankstudy.errors import InputError
 from rankstudy.tasks.base import SPLITS, Task
 from rankstudy.tasks.rows import Example
 
@@ -46,7 +47,7 @@ def chat_prompt(tokenizer, turns: Sequence[tuple[str, str]], question: str) -> s
     """The prompt as the tokenizer's chat template renders it: solved (user, assistant) turns,
     then the question, then the start of the assistant's answer."""
     if not getattr(tokenizer, "chat_template", None):
-        raise ValueError("task.chat_template: the model's tokenizer has no chat template")
+        raise InputError("task.chat_template: the model's tokenizer has no chat template")
     messages = [
         {"role": role, "content": text}
         for user, assistant in turns
