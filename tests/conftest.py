@@ -34,6 +34,15 @@ TARGETS = {
 }
 
 
+@pytest.fixture(autouse=True)
+def no_tracking_uri_left_behind():
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI to os.environ: a test that leaves it
+    set sends every later study on its worker (a subprocess inherits it) to its store."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    assert os.environ.get("MLFLOW_TRACKING_URI") == before, "MLFLOW_TRACKING_URI left changed"
+
+
 @pytest.fixture
 def tokens() -> torch.Tensor:
     return torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(1))

@@ -10,6 +10,7 @@ from which it rebuilds the base. Every request is checked before any model is lo
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from importlib.metadata import requires
 from pathlib import Path
@@ -128,7 +129,9 @@ def register(request: Registration, adapter: Path, name: str) -> str:
         tags={names.PARENT_TAG: parent, names.KIND_TAG: names.MODEL},
     )
     tags = request.tags | {"base_model": base_reference(model)}
-    previous = mlflow.get_tracking_uri()
+    # set_tracking_uri also exports MLFLOW_TRACKING_URI to os.environ (for subprocesses):
+    # restore that as it was, unset if it was, so nothing started later records elsewhere
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     try:
         with mlflow.start_run(run.info.run_id):
