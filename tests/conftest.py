@@ -66,6 +66,9 @@ def ray_head():
         "--block",
         f"--port={port}",
         f"--dashboard-port={dashboard}",
+        # the job agent's own port: Ray's default (52365) is taken by any other Ray here (a
+        # study another worker runs), and a head without its job agent refuses every job
+        f"--dashboard-agent-listen-port={free_port()}",
         "--dashboard-host=127.0.0.1",
         "--node-ip-address=127.0.0.1",
         "--num-cpus=2",
