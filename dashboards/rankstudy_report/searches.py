@@ -66,12 +66,17 @@ def log_ticked(axes):
     return axes
 
 
+def arm_of(study: optuna.Study) -> str:
+    """The arm an Optuna study searched (its name, for a storage that lacks the attribute)."""
+    return study.user_attrs.get(ARM_ATTR, study.study_name)
+
+
 def arm_view(study: optuna.Study) -> ArmSearchView:
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     params = sorted({p for t in complete for p in t.params})
     view = ArmSearchView(
-        study.user_attrs.get(ARM_ATTR, study.study_name),
+        arm_of(study),
         study.study_name,
         len(trials),
         len(complete),
@@ -101,7 +106,7 @@ def across_arms(studies: list[optuna.Study]) -> str | None:
     None with fewer than two arms that completed a trial. A failed trial (told as -1) is left
     out: it would stretch the objective's colour scale over a value no trial scored."""
     arms = {
-        study.user_attrs.get(ARM_ATTR, study.study_name): [
+        arm_of(study): [
             t
             for t in study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
             if t.value != FAILED_METRIC

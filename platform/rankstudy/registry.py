@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import requires
 from pathlib import Path
@@ -129,11 +131,7 @@ def register(request: Registration, adapter: Path, name: str) -> str:
         tags={names.PARENT_TAG: parent, names.KIND_TAG: names.MODEL},
     )
     tags = request.tags | {"base_model": base_reference(model)}
-    # set_tracking_uri also exports MLFLOW_TRACKING_URI to os.environ (for subprocesses):
-    # restore that as it was, unset if it was, so nothing started later records elsewhere
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
-    try:
+    with tracking_uri(uri):
         with mlflow.start_run(run.info.run_id):
             mlflow.log_params(tags)
             info = mlflow.pyfunc.log_model(
@@ -148,9 +146,23 @@ def register(request: Registration, adapter: Path, name: str) -> str:
                 pip_requirements=environment(),
             )
         version = mlflow.register_model(info.model_uri, name, tags=tags)
+    return f"models:/{name}/{version.version}"
+
+
+@contextmanager
+def tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's global tracking URI set to `uri` for a while (log_model and register_model
+    know no other). set_tracking_uri also exports MLFLOW_TRACKING_URI to os.environ, for
+    subprocesses: it is put back as it was, unset if it was, so nothing started later records
+    into this store."""
+    import mlflow
+
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
     finally:
         mlflow.set_tracking_uri(previous)
-    return f"models:/{name}/{version.version}"
 
 
 def environment() -> list[str]:

@@ -4,7 +4,6 @@ registered as a version in a real sqlite store, carrying the study's figures, an
 cannot hold a registry is refused with the option named, before any model is loaded."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import torch
 from rankstudy.build import load_model
 from rankstudy.export import read_study, study_spec
 from rankstudy.preflight import check_tracking
-from rankstudy.registry import RegistryError, figures
+from rankstudy.registry import RegistryError, figures, tracking_uri
 from rankstudy.spec import SpecError, load_spec
 from rankstudy.tracking import StudyTracker
 from studies import ROOT
@@ -78,12 +77,8 @@ def test_a_registered_version_generates_the_exported_folder_tokens(served_study,
 
     spec = study_spec(read_study(study))
     prompts = [[5, 17, 200, 3], [9, 9, 41]]
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)  # exported to os.environ too: later tests' studies inherit it
-    try:
+    with tracking_uri(uri):
         loaded = mlflow.pyfunc.load_model("models:/tiny-m/1", model_config={"max_new_tokens": 8})
-    finally:
-        mlflow.set_tracking_uri(previous)
     served = loaded.predict(prompts)
     peft = PeftModel.from_pretrained(load_model(spec.model, torch.float32).model, tmp_path / "m4")
     with torch.no_grad():
