@@ -49,15 +49,22 @@ class _Replacing:
         try:
             return self.file.write(data)
         except BaseException:
-            self.failed = True
+            self._abandon()
             raise
 
     def flush(self) -> None:
         try:
             self.file.flush()
         except BaseException:
-            self.failed = True
+            self._abandon()
             raise
+
+    def _abandon(self) -> None:
+        """A write failed: the file can never be complete, so it goes now, not whenever the
+        caller (pyarrow's copy, which drops the stream unclosed) lets it be collected."""
+        self.failed = True
+        with contextlib.suppress(OSError):
+            self.close()
 
     def __del__(self) -> None:
         if not self.file.closed:  # dropped unclosed (a copy that raised): never complete

@@ -133,6 +133,7 @@ def test_a_write_cut_short_keeps_the_previous_file_whole(tmp_path):
     )
     assert proc.stdout.startswith("failed:"), proc.stdout + proc.stderr
     assert dest.read_text() == '{"trials": "before"}'  # not a truncated new one
+    assert [p.name for p in dest.parent.iterdir()] == ["state.json"]  # nothing left beside it
     (dest.parent / "state.json.partial-killed0").write_text("{")  # as a kill mid-write leaves
 
     source.write_text('{"trials": "after"}')
