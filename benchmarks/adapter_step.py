@@ -17,7 +17,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from rankstudy.adapters import attach_adapters
-from rankstudy.models import tiny_model
+from rankstudy.model.tiny import tiny_model
 
 R, S = 32, (1, 2, 4, 8, 16, 32)
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

@@ -5,7 +5,7 @@ are reachable (a system one, and the venv's from pip) they hash the build log di
 processes that find different ones rebuild the op for each other. This runs fresh processes
 that alternate between the two PATH orders, as a shell-started driver and a Ray worker did,
 into an empty extension folder: first loading the op as DeepSpeed does alone ("before"), then
-with rankstudy.engine imported first ("after"). Seconds per process, side by side.
+with rankstudy.model.engine imported first ("after"). Seconds per process, side by side.
 
     .venv/bin/python benchmarks/comm_op_startup.py [--processes 3]
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 import ninja
 
 LOAD = "from deepspeed.comm.torch import build_shm_op; build_shm_op()"
-PINNED = "import rankstudy.engine; " + LOAD
+PINNED = "import rankstudy.model.engine; " + LOAD
 
 
 def load(code: str, path: str, extensions: str) -> tuple[float, bool]:

@@ -8,7 +8,7 @@ each.
     .venv/bin/python benchmarks/gpu_check.py              # on a GPU machine
     .venv/bin/python benchmarks/gpu_check.py --small      # the same code on a CPU, small sizes
 
-MFU is model FLOPs (rankstudy.cost, the numbers the study records) per second over the
+MFU is model FLOPs (rankstudy.core.cost, the numbers the study records) per second over the
 device's dense bf16 peak (--peak-tflops, else a table of known GPUs).
 """
 
@@ -22,11 +22,11 @@ import time
 
 import torch
 
-from rankstudy.cost import train_flops
-from rankstudy.engine import init_distributed, use_gpu
-from rankstudy.spec import read_spec_file
+from rankstudy.core.cost import train_flops
+from rankstudy.core.spec import read_spec_file
+from rankstudy.model.engine import init_distributed, use_gpu
 from rankstudy.tasks.base import Task
-from rankstudy.trial import Trial, run_trial
+from rankstudy.trial.lifecycle import Trial, run_trial
 
 SPEC = "jobs/specs/planted-cpu.yaml"
 SMOLLM2_SPEC = "jobs/specs/smollm2-gsm8k-cpu.yaml"

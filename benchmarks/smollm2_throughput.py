@@ -1,10 +1,10 @@
 """Training throughput of the real-model trial on this CPU: SmolLM2-135M-Instruct on GSM8K,
-through the study's own trial code (rankstudy.trial.run_trial, DeepSpeed, fp32), against this
-CPU's measured fp32 matrix-multiply rate, timed in the same run.
+through the study's own trial code (rankstudy.trial.lifecycle.run_trial, DeepSpeed, fp32),
+against this CPU's measured fp32 matrix-multiply rate, timed in the same run.
 
     .venv/bin/python benchmarks/smollm2_throughput.py [--steps 12] [--arm lora_r16] [--threads 1]
 
-Model FLOP/s are the training FLOPs rankstudy.cost records for the trial (4 N T for the frozen
+Model FLOP/s are the training FLOPs rankstudy.core.cost records for the trial (4 N T for the frozen
 base, 6 N_adapter T, attention) over its training seconds. The GEMM rate is the median of
 square fp32 matmuls (2048) on the same number of threads, timed before and after the trial.
 Target: model FLOP/s at least 60 % of the GEMM rate.
@@ -19,8 +19,8 @@ import time
 
 import torch
 
-from rankstudy.spec import read_spec_file
-from rankstudy.trial import run_trial
+from rankstudy.core.spec import read_spec_file
+from rankstudy.trial.lifecycle import run_trial
 
 SPEC = "jobs/specs/smollm2-gsm8k-cpu.yaml"
 

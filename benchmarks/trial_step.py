@@ -1,5 +1,5 @@
 """Per-method training step time on the planted default, in a DeepSpeed engine and in a plain
-PyTorch optimizer, both driven by the study's own trial (rankstudy.trial.Trial.train_step)
+PyTorch optimizer, both driven by the study's own trial (rankstudy.trial.lifecycle.Trial.train_step)
 with the same model, data and steps, measured side by side.
 
 Every trial is set up first; then rounds run a few steps of each in turn, so machine noise hits
@@ -18,11 +18,11 @@ import time
 import torch
 from torch import nn
 
-from rankstudy.arms import parse_arm
-from rankstudy.build import build_task, load_model
-from rankstudy.engine import init_distributed
-from rankstudy.spec import load_spec, read_spec_file
-from rankstudy.trial import Trial
+from rankstudy.core.arms import parse_arm
+from rankstudy.core.spec import load_spec, read_spec_file
+from rankstudy.model.build import build_task, load_model
+from rankstudy.model.engine import init_distributed
+from rankstudy.trial.lifecycle import Trial
 
 ARMS = ["lora_r32", "dylora", "matryoshka", "matryoshka_binary", "nested_multiloss"]
 

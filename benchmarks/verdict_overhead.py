@@ -5,7 +5,7 @@
   factors cost a fraction of a single scoring pass.
 - Scoring under svd against scoring under the paper's rule, at the same rank, interleaved
   rounds: an svd pass costs what any pass costs (the factors are rank-k LoRA factors).
-- The bootstrap: rankstudy.verdict.study_verdict over a finished study's chosen results (the
+- The bootstrap: rankstudy.core.verdict.study_verdict over a finished study's chosen results (the
   default study's by default), B = the spec's resamples.
 
     .venv/bin/python benchmarks/verdict_overhead.py [--study runs/planted-cpu] [--rounds 5]
@@ -23,10 +23,10 @@ import torch.distributed as dist
 
 from rankstudy.adapters import adapter_layers, set_rank
 from rankstudy.adapters.svd import prepare_svd
-from rankstudy.arms import parse_arm
-from rankstudy.build import attach_arm, build_task, load_model
-from rankstudy.evaluation import score_examples
-from rankstudy.spec import load_spec
+from rankstudy.core.arms import parse_arm
+from rankstudy.core.spec import load_spec
+from rankstudy.model.build import attach_arm, build_task, load_model
+from rankstudy.trial.evaluation import score_examples
 
 SPEC = "jobs/specs/planted-cpu.yaml"
 
@@ -71,9 +71,9 @@ def adapters_and_scoring(rounds: int) -> None:
 
 
 def bootstrap(study: Path) -> None:
-    from rankstudy.study_state import StudyFiles
-    from rankstudy.study_summary import chosen_results, score_methods
-    from rankstudy.verdict import study_verdict
+    from rankstudy.core.verdict import study_verdict
+    from rankstudy.study.state import StudyFiles
+    from rankstudy.study.summary import chosen_results, score_methods
 
     spec = load_spec(SPEC, [])
     seeds = spec.seeds or [spec.seed]

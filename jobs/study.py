@@ -13,7 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dashboards"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 
-from rankstudy.cli import main
+from rankstudy.commands.cli import main
 
 if __name__ == "__main__":
     main(["study", *sys.argv[1:]])

@@ -49,7 +49,7 @@ echo "submit: summary $root/runs/$name/study_summary.json"
 echo "submit: report  $root/runs/$name/report/report.html (open it in a browser)"
 # MLflow opens an experiment on its GenAI overview; the runs page's own address shows the runs.
 if [ -f "$root/runs/$name/study_summary.json" ]; then
-    .venv/bin/python -c "import json, sys; from rankstudy.tracking import ui_hint
+    .venv/bin/python -c "import json, sys; from rankstudy.tracking.tracker import ui_hint
 m = json.load(open(sys.argv[1]))['mlflow']
 print('submit: ' + ui_hint(m['tracking_uri'], m['experiment_id'], sys.argv[2]))" \
         "$root/runs/$name/study_summary.json" "$root/.venv/bin/mlflow"

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
-from rankstudy import mlflow_names as names
-from rankstudy.intervals import recommend, resample_curves, study_intervals
-from rankstudy.metrics import aurac
-from rankstudy.records import TrialCost, TrialRecord, TrialResult
-from rankstudy.scoring import total_cost
-from rankstudy.tracking import StudyTracker
-from rankstudy.verdict import ONE_SEED
+from rankstudy.core import mlflow_names as names
+from rankstudy.core.aurac import aurac
+from rankstudy.core.intervals import recommend, resample_curves, study_intervals
+from rankstudy.core.records import TrialCost, TrialRecord, TrialResult
+from rankstudy.core.scoring import total_cost
+from rankstudy.core.verdict import ONE_SEED
+from rankstudy.tracking.tracker import StudyTracker
 
 EXAMPLES = 200  # test examples per seed of a constructed verdict
 RESAMPLES = 200  # its bootstrap resamples: enough for stable intervals, quick to draw
@@ -115,7 +115,7 @@ def example_scores(method: int, ranks: list[int], seed: int) -> np.ndarray:
 
 
 def make_verdict(summaries: dict, ranks: list[int], seeds: list[int]) -> dict:
-    """The verdict rankstudy.verdict.study_verdict makes of the methods fill_study logged
+    """The verdict rankstudy.core.verdict.study_verdict makes of the methods fill_study logged
     (summaries: method "m<i>" -> summary), from constructed per-example scores: intervals of
     every method and pair, and the recommendation. The same every call, so a test remakes the
     verdict a study logged to compare with what the report shows."""

@@ -12,9 +12,9 @@ import yaml
 from jinja2 import Environment, PackageLoader, select_autoescape
 from mlflow.tracking import MlflowClient
 
-from rankstudy.frontier import FrontierRow
-from rankstudy.tracking import best_method
-from rankstudy.verdict import p_better, pair_gap
+from rankstudy.core.frontier import FrontierRow
+from rankstudy.core.verdict import p_better, pair_gap
+from rankstudy.tracking.tracker import best_method
 from rankstudy_report import charts
 from rankstudy_report.collect import StudyView, collect
 from rankstudy_report.regime import RegimeView, collect_regime

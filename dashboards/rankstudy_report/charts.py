@@ -12,7 +12,7 @@ matplotlib.use("Agg")  # no display where reports are built
 import matplotlib.pyplot as plt
 from matplotlib.ticker import NullFormatter
 
-from rankstudy.frontier import GRID, FrontierPoint, GridReference
+from rankstudy.core.frontier import GRID, FrontierPoint, GridReference
 from rankstudy_report.collect import StudyView
 
 STYLE = {

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from rankstudy import mlflow_names as names
-from rankstudy.errors import InputError
-from rankstudy.methods import SERVED
+from rankstudy.core import mlflow_names as names
+from rankstudy.core.errors import InputError
+from rankstudy.core.methods import SERVED
 
 PAGE = 1000  # runs per search_runs page
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small JSON file
@@ -74,7 +74,9 @@ class StudyView:
     metric: str  # what the scores measure
     trials: list[TrialRun]
     shared_setup_seconds: float | None  # device time of set-up every trial reused
-    verdict: dict | None = None  # rankstudy.verdict's intervals and recommendation; None: older
+    verdict: dict | None = (
+        None  # rankstudy.core.verdict's intervals and recommendation; None: older
+    )
 
 
 def find_study(client: MlflowClient, experiment: str | None, run_id: str | None):

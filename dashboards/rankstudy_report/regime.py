@@ -2,7 +2,7 @@
 whose parent run carries the sweep's name (SWEEP_TAG) and its value of each swept field
 (SETTING_TAG_PREFIX), all in one experiment; each point's verdict artifact holds the paired
 interval of every AURAC difference. From those alone the report draws the regime map: where
-the paper's method wins (rankstudy.regime_map)."""
+the paper's method wins (rankstudy.study.regime_map)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from mlflow.tracking import MlflowClient
 
-from rankstudy import mlflow_names as names
-from rankstudy.regime_map import FOCUS, MapCell, point_cells, tally
+from rankstudy.core import mlflow_names as names
+from rankstudy.study.regime_map import FOCUS, MapCell, point_cells, tally
 from rankstudy_report.collect import artifact_json, find_study
 from rankstudy_report.sweep import sweep_study_runs
 

@@ -1,5 +1,5 @@
 """Each arm's Optuna search, drawn from the study's Optuna storage (the optuna.db its parent
-run holds, rankstudy.optuna_storage) with optuna.visualization.matplotlib: the search history,
+run holds, rankstudy.study.optuna_storage) with optuna.visualization.matplotlib: the search history,
 the objective against each parameter, parameter importance where the arm has enough trials
 for it to say something, and every arm's trials on one parallel-coordinates plot."""
 
@@ -16,8 +16,8 @@ import optuna.visualization.matplotlib as views
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from rankstudy.optuna_storage import ARM_ATTR, STORAGE_FILE
-from rankstudy.tune_keys import FAILED_METRIC
+from rankstudy.core.tune_keys import FAILED_METRIC
+from rankstudy.study.optuna_storage import ARM_ATTR, STORAGE_FILE
 from rankstudy_report.charts import STYLE, log_ticks, svg
 
 # Importance is fANOVA's split of the objective's variance over the parameters: with one

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 from mlflow.tracking import MlflowClient
 
-from rankstudy import mlflow_names as names
-from rankstudy.frontier import (
+from rankstudy.core import mlflow_names as names
+from rankstudy.core.frontier import (
     AXES,
     GRID,
     FrontierPoint,

@@ -9,8 +9,8 @@ import signal
 
 import pytest
 
-from rankstudy import mlflow_names as names
-from rankstudy.records import read_result
+from rankstudy.core import mlflow_names as names
+from rankstudy.core.records import read_result
 from studies import TWO_ARMS, mlflow_runs, run_study, wait_for_trials, write_spec
 
 ASHA = TWO_ARMS | {

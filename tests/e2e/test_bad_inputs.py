@@ -16,14 +16,14 @@ from types import SimpleNamespace
 import pytest
 
 from bad_inputs import MODEL_FIT, SPEC
-from rankstudy import disk
-from rankstudy.checkpoint import CorruptCheckpoint
-from rankstudy.model_fit import check_fits_model
-from rankstudy.ray_cluster import ClusterError, check_resources
-from rankstudy.spec import SpecError, parse_spec
-from rankstudy.study import Study, StudyError
-from rankstudy.trial import run_trial
-from rankstudy.waiting import WaitWatch
+from rankstudy.core.spec import SpecError, parse_spec
+from rankstudy.storage import disk
+from rankstudy.study.driver import Study, StudyError
+from rankstudy.study.model_fit import check_fits_model
+from rankstudy.study.ray_cluster import ClusterError, check_resources
+from rankstudy.study.waiting import WaitWatch
+from rankstudy.trial.checkpoint import CorruptCheckpoint
+from rankstudy.trial.lifecycle import run_trial
 from studies import free_port, study_job, write_spec
 
 
@@ -48,7 +48,7 @@ def test_the_spec_as_shipped_fits_its_model():
 def test_a_hub_model_out_of_reach_is_left_to_the_trials(monkeypatch, capsys):
     """Offline (as here) and not cached: said, and not an error: the nodes that run the trials
     may reach the hub, and load the model themselves."""
-    from rankstudy import model_fit
+    from rankstudy.study import model_fit
 
     monkeypatch.setattr(model_fit, "answers", lambda address: False)
     check_fits_model(parse_spec(SPEC | {"model": {"name": "some-org/some-model"}}))
@@ -113,7 +113,7 @@ def test_a_damaged_state_file_stops_the_resume_and_is_kept(tmp_path, state, mess
 
 
 def test_a_result_cut_short_makes_a_failed_trial_not_a_crash(tmp_path):
-    from rankstudy.tracking import StudyTracker
+    from rankstudy.tracking.tracker import StudyTracker
 
     s = study(tmp_path)
     s.attach(StudyTracker(f"sqlite:///{tmp_path / 'm.db'}", "e")).tracker.start_study("s", {})
@@ -161,7 +161,7 @@ def test_a_dead_head_recorded_on_the_machine_is_said_and_passed_over():
         (Path(temp) / "ray" / "ray_current_cluster").write_text(dead)
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": temp}
         code = (
-            "from rankstudy.ray_cluster import connect_ray; import ray; connect_ray(None); "
+            "from rankstudy.study.ray_cluster import connect_ray; import ray; connect_ray(None); "
             "print('joined', ray.cluster_resources()['CPU'])"
         )
         proc = subprocess.run(

@@ -18,11 +18,11 @@ from lm_eval.tasks import TaskManager
 from mlflow.tracking import MlflowClient
 from transformers import AutoModelForCausalLM
 
-from rankstudy import cli
 from rankstudy.adapters import adapter_layers, attach_adapters, export_peft
-from rankstudy.models import tiny_model
-from rankstudy.study_state import STATE_FILE, read_state
-from rankstudy.tokenizer import byte_tokenizer
+from rankstudy.commands import cli
+from rankstudy.model.tiny import tiny_model
+from rankstudy.model.tokenizer import byte_tokenizer
+from rankstudy.study.state import STATE_FILE, read_state
 from studies import GSM8K_DATA, ROOT
 
 OFFLINE = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
@@ -34,7 +34,7 @@ SCORES = ("exact_match,strict-match", "exact_match,flexible-extract")
 
 
 def evaluate(*args) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "rankstudy.cli", "evaluate", *map(str, [*args, *ARGS])]
+    cmd = [sys.executable, "-m", "rankstudy.commands.cli", "evaluate", *map(str, [*args, *ARGS])]
     # an in-process trial earlier on this worker leaves DeepSpeed's LOCAL_RANK in os.environ:
     # inherited alone, accelerate (inside lm-eval) takes it for a torchrun launch and fails
     env = {k: v for k, v in os.environ.items() if k != "LOCAL_RANK"} | OFFLINE

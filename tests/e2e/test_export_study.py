@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from rankstudy.adapters import load_adapters, set_rank
-from rankstudy.build import load_model
-from rankstudy.checkpoint import latest_tag
-from rankstudy.export import ExportError, plan_exports, study_spec
-from rankstudy.records import RESULT_FILE, read_result
-from rankstudy.study_state import STATE_FILE, StudyState, read_state
+from rankstudy.core.records import RESULT_FILE, read_result
+from rankstudy.model.build import load_model
+from rankstudy.study.export import ExportError, plan_exports, study_spec
+from rankstudy.study.state import STATE_FILE, StudyState, read_state
+from rankstudy.trial.checkpoint import latest_tag
 from studies import ROOT
 
 
@@ -28,7 +28,7 @@ def export(study: Path, out: Path, *args: str) -> subprocess.CompletedProcess:
     cmd = [
         sys.executable,
         "-m",
-        "rankstudy.cli",
+        "rankstudy.commands.cli",
         "export",
         "--study",
         str(study),

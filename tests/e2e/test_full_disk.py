@@ -14,7 +14,7 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 
-from rankstudy.records import read_result
+from rankstudy.core.records import read_result
 from studies import ROOT, TWO_ARMS, TWO_ARMS_TRIALS, scores, write_spec
 
 SCENARIO = """

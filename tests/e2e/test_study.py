@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from rankstudy.records import RESULT_FILE, read_result
+from rankstudy.core.records import RESULT_FILE, read_result
 from studies import (
     ARMS,
     ROOT,

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rankstudy.records import RESULT_FILE, read_result
+from rankstudy.core.records import RESULT_FILE, read_result
 from studies import (
     TINY,
     TWO_ARMS,
@@ -65,7 +65,7 @@ def test_killed_trial_process_is_retried_from_its_checkpoint(tmp_path):
 def uninterrupted(study_out: Path, trial_dir: Path, out: Path) -> dict:
     """The search trial in trial_dir run again in this process, start to end, from what the
     study recorded of it: the spec, the study's overrides and the trial's sampled values."""
-    from rankstudy.trial import run_trial
+    from rankstudy.trial.lifecycle import run_trial
 
     state = json.loads((study_out / "study_state.json").read_text())
     record = state["trials"][f"{trial_dir.parent.name}/{trial_dir.name}"]
@@ -103,10 +103,10 @@ def test_killed_driver_resumes_to_the_uninterrupted_summary(tmp_path, two_arms_r
 def test_a_trial_lost_by_a_kill_and_rerun_leaves_search_and_mlflow(tmp_path):
     """Tune can lose a trial that ended just before the kill and rerun its suggestion under a
     new id: the first copy stops counting as a trial and its MLflow run is deleted."""
-    from rankstudy.records import TrialRecord
-    from rankstudy.study import Study
-    from rankstudy.study_tuner import drop_superseded
-    from rankstudy.tracking import StudyTracker
+    from rankstudy.core.records import TrialRecord
+    from rankstudy.study.driver import Study
+    from rankstudy.study.tuner import drop_superseded
+    from rankstudy.tracking.tracker import StudyTracker
 
     study = Study(str(write_spec(tmp_path)), [], str(tmp_path / "out"), resume=False)
     recorder = study.attach(StudyTracker(f"sqlite:///{tmp_path / 'm.db'}", "e"))

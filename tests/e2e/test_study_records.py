@@ -6,11 +6,11 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from rankstudy.records import TrialConfig, TrialRecord
-from rankstudy.study import Study
-from rankstudy.study_state import STATE_FILE, StudyState, read_state
-from rankstudy.study_summary import chosen_results, summarise, summary_table
-from rankstudy.tracking import StudyTracker
+from rankstudy.core.records import TrialConfig, TrialRecord
+from rankstudy.study.driver import Study
+from rankstudy.study.state import STATE_FILE, StudyState, read_state
+from rankstudy.study.summary import chosen_results, summarise, summary_table
+from rankstudy.tracking.tracker import StudyTracker
 from studies import TINY, write_spec
 
 
@@ -73,7 +73,7 @@ def test_resume_redoes_only_the_cut_off_writes(tmp_path):
 def test_a_failed_arm_leaves_the_other_methods_scored_and_reported(tmp_path):
     """The LoRA grid's trials succeed, every Matryoshka trial fails: the grid is scored, the
     study names what is missing (summary, table, report) instead of crashing."""
-    from rankstudy.trial import run_trial
+    from rankstudy.trial.lifecycle import run_trial
 
     spec = TINY | {
         "methods": ["lora_grid", "matryoshka"],

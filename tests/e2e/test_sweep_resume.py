@@ -12,8 +12,8 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 
-from rankstudy import mlflow_names as names
-from rankstudy.records import read_result
+from rankstudy.core import mlflow_names as names
+from rankstudy.core.records import read_result
 from studies import ROOT, TINY, run_study, wait_for_trials, write_spec
 
 SWEEP = TINY | {

@@ -88,7 +88,7 @@ def test_a_server_down_to_the_end_stops_the_study_and_resume_writes_what_it_miss
 
 
 def test_a_server_that_is_not_there_is_named_before_any_trial(tmp_path):
-    """Refused as the plan refuses it (rankstudy.preflight), before Ray starts."""
+    """Refused as the plan refuses it (rankstudy.study.preflight), before Ray starts."""
     uri = f"http://127.0.0.1:{free_port()}"
     out = tmp_path / "out"
     spec = served_study(tmp_path, uri)
@@ -100,7 +100,7 @@ def test_a_server_that_is_not_there_is_named_before_any_trial(tmp_path):
     assert "Started a local Ray instance" not in log  # asked before Ray's start-up is spent
     assert not (out / "trials").exists()
     plan = subprocess.run(
-        [sys.executable, "-m", "rankstudy.cli", "plan", "--spec", str(spec)],
+        [sys.executable, "-m", "rankstudy.commands.cli", "plan", "--spec", str(spec)],
         capture_output=True,
         text=True,
     )

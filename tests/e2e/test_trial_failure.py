@@ -25,7 +25,7 @@ def test_the_trial_command_writes_the_reason_into_result_json(tmp_path):
     out = tmp_path / "out"
     command = ["trial", "--spec", str(spec), "--arm", "lora_r8", "--out", str(out)]
     proc = subprocess.run(
-        [sys.executable, "-m", "rankstudy.cli", *command],
+        [sys.executable, "-m", "rankstudy.commands.cli", *command],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -63,7 +63,7 @@ def test_a_failure_a_retry_cannot_fix_fails_once(tmp_path):
     """A model folder whose config reads (the checks before the study pass) but whose weights
     file is cut short: every load fails the same way, so the trial fails once, its reason and
     where it was raised kept, instead of Tune retrying it."""
-    from rankstudy.models import tiny_model
+    from rankstudy.model.tiny import tiny_model
 
     model = tmp_path / "model"
     tiny_model("llama", hidden=64, layers=2, vocab=256).save_pretrained(model)

@@ -33,7 +33,7 @@ def start_trial(spec_path, out, log):
         [
             sys.executable,
             "-m",
-            "rankstudy.cli",
+            "rankstudy.commands.cli",
             "trial",
             "--spec",
             str(spec_path),
@@ -98,7 +98,7 @@ def local_ray(tmp_path_factory):
 
 @pytest.mark.slow
 def test_two_ray_train_workers_match_one_worker(tmp_path, local_ray):
-    from rankstudy.ray_train import fit_trial
+    from rankstudy.trial.ray_train import fit_trial
 
     def run(workers, accum):
         overrides = [

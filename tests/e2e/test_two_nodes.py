@@ -111,7 +111,7 @@ import ray
 from mlflow.tracking import MlflowClient
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from rankstudy.storage import TrialStorage
+from rankstudy.storage.folders import TrialStorage
 
 state = json.loads(Path(sys.argv[2]).read_text())
 

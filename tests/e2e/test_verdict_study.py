@@ -9,16 +9,16 @@ import pytest
 import torch
 
 from rankstudy.adapters import load_adapters, set_rank
-from rankstudy.arms import parse_arm
-from rankstudy.build import attach_arm, build_task, load_model
-from rankstudy.checkpoint import latest_tag
-from rankstudy.engine import init_distributed
-from rankstudy.evaluation import score_split
-from rankstudy.records import RESULT_FILE, RESULT_VERSION, read_result
-from rankstudy.spec import load_spec
-from rankstudy.study_state import StudyFiles
-from rankstudy.study_summary import chosen_results, score_methods
-from rankstudy.verdict import study_verdict
+from rankstudy.core.arms import parse_arm
+from rankstudy.core.records import RESULT_FILE, RESULT_VERSION, read_result
+from rankstudy.core.spec import load_spec
+from rankstudy.core.verdict import study_verdict
+from rankstudy.model.build import attach_arm, build_task, load_model
+from rankstudy.model.engine import init_distributed
+from rankstudy.study.state import StudyFiles
+from rankstudy.study.summary import chosen_results, score_methods
+from rankstudy.trial.checkpoint import latest_tag
+from rankstudy.trial.evaluation import score_split
 from studies import SERVED as METHODS
 from studies import TINY
 

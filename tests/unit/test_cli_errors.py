@@ -4,8 +4,8 @@ says so (status 1). Run in this process, with a bug planted where a check calls 
 
 import pytest
 
-from rankstudy import preflight
-from rankstudy.cli import main
+from rankstudy.commands.cli import main
+from rankstudy.study import preflight
 from studies import ROOT
 
 SPEC = str(ROOT / "jobs" / "specs" / "planted-cpu.yaml")

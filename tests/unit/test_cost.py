@@ -6,8 +6,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import TARGETS
 from rankstudy.adapters import attach_adapters, get_schedule, set_rank
-from rankstudy.cost import ModelShape, eval_flops, model_shape, train_flops
-from rankstudy.models import tiny_model
+from rankstudy.core.cost import ModelShape, eval_flops, train_flops
+from rankstudy.model.architecture import model_shape
+from rankstudy.model.tiny import tiny_model
 
 BATCH, SEQ = 4, 32
 S = (1, 2, 4, 8, 16)

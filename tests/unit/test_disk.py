@@ -14,9 +14,9 @@ import pytest
 import ray.exceptions
 from pyarrow import fs
 
-from rankstudy import disk
-from rankstudy.atomic_fs import atomic_local_filesystem
-from rankstudy.disk import DiskWatch, disk_full, full_disk_error
+from rankstudy.storage import disk
+from rankstudy.storage.atomic_fs import atomic_local_filesystem
+from rankstudy.storage.disk import DiskWatch, disk_full, full_disk_error
 
 
 class WorkerGroupError(Exception):
@@ -112,7 +112,7 @@ WRITE = """
 import resource, signal, sys
 from pathlib import Path
 from pyarrow import fs
-from rankstudy.atomic_fs import atomic_local_filesystem
+from rankstudy.storage.atomic_fs import atomic_local_filesystem
 source, dest = sys.argv[1], sys.argv[2]
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
 resource.setrlimit(resource.RLIMIT_FSIZE, (2**20, 2**20))

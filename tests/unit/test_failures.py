@@ -9,10 +9,10 @@ import torch.distributed
 from ray.train import WorkerGroupError
 from ray.train.v2.api.exceptions import ControllerError
 
-from rankstudy.checkpoint import CorruptCheckpoint
-from rankstudy.failures import failure_reason, retry_can_fix
-from rankstudy.spec import SpecError
-from rankstudy.trial import TrialFailed
+from rankstudy.core.spec import SpecError
+from rankstudy.trial.checkpoint import CorruptCheckpoint
+from rankstudy.trial.failures import failure_reason, retry_can_fix
+from rankstudy.trial.lifecycle import TrialFailed
 
 
 def raised(error: BaseException) -> BaseException:

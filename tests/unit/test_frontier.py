@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from rankstudy.frontier import GridReference, frontier_points, frontier_table
+from rankstudy.core.frontier import GridReference, frontier_points, frontier_table
 
 
 def point(aurac, flops, seconds=None, std=0.0):

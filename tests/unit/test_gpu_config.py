@@ -5,12 +5,12 @@ path is the same functions with the switch off."""
 import pytest
 import ray
 
-from rankstudy import study_tuner
-from rankstudy.engine import deepspeed_config
-from rankstudy.ray_train import scaling_config
-from rankstudy.spec import load_spec
-from rankstudy.study import Study
-from rankstudy.trainable import trial_resources
+from rankstudy.core.spec import load_spec
+from rankstudy.model.engine import deepspeed_config
+from rankstudy.study import tuner as study_tuner
+from rankstudy.study.driver import Study
+from rankstudy.trial.ray_train import scaling_config
+from rankstudy.trial.trainable import trial_resources
 from studies import ROOT
 
 PAPER = ROOT / "jobs" / "specs" / "gsm8k-llama-3.2-1b.yaml"
@@ -112,7 +112,7 @@ def v100(monkeypatch):
 
 
 def test_auto_precision_is_fp32_on_a_gpu_without_bf16(monkeypatch):
-    from rankstudy.engine import precision
+    from rankstudy.model.engine import precision
 
     spec = load_spec(PAPER, ["deepspeed.precision=auto"])
     monkeypatch.setattr("torch.cuda.is_bf16_supported", lambda *a: True)
@@ -124,8 +124,8 @@ def test_auto_precision_is_fp32_on_a_gpu_without_bf16(monkeypatch):
 
 def test_a_trial_on_a_node_whose_gpu_lacks_bf16_fails_once_naming_the_field(tmp_path, monkeypatch):
     """The driver of a GPU cluster may have no GPU to judge: each trial judges its node's."""
-    from rankstudy.failures import failure_reason, retry_can_fix
-    from rankstudy.trial import TrialFailed, run_trial
+    from rankstudy.trial.failures import failure_reason, retry_can_fix
+    from rankstudy.trial.lifecycle import TrialFailed, run_trial
     from studies import SMALL
 
     v100(monkeypatch)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from rankstudy.intervals import (
+from rankstudy.core.aurac import aurac
+from rankstudy.core.intervals import (
     Interval,
     aurac_draws,
     deploy_rank,
@@ -17,7 +18,6 @@ from rankstudy.intervals import (
     resample_curves,
     study_intervals,
 )
-from rankstudy.metrics import aurac
 
 RANKS = [1, 2, 4, 8]
 

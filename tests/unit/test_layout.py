@@ -1,12 +1,15 @@
-"""The package's layering, checked as a newcomer would break it: the spec, the plan and the
-report import no torch or transformers, nor does planning a study of any task kind; the
-adapters know nothing of Ray, DeepSpeed or MLflow; no test file imports another; no function
-in platform/ or dashboards/ runs past 60 lines. Each import check runs in a fresh interpreter,
-where nothing was imported before."""
+"""The package's layering, checked as a newcomer would break it: each sub-package imports only
+those below it (PACKAGES, lowest first), anywhere in a file; core and storage load no torch,
+transformers, Ray, DeepSpeed or MLflow; the spec, the plan and the report import no torch or
+transformers, nor does planning a study of any task kind; the adapters know nothing of Ray,
+DeepSpeed or MLflow; a study's Tune state saved before the sub-packages still unpickles; no
+test file imports another; no function in platform/ or dashboards/ runs past 60 lines. Each
+import check runs in a fresh interpreter, where nothing was imported before."""
 
 import ast
 import json
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +19,19 @@ import pytest
 from studies import ROOT, TINY, write_spec
 
 HEAVY = ("torch", "transformers")
+PACKAGE = ROOT / "platform" / "rankstudy"
+# rankstudy's sub-packages, lowest first: each imports only itself and those before it
+PACKAGES = (
+    "core",
+    "storage",
+    "adapters",
+    "tasks",
+    "model",
+    "trial",
+    "tracking",
+    "study",
+    "commands",
+)
 NOT_IN_ADAPTERS = ("ray", "deepspeed", "mlflow")
 MAX_LINES = 60
 
@@ -42,7 +58,8 @@ def test_loaded_after_sees_what_a_probe_imports():
 
 def test_spec_plan_and_report_import_no_torch_or_transformers():
     loaded = loaded_after(
-        "import rankstudy.spec, rankstudy.plan, rankstudy.model_fit, rankstudy_report"
+        "import rankstudy.core.spec, rankstudy.study.plan, rankstudy.study.model_fit, "
+        "rankstudy_report"
     )
     assert not loaded & set(HEAVY)
 
@@ -50,7 +67,7 @@ def test_spec_plan_and_report_import_no_torch_or_transformers():
 def plan_loads(spec: Path) -> set[str]:
     """The top-level packages loaded by `rankstudy plan --spec SPEC`, which must succeed."""
     return loaded_after(
-        "from rankstudy.cli import main\n"
+        "from rankstudy.commands.cli import main\n"
         f"try:\n    main(['plan', '--spec', {str(spec)!r}])\n"
         "except SystemExit as e:\n    assert e.code == 0, e.code"
     )
@@ -83,6 +100,77 @@ def imported_names(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             names.add(node.module.split(".")[0])
     return names
+
+
+def rankstudy_imports(path: Path) -> set[str]:
+    """Every rankstudy module a file imports, anywhere in it, by its full dotted name."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("rankstudy.")}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("rankstudy."):
+            found.add(node.module)
+    return found
+
+
+def layer_breaks(package: Path) -> list[str]:
+    """'package/file imports rankstudy.X' for every import of a sub-package above the file's
+    own, and 'file: outside every sub-package' for a module beside them."""
+    breaks = [f"{p.name}: outside every sub-package" for p in package.glob("[!_]*.py")]
+    for level, name in enumerate(PACKAGES):
+        for path in sorted((package / name).glob("*.py")):
+            for module in sorted(rankstudy_imports(path)):
+                target = module.split(".")[1]
+                if target not in PACKAGES or PACKAGES.index(target) > level:
+                    breaks.append(f"{name}/{path.name} imports {module}")
+    return breaks
+
+
+def test_an_import_from_a_higher_layer_is_found(tmp_path):
+    for name in ("core", "study"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "core" / "spec.py").write_text("def f():\n    from rankstudy.study.plan import x\n")
+    (tmp_path / "study" / "plan.py").write_text("from rankstudy.core import spec\n")
+    (tmp_path / "loose.py").write_text("")
+    assert layer_breaks(tmp_path) == [
+        "loose.py: outside every sub-package",
+        "core/spec.py imports rankstudy.study.plan",
+    ]
+
+
+def test_each_subpackage_imports_only_those_below_it():
+    assert sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()) == sorted(
+        PACKAGES
+    )
+    assert layer_breaks(PACKAGE) == []
+
+
+def test_core_and_storage_load_no_torch_ray_deepspeed_or_mlflow():
+    modules = [
+        f"rankstudy.{name}.{p.stem}"
+        for name in ("core", "storage")
+        for p in (PACKAGE / name).glob("[!_]*.py")
+    ]
+    loaded = loaded_after(f"import {', '.join(modules)}")
+    assert not loaded & {*HEAVY, *NOT_IN_ADAPTERS}
+
+
+def test_a_tuner_saved_before_the_subpackages_unpickles_to_todays_classes():
+    """tuner.pkl of the SmolLM2 protocol study, saved by the flat package: Tune unpickles it on
+    --resume, by the module paths the classes had then."""
+    from rankstudy.storage.atomic_fs import AtomicLocalFiles
+    from rankstudy.study.arm_scheduler import ArmASHA
+    from rankstudy.study.search import ArmSearch
+    from rankstudy.study.tuner import TrialEvents
+
+    saved = (ROOT / "tests" / "fixtures" / "tuner-before-subpackages.pkl").read_bytes()
+    assert b"rankstudy.study_tuner" in saved and b"rankstudy.arm_scheduler" in saved
+    state = pickle.loads(saved)
+    tune_config, run_config = state["_tune_config"], state["_run_config"]
+    assert type(tune_config.search_alg) is ArmSearch
+    assert type(tune_config.scheduler) is ArmASHA
+    assert [type(c) for c in run_config.callbacks] == [TrialEvents]
+    assert isinstance(run_config.storage_filesystem.handler, AtomicLocalFiles)
 
 
 def test_the_adapters_know_nothing_of_ray_deepspeed_or_mlflow():

@@ -11,7 +11,6 @@ from peft import PeftModel
 from safetensors.torch import load_file
 
 from conftest import TARGETS
-from rankstudy import methods
 from rankstudy.adapters import (
     RankSchedule,
     attach_adapters,
@@ -19,11 +18,12 @@ from rankstudy.adapters import (
     get_schedule,
     set_rank,
 )
-from rankstudy.arms import method_arms, parse_arm
-from rankstudy.cost import ModelShape, train_flops
-from rankstudy.models import tiny_model
-from rankstudy.spec import SpecError, parse_spec
-from rankstudy.trial import method_loss
+from rankstudy.core import methods
+from rankstudy.core.arms import method_arms, parse_arm
+from rankstudy.core.cost import ModelShape, train_flops
+from rankstudy.core.spec import SpecError, parse_spec
+from rankstudy.model.tiny import tiny_model
+from rankstudy.trial.lifecycle import method_loss
 from studies import ROOT, TINY
 
 S = (1, 2, 4, 8)
@@ -268,7 +268,7 @@ def test_a_method_added_to_the_registry_alone_runs_in_a_trial(tmp_path):
     script = textwrap.dedent(
         f"""
         import json, sys
-        from rankstudy import methods
+        from rankstudy.core import methods
         half = methods.Method(
             "half_lora", "LoRA at R with half its scale",
             forward=lambda ranks, drawn: [(ranks.max_rank, ranks.scale(ranks.max_rank) / 2)],
@@ -277,7 +277,7 @@ def test_a_method_added_to_the_registry_alone_runs_in_a_trial(tmp_path):
         methods.register(half)
         sys.path.insert(0, {str(ROOT / "tests")!r})
         from studies import TINY
-        from rankstudy.trial import run_trial
+        from rankstudy.trial.lifecycle import run_trial
         spec = dict(TINY, methods=["half_lora"])
         config = {{"spec": spec, "arm": "half_lora", "out_dir": {str(tmp_path)!r},
                    "overrides": ["training.steps=3", "training.checkpoint_every=0"]}}

@@ -2,7 +2,7 @@
 
 import pytest
 
-from rankstudy.metrics import aurac
+from rankstudy.core.aurac import aurac
 
 RANKS, SCORES = [1, 2, 4, 8], [0.5, 0.6, 0.8, 0.9]
 

@@ -9,9 +9,9 @@ import optuna
 import optuna_dashboard
 from optuna.trial import TrialState
 
-from rankstudy.optuna_storage import storage_url
-from rankstudy.search import ArmSearch
-from rankstudy.spec import ParamRange
+from rankstudy.core.spec import ParamRange
+from rankstudy.study.optuna_storage import storage_url
+from rankstudy.study.search import ArmSearch
 
 SPACE = {
     "training.lr": ParamRange(low=1e-4, high=1e-2, log=True),

@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from rankstudy.cli import main
-from rankstudy.plan import add_time, plan, published_split_sizes, shape_of, split_sizes
-from rankstudy.spec import load_spec
+from rankstudy.commands.cli import main
+from rankstudy.core.spec import load_spec
+from rankstudy.study.plan import add_time, plan, published_split_sizes, shape_of, split_sizes
 from studies import ROOT, study_job
 
 GSM8K = ROOT.parent / "shared" / "data" / "gsm8k"
@@ -162,9 +162,9 @@ def test_planned_flops_and_tokens_are_what_a_trial_records(tmp_path):
     one search trial per arm and one seed, an arm's planned FLOPs are those of one trial run
     whole (validations every 3 steps under its own rule, at the end under every rule, then the
     test pass), as it records them, for every method of the registry."""
-    from rankstudy.methods import METHODS
-    from rankstudy.spec import parse_spec
-    from rankstudy.trial import run_trial
+    from rankstudy.core.methods import METHODS
+    from rankstudy.core.spec import parse_spec
+    from rankstudy.trial.lifecycle import run_trial
     from studies import SMALL
 
     raw = SMALL | {

@@ -1,6 +1,6 @@
 """The study's progress line: counts done and left, and an ETA from this process's own rate."""
 
-from rankstudy.progress import StudyProgress, duration
+from rankstudy.study.progress import StudyProgress, duration
 
 
 class Clock:

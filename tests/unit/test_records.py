@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from rankstudy.records import (
+from rankstudy.core.records import (
     RESULT_FILE,
     RESULT_VERSION,
     ResultError,
@@ -14,9 +14,9 @@ from rankstudy.records import (
     read_result,
     write_result,
 )
-from rankstudy.spec import parse_spec
-from rankstudy.study_state import STATE_FILE, StudyError, StudyFiles, StudyState, read_state
-from rankstudy.tune_keys import as_overrides, reported, reported_in, sampled, tune_key
+from rankstudy.core.spec import parse_spec
+from rankstudy.core.tune_keys import as_overrides, reported, reported_in, sampled, tune_key
+from rankstudy.study.state import STATE_FILE, StudyError, StudyFiles, StudyState, read_state
 from report_store import make_result
 from studies import TINY
 

@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from rankstudy.intervals import study_intervals
-from rankstudy.regime_map import (
+from rankstudy.core.intervals import study_intervals
+from rankstudy.core.spec import parse_spec
+from rankstudy.study.regime_map import (
     folder_summaries,
     map_table,
     point_cells,
@@ -16,8 +17,7 @@ from rankstudy.regime_map import (
     tally,
     write_regime_map,
 )
-from rankstudy.spec import parse_spec
-from rankstudy.sweep import sweep_points
+from rankstudy.study.sweep import sweep_points
 from studies import TINY
 
 RANKS = [1, 2, 4]

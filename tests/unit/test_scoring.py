@@ -3,8 +3,8 @@ from chosen results built here, checked against sums worked out by hand."""
 
 import pytest
 
-from rankstudy.scoring import score_method, total_cost
-from rankstudy.spec import parse_spec
+from rankstudy.core.scoring import score_method, total_cost
+from rankstudy.core.spec import parse_spec
 from report_store import make_result
 
 SPEC = parse_spec(

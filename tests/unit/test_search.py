@@ -4,8 +4,8 @@ is queued for its test pass once all of the arm's trials have ended."""
 
 from ray.tune.search import Searcher
 
-from rankstudy.search import ArmSearch
-from rankstudy.spec import ParamRange
+from rankstudy.core.spec import ParamRange
+from rankstudy.study.search import ArmSearch
 
 SPACE = {"training.lr": ParamRange(low=1e-4, high=1e-2, log=True)}
 ARMS = {

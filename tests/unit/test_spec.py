@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rankstudy.spec import SpecError, load_spec, parse_spec
+from rankstudy.core.spec import SpecError, load_spec, parse_spec
 from studies import ROOT, study_job
 
 SPECS = sorted((ROOT / "jobs" / "specs").glob("*.yaml"))

@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 
-from rankstudy.spec import SpecError, load_spec
-from rankstudy.storage import TrialStorage
-from rankstudy.trial import run_trial
+from rankstudy.core.spec import SpecError, load_spec
+from rankstudy.storage.folders import TrialStorage
+from rankstudy.trial.lifecycle import run_trial
 from studies import SMALL
 
 
@@ -84,8 +84,7 @@ def test_storage_that_is_not_a_uri_or_path_is_refused(tmp_path):
 
 
 def test_each_study_gets_its_own_folder_and_resumes_only_with_it(tmp_path, monkeypatch):
-    from rankstudy import preflight
-    from rankstudy.study import Study, StudyError
+    from rankstudy.study.driver import Study, StudyError, preflight
     from studies import TINY, write_spec
 
     monkeypatch.setattr(preflight, "probe_storage", lambda uri: None)  # a bucket that answers
@@ -111,7 +110,7 @@ def test_a_storage_that_never_answers_is_cut_off_at_the_bound():
     not after the client's retries."""
     import socket
 
-    from rankstudy.storage import probe_storage
+    from rankstudy.storage.folders import probe_storage
 
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from rankstudy import mlflow_names as names
-from rankstudy.spec import SpecError, parse_spec
-from rankstudy.sweep import (
+from rankstudy.core import mlflow_names as names
+from rankstudy.core.spec import SpecError, parse_spec
+from rankstudy.study.sweep import (
     SweepPoint,
     budget_key,
     finished_folders,
@@ -144,7 +144,7 @@ def test_bad_budgets_are_named(fields, message):
 
 
 def study_summary(grid_aurac, grid_flops, missing=None):
-    """A point's study summary as rankstudy.study_summary writes it (the fields a sweep reads)."""
+    """A point's study summary as rankstudy.study.summary writes it (the fields a sweep reads)."""
 
     def method(aurac, std, flops, seconds, trials, seeds=2):
         return {

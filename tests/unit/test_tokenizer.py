@@ -4,8 +4,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from rankstudy.models import tiny_model
-from rankstudy.tokenizer import BYTE_VOCAB_SIZE, byte_tokenizer, load_tokenizer
+from rankstudy.core.spec import BYTE_VOCAB_SIZE
+from rankstudy.model.tiny import tiny_model
+from rankstudy.model.tokenizer import byte_tokenizer, load_tokenizer
 
 TEXTS = [
     "Janet’s ducks lay 16 eggs per day.",

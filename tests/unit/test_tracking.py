@@ -15,11 +15,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from mlflow.tracking import MlflowClient
 
-from rankstudy import mlflow_names as names
-from rankstudy.records import TrialRecord
-from rankstudy.study_recorder import MlflowRecorder
-from rankstudy.tracking import StudyTracker
-from rankstudy.verdict import ONE_SEED, pair_gap
+from rankstudy.core import mlflow_names as names
+from rankstudy.core.records import TrialRecord
+from rankstudy.core.verdict import ONE_SEED, pair_gap
+from rankstudy.study.recorder import MlflowRecorder
+from rankstudy.tracking.tracker import StudyTracker
 from report_store import fill_study, make_result, make_verdict
 
 CREATES = ("/api/2.0/mlflow/runs/create", "/api/2.0/mlflow/experiments/create")

@@ -10,9 +10,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-import rankstudy.trial as trial_module
-from rankstudy.spec import SpecError, parse_spec
-from rankstudy.trial import Trial, lr_lambda, run_trial
+import rankstudy.trial.lifecycle as trial_module
+from rankstudy.core.spec import SpecError, parse_spec
+from rankstudy.trial.lifecycle import Trial, lr_lambda, run_trial
 from studies import SMALL
 
 QUICK = ["training.eval_every=0", "training.checkpoint_every=0"]
@@ -73,7 +73,7 @@ def test_pure_bf16_trial_scores_resumes_exactly_and_exports(tmp_path):
     adapters as the uninterrupted run, and its rank-k export (through an fp32 base, as
     `rankstudy export` loads it) is a float32 PEFT adapter."""
     from rankstudy.adapters import export_peft, load_adapters
-    from rankstudy.build import load_model
+    from rankstudy.model.build import load_model
 
     overrides = ["deepspeed.precision=bf16_pure", "training.steps=4", "training.eval_every=0"]
     overrides += ["training.checkpoint_every=2"]
@@ -205,7 +205,7 @@ def test_the_engine_steps_the_schedule_once_per_optimizer_step(tmp_path, monkeyp
 
 def test_pure_bf16_is_refused_on_a_gpu_without_bf16(monkeypatch):
     """The GPU check that refuses bf16 below compute capability 8.0 refuses bf16_pure too."""
-    from rankstudy.devices import device_problem
+    from rankstudy.model.devices import device_problem
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla V100-SXM2-16GB")

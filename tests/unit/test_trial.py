@@ -13,7 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from rankstudy.adapters import adapter_layers, read_adapter_metadata, set_rank
-from rankstudy.trial import Trial, TrialFailed, run_trial
+from rankstudy.trial.lifecycle import Trial, TrialFailed, run_trial
 from studies import GSM8K_DATA, ROOT, SMALL
 
 
@@ -149,7 +149,7 @@ def test_divergence_stops_the_trial_with_a_reason(tmp_path):
 
 def rankstudy(*args, cwd=ROOT):
     return subprocess.run(
-        [sys.executable, "-m", "rankstudy.cli", *args],
+        [sys.executable, "-m", "rankstudy.commands.cli", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -202,8 +202,8 @@ def test_cli_runs_a_trial(tmp_path):
 def test_gsm8k_trial_on_a_tiny_local_model_runs_end_to_end(tmp_path):
     """The hub code path (AutoModelForCausalLM / AutoTokenizer.from_pretrained) on a model
     saved locally, trained and scored on a handful of real GSM8K_DATA problems."""
-    from rankstudy.models import tiny_model
-    from rankstudy.tokenizer import byte_tokenizer
+    from rankstudy.model.tiny import tiny_model
+    from rankstudy.model.tokenizer import byte_tokenizer
 
     model_dir = tmp_path / "tiny-llama"
     tiny_model("llama", vocab=258, max_positions=1024).save_pretrained(model_dir)
@@ -290,7 +290,7 @@ def no_search(*args, **kwargs):
     raise SystemExit("find_scale ran: the calibration cache was not read")
 planted.find_scale = no_search
 torch.set_num_threads(1)
-from rankstudy.trial import run_trial
+from rankstudy.trial.lifecycle import run_trial
 run_trial(json.loads(sys.argv[1]))
 """
 
@@ -300,7 +300,7 @@ def test_the_planted_calibration_is_charged_to_the_study_not_the_first_arm(tmp_p
     (or the wait for it) is not the arm's device time, else whichever arm runs first pays.
     A trial in a new process reads the calibration (it may not search the scale) and trains
     exactly what a trial with the task in memory trains."""
-    from rankstudy import build
+    from rankstudy.model import build
 
     def config(arm: str, out: str) -> dict:
         config = {"spec": SMALL, "arm": arm, "out_dir": str(tmp_path / out), "overrides": []}
@@ -333,7 +333,7 @@ def test_a_finished_trial_leaves_no_model_behind(tmp_path, monkeypatch, failing)
     import gc
     import weakref
 
-    import rankstudy.trial as trial_module
+    import rankstudy.trial.lifecycle as trial_module
 
     models = []
     real = trial_module.build_engine

@@ -2,7 +2,7 @@
 
 import pytest
 
-from rankstudy.verdict import pair_gap, seed_spread, verdict_lines
+from rankstudy.core.verdict import pair_gap, seed_spread, verdict_lines
 
 INTERVALS = {
     "confidence": 0.95,

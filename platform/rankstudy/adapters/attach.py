@@ -11,13 +11,13 @@ from torch import nn
 from rankstudy.adapters.layer import A_INITS, ADAPTABLE, NestedLoRA
 from rankstudy.adapters.schedules import RankSchedule
 from rankstudy.adapters.svd import set_svd_rank
-from rankstudy.methods import INFERENCE_RULES
-from rankstudy.ranks import check_choice, powers_of_two
-from rankstudy.targets import Targets, match_targets
+from rankstudy.core.methods import INFERENCE_RULES
+from rankstudy.core.ranks import check_choice, powers_of_two
+from rankstudy.core.targets import Targets, match_targets
 
 
 def adapted_modules(model: nn.Module, target_modules: Targets) -> dict[str, nn.Module]:
-    """The linear modules that target_modules adapt, by name (rankstudy.targets' rule)."""
+    """The linear modules that target_modules adapt, by name (rankstudy.core.targets' rule)."""
     linear_names = [n for n, m in model.named_modules() if isinstance(m, ADAPTABLE)]
     return {n: model.get_submodule(n) for n in match_targets(linear_names, target_modules)}
 
@@ -58,7 +58,7 @@ def attach_adapters(
 ) -> nn.Module:
     """Freeze the model and wrap every matched linear layer in a NestedLoRA, in place.
 
-    method: a name in rankstudy.methods (lora trains rank max_rank); train_ranks is the
+    method: a name in rankstudy.core.methods (lora trains rank max_rank); train_ranks is the
     rank set S (default: powers of two up to max_rank; ignored by lora). seed fixes A's
     initialisation and DyLoRA's draws of b. Returns the model.
     """

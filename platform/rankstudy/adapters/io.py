@@ -13,7 +13,7 @@ from torch import nn
 from rankstudy.adapters.attach import adapter_layers, attach_adapters, get_schedule
 from rankstudy.adapters.layer import Conv1D
 from rankstudy.adapters.svd import prepare_svd, served_ranks
-from rankstudy.methods import SVD_RULES
+from rankstudy.core.methods import SVD_RULES
 
 ADAPTER_FILE = "adapters.safetensors"
 FORMAT_VERSION = "1"

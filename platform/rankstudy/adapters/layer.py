@@ -1,5 +1,5 @@
 """One adapter layer for every method: delta(x) = x A diag(p) B, its products (the method's,
-rankstudy.methods) from a RankSchedule.
+rankstudy.core.methods) from a RankSchedule.
 
 Storage follows PEFT: component i of the adapter is the pair (lora_A[i], lora_B[i]), with
 lora_A of shape [R, in] and lora_B of shape [R, out], so the first k components are contiguous
@@ -17,7 +17,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from rankstudy.adapters.schedules import RankSchedule
-from rankstudy.ranks import check_choice
+from rankstudy.core.ranks import check_choice
 
 ADAPTABLE = (nn.Linear, Conv1D)
 A_INITS = ("peft", "reference")
@@ -121,7 +121,7 @@ class NestedLoRA(nn.Module):
                 )
                 out = flat.view(out.shape)
             return out
-        for k, scale, frozen in s.terms(self.training):  # the method's (rankstudy.methods)
+        for k, scale, frozen in s.terms(self.training):  # the method's (rankstudy.core.methods)
             if scale is None:  # diag(p): the trained p, entry by entry
                 h = self._down(x, k, frozen) * self.trained_p[:k].to(x.dtype)
                 out = self._addmm(out, h, k, 1.0, frozen)

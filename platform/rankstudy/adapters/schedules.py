@@ -1,8 +1,8 @@
-"""Which p a model's adapters use now: the method's (rankstudy.methods), DyLoRA's draw of b,
+"""Which p a model's adapters use now: the method's (rankstudy.core.methods), DyLoRA's draw of b,
 or an inference rank k under a rule.
 
 LoRA, DyLoRA and MatryoshkaLoRA are one layer, delta = x A diag(p) B, with a different p
-(DESIGN.md section 1). The methods themselves are declared in rankstudy.methods; this module
+(DESIGN.md section 1). The methods themselves are declared in rankstudy.core.methods; this module
 holds the per-model state that applies them: the draw, the rank set now, the rule.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from rankstudy.methods import (
+from rankstudy.core.methods import (
     INFERENCE_RULES,
     METHODS,
     SCALINGS,
@@ -25,8 +25,8 @@ from rankstudy.methods import (
     method,
     rank_scale,
 )
-from rankstudy.methods import matryoshka_p as _matryoshka_p
-from rankstudy.ranks import check_choice, check_train_ranks
+from rankstudy.core.methods import matryoshka_p as _matryoshka_p
+from rankstudy.core.ranks import check_choice, check_train_ranks
 
 __all__ = ["INFERENCE_RULES", "METHODS", "SCALINGS", "RankSchedule", "matryoshka_p", "rank_scale"]
 
@@ -34,7 +34,7 @@ __all__ = ["INFERENCE_RULES", "METHODS", "SCALINGS", "RankSchedule", "matryoshka
 def matryoshka_p(
     max_rank: int, train_ranks: Iterable[int], scaling: str = "sqrt", alpha: float = 1.0
 ) -> torch.Tensor:
-    """The Matryoshka p (rankstudy.methods.matryoshka_p) as a float64 tensor."""
+    """The Matryoshka p (rankstudy.core.methods.matryoshka_p) as a float64 tensor."""
     if isinstance(max_rank, bool) or not isinstance(max_rank, int) or max_rank <= 0:
         raise ValueError(f"max_rank: must be a positive integer, got {max_rank!r}")
     check_choice("scaling", scaling, SCALINGS)

@@ -28,9 +28,9 @@ from filelock import FileLock
 from torch import nn
 
 from rankstudy.adapters.layer import ADAPTABLE, Conv1D
-from rankstudy.errors import InputError
-from rankstudy.spec import PlantedTaskSpec
-from rankstudy.targets import match_targets
+from rankstudy.core.errors import InputError
+from rankstudy.core.spec import PlantedTaskSpec
+from rankstudy.core.targets import match_targets
 from rankstudy.tasks.base import Task
 
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from rankstudy.errors import InputError
+from rankstudy.core.errors import InputError
 
 
 class Example(NamedTuple):

@@ -19,7 +19,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from rankstudy.errors import InputError
+from rankstudy.core.errors import InputError
 from rankstudy.tasks.base import SPLITS, Task
 from rankstudy.tasks.rows import Example
 

@@ -11,7 +11,7 @@ from rankstudy.adapters import (
     powers_of_two,
     set_rank,
 )
-from rankstudy.models import tiny_model
+from rankstudy.model.tiny import tiny_model
 
 
 def test_freezes_base_and_optimizer_step_leaves_it_unchanged(tokens):

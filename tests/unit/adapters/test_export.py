@@ -17,7 +17,7 @@ from rankstudy.adapters import (
     save_adapters,
     set_rank,
 )
-from rankstudy.models import tiny_model
+from rankstudy.model.tiny import tiny_model
 
 
 def trained_model(family, method="matryoshka", rule="scaled", max_rank=8):

@@ -11,8 +11,8 @@ from safetensors.torch import save_file
 from conftest import TARGETS
 from rankstudy.adapters import adapter_layers, attach_adapters, export_peft, set_rank
 from rankstudy.adapters.svd import allocate_global, served_ranks, svd_factors
-from rankstudy.methods import REGISTRY
-from rankstudy.models import tiny_model
+from rankstudy.core.methods import REGISTRY
+from rankstudy.model.tiny import tiny_model
 
 R = 8
 

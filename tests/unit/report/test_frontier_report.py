@@ -150,11 +150,13 @@ def test_sweep_flag_names_the_sweep_and_defaults_the_experiment_to_it(tmp_path):
     with pytest.raises(ReportError, match=r"--sweep: .*'nope'; its sweeps: \['swept'\]"):
         build_report(uri, tmp_path / "r2", experiment="swept", sweep="nope", log=False)
     proc = subprocess.run(
-        [sys.executable, "-m", "rankstudy.cli", "report", "--help"], capture_output=True, text=True
+        [sys.executable, "-m", "rankstudy.commands.cli", "report", "--help"],
+        capture_output=True,
+        text=True,
     )
     assert "--sweep NAME" in proc.stdout and "rankstudy.budget" in proc.stdout
     proc = subprocess.run(
-        [sys.executable, "-m", "rankstudy.cli", "report"],
+        [sys.executable, "-m", "rankstudy.commands.cli", "report"],
         capture_output=True,
         text=True,
         env={"MLFLOW_TRACKING_URI": uri, "PATH": "", "PYTHONPATH": PATHS},

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from chromium import render
-from rankstudy import mlflow_names as names
-from rankstudy.intervals import recommend, resample_curves, study_intervals
-from rankstudy.scoring import total_cost
-from rankstudy.tracking import StudyTracker
+from rankstudy.core import mlflow_names as names
+from rankstudy.core.intervals import recommend, resample_curves, study_intervals
+from rankstudy.core.scoring import total_cost
+from rankstudy.tracking.tracker import StudyTracker
 from rankstudy_report import build_report
 from report_store import make_result
 

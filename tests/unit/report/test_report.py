@@ -144,7 +144,7 @@ def test_report_is_logged_to_the_study_parent_run(failed_arm_study):
 
 def report_cli(experiment: str, uri: str, out: Path, *args: str) -> subprocess.CompletedProcess:
     """`rankstudy report --experiment EXPERIMENT` into out, not logged, run in out's parent."""
-    cmd = [sys.executable, "-m", "rankstudy.cli", "report", "--experiment", experiment]
+    cmd = [sys.executable, "-m", "rankstudy.commands.cli", "report", "--experiment", experiment]
     cmd += ["--tracking-uri", uri, "--out", str(out), "--no-log", *args]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=out.parent)
 
@@ -202,7 +202,7 @@ def test_unknown_experiment_is_an_error_naming_the_flag(tmp_path):
     with pytest.raises(ReportError, match=r"--experiment: no experiment 'nope'.*'there'"):
         build_report(uri, tmp_path / "r", experiment="nope")
     proc = subprocess.run(
-        [sys.executable, "-m", "rankstudy.cli", "report", "--experiment", "nope"],
+        [sys.executable, "-m", "rankstudy.commands.cli", "report", "--experiment", "nope"],
         capture_output=True,
         text=True,
         env={"MLFLOW_TRACKING_URI": uri, "PATH": ""},

@@ -8,9 +8,9 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from rankstudy.optuna_storage import storage_url
-from rankstudy.search import ArmSearch
-from rankstudy.spec import ParamRange
+from rankstudy.core.spec import ParamRange
+from rankstudy.study.optuna_storage import storage_url
+from rankstudy.study.search import ArmSearch
 from rankstudy_report import build_report
 from rankstudy_report.searches import across_arms, importance_note
 from report_store import fill_study

@@ -6,7 +6,7 @@ and a study without a verdict reported as before, saying intervals are not avail
 import pytest
 
 from chromium import column, render
-from rankstudy.verdict import ONE_SEED, p_better, pair_gap
+from rankstudy.core.verdict import ONE_SEED, p_better, pair_gap
 from rankstudy_report import build_report
 from report_store import fill_study, make_verdict
 

@@ -7,7 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from rankstudy.models import tiny_model
+from rankstudy.core.spec import BYTE_VOCAB_SIZE
+from rankstudy.model.tiny import tiny_model
+from rankstudy.model.tokenizer import byte_tokenizer
 from rankstudy.tasks.gsm8k import (
     GSM8KTask,
     extract_answer,
@@ -15,7 +17,6 @@ from rankstudy.tasks.gsm8k import (
     score_answer,
     strip_calculator,
 )
-from rankstudy.tokenizer import BYTE_VOCAB_SIZE, byte_tokenizer
 from studies import GSM8K_DATA
 
 

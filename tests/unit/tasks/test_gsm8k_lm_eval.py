@@ -14,7 +14,8 @@ from lm_eval.api.samplers import ContextSampler
 from lm_eval.api.task import ConfigurableTask
 from lm_eval.models.utils import postprocess_generated_text
 
-from rankstudy.spec import GSM8KTaskSpec
+from rankstudy.core.spec import GSM8KTaskSpec
+from rankstudy.model.tokenizer import byte_tokenizer
 from rankstudy.tasks.gsm8k import (
     LM_EVAL_STOPS,
     GSM8KTask,
@@ -23,7 +24,6 @@ from rankstudy.tasks.gsm8k import (
     score_answer,
 )
 from rankstudy.tasks.rows import gsm8k_splits
-from rankstudy.tokenizer import byte_tokenizer
 from studies import GSM8K_DATA
 
 GSM8K_YAML = Path(lm_eval.__file__).parent / "tasks" / "gsm8k" / "gsm8k.yaml"

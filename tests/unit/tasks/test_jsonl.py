@@ -5,9 +5,10 @@ import json
 import pytest
 import torch
 
-from rankstudy.models import tiny_model
+from rankstudy.core.spec import BYTE_VOCAB_SIZE
+from rankstudy.model.tiny import tiny_model
+from rankstudy.model.tokenizer import byte_tokenizer
 from rankstudy.tasks.jsonl import JsonlTask
-from rankstudy.tokenizer import BYTE_VOCAB_SIZE, byte_tokenizer
 
 MAX_NEW = 8
 
@@ -151,7 +152,7 @@ def test_synced_workers_run_as_many_batches_as_the_busiest(tmp_path, tok, model,
 
 
 def test_built_from_its_spec(tmp_path, tok):
-    from rankstudy.spec import JsonlTaskSpec
+    from rankstudy.core.spec import JsonlTaskSpec
 
     train = write(tmp_path / "train.jsonl", pairs(30))
     spec = JsonlTaskSpec(

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from rankstudy.models import tiny_model
+from rankstudy.model.tiny import tiny_model
 from rankstudy.tasks.planted import (
     agreement,
     find_scale,
@@ -80,7 +80,7 @@ def test_bad_shift_and_targets(planted):
 
 
 def test_calibration_cache_gives_the_same_task_without_searching_again(tmp_path, monkeypatch):
-    from rankstudy.spec import PlantedTaskSpec
+    from rankstudy.core.spec import PlantedTaskSpec
     from rankstudy.tasks import planted
 
     spec = PlantedTaskSpec(

@@ -5,11 +5,11 @@ against the model before any compute."""
 import pytest
 import torch
 
-from rankstudy import build
-from rankstudy.arms import parse_arm
-from rankstudy.model_fit import check_fits_model
-from rankstudy.models import tiny_model
-from rankstudy.spec import PlantedTaskSpec, SpecError, parse_spec
+from rankstudy.core.arms import parse_arm
+from rankstudy.core.spec import PlantedTaskSpec, SpecError, parse_spec
+from rankstudy.model import build
+from rankstudy.model.tiny import tiny_model
+from rankstudy.study.model_fit import check_fits_model
 from rankstudy.tasks import planted
 from rankstudy.tasks.planted import find_scale, logits_of, plant_deltas, teacher_model
 

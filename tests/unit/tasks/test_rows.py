@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from rankstudy.arms import parse_arm
-from rankstudy.build import build_task
-from rankstudy.plan import split_sizes
-from rankstudy.spec import parse_spec
+from rankstudy.core.arms import parse_arm
+from rankstudy.core.spec import parse_spec
+from rankstudy.model.build import build_task
+from rankstudy.model.tokenizer import byte_tokenizer
+from rankstudy.study.plan import split_sizes
 from rankstudy.tasks.base import SPLITS
-from rankstudy.tokenizer import byte_tokenizer
 from studies import GSM8K_DATA, SMALL
 
 TRAIN_FILE = GSM8K_DATA / "train.jsonl"  # one jsonl file: validation and test are carved

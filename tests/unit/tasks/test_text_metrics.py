@@ -4,11 +4,12 @@ prompts rendered through a chat template, and length-bucketed batches."""
 import pytest
 import torch
 
-from rankstudy.batches import example_order
-from rankstudy.models import tiny_model
+from rankstudy.core.spec import BYTE_VOCAB_SIZE
+from rankstudy.model.tiny import tiny_model
+from rankstudy.model.tokenizer import byte_tokenizer
 from rankstudy.tasks.gsm8k import GSM8KTask
 from rankstudy.tasks.text import IGNORE
-from rankstudy.tokenizer import BYTE_VOCAB_SIZE, byte_tokenizer
+from rankstudy.trial.batches import example_order
 from studies import GSM8K_DATA
 
 # A chat template of the usual shape, on the byte tokenizer (which ships none).

@@ -1,0 +1,48 @@
+"""Run a trial on Ray Train workers: a TorchTrainer whose workers each run `run_trial`.
+
+Ray Train starts the workers and their gloo/nccl process group; DeepSpeed wraps that group.
+The study's Tune function calls this for each trial (the Train V2 pattern: a trainer is
+started from a Tune function, never handed to a Tuner).
+"""
+
+from __future__ import annotations
+
+from rankstudy.core.records import RESULT_FILE, TrialConfig, read_result
+from rankstudy.core.spec import StudySpec, parse_spec
+from rankstudy.storage.folders import trial_storage
+from rankstudy.trial.lifecycle import run_trial
+
+
+def scaling_config(spec: StudySpec):
+    """One Ray Train worker per device: a GPU each (nccl) on GPU specs, CPUs (gloo) else."""
+    from ray.train import ScalingConfig
+
+    r = spec.resources
+    return ScalingConfig(
+        num_workers=r.workers,
+        use_gpu=r.use_gpu,
+        resources_per_worker=r.worker,
+    )
+
+
+def fit_trial(config: TrialConfig | dict, storage_path: str, name: str) -> dict:
+    """Train and score one trial on `resources.workers` Ray Train workers; returns its
+    result.json's object, as run_trial does. The driver must already be connected to Ray
+    (ray.init)."""
+    from ray.train import RunConfig
+    from ray.train.torch import TorchTrainer
+
+    config = TrialConfig.of(config)
+    trainer = TorchTrainer(
+        run_trial,
+        train_loop_config=config.wire(),
+        scaling_config=scaling_config(parse_spec(config.spec, config.overrides)),
+        run_config=RunConfig(storage_path=storage_path, name=name),
+    )
+    outcome = trainer.fit()
+    if outcome.error is not None:
+        raise outcome.error
+    storage = trial_storage(config.wire())
+    result = storage.local(config.out_dir) / RESULT_FILE
+    storage.pull(result)  # rank 0 may have run on another node
+    return read_result(result).wire()
