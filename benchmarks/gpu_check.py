@@ -23,6 +23,7 @@ import time
 import torch
 
 from rankstudy.core.cost import train_flops
+from rankstudy.core.records import TrialConfig
 from rankstudy.core.spec import read_spec_file
 from rankstudy.model.engine import init_distributed, use_gpu
 from rankstudy.tasks.base import Task
@@ -46,11 +47,11 @@ SMALL = dict(LLAMA_1B, hidden_size=128, intermediate_size=256, num_hidden_layers
 
 
 def spec_trial(spec: str, gpu_overrides: list[str], steps: int, extra: list[str] = ()) -> dict:
-    """The spec's matryoshka arm through run_trial, on this machine's device."""
+    """result.json's object of the spec's matryoshka arm, run through run_trial here."""
     with tempfile.TemporaryDirectory() as out:
         config = {"spec": read_spec_file(spec), "arm": "matryoshka", "out_dir": out}
         config["overrides"] = [*gpu_overrides, f"training.steps={steps}", *extra]
-        return run_trial(config)
+        return run_trial(config).wire()
 
 
 class RandomTokens(Task):
@@ -80,7 +81,7 @@ def throughput(overrides: list[str], arm_name: str, sizes: dict, seq: int, steps
 
     with tempfile.TemporaryDirectory() as out:
         config = {"spec": read_spec_file(SPEC), "arm": arm_name, "out_dir": out}
-        trial = Trial(config | {"overrides": overrides})
+        trial = Trial(TrialConfig.of(config | {"overrides": overrides}))
         gpu = use_gpu(trial.spec)
         if gpu:
             torch.cuda.reset_peak_memory_stats()  # this arm's peak, not the previous one's

@@ -54,13 +54,13 @@ def main() -> None:
         config = {"spec": read_spec_file(SPEC), "arm": args.arm, "out_dir": out}
         result = run_trial(config | {"overrides": overrides})
     after = gemm_gflops()
-    cost = result["cost"]
+    cost = result.cost
     rate = statistics.mean([before, after])
-    model_gflops = cost["train_flops"] / cost["train_seconds"] / 1e9
+    model_gflops = cost.train_flops / cost.train_seconds / 1e9
     print(f"fp32 GEMM 2048^3 on {args.threads} thread(s): {before:.1f} / {after:.1f} GFLOP/s")
     print(
         f"SmolLM2-135M {args.arm}, {args.steps} steps: "
-        f"{cost['train_tokens'] / cost['train_seconds']:.1f} train tokens/s, "
+        f"{cost.train_tokens / cost.train_seconds:.1f} train tokens/s, "
         f"{model_gflops:.1f} model GFLOP/s = {model_gflops / rate:.1%} of the GEMM rate "
         f"(target >= 60 %)"
     )

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from rankstudy.core.arms import parse_arm
-from rankstudy.core.spec import load_spec, read_spec_file
+from rankstudy.core.records import TrialConfig
+from rankstudy.core.spec import load_spec
 from rankstudy.model.build import build_task, load_model
 from rankstudy.model.engine import init_distributed
 from rankstudy.trial.lifecycle import Trial
@@ -84,7 +85,7 @@ def main() -> None:
     for arm in ARMS:
         for path, make in (("plain", plain_engine), ("deepspeed", None)):
             folders.append(tempfile.TemporaryDirectory())
-            config = {"spec": read_spec_file(args.spec), "arm": arm, "out_dir": folders[-1].name}
+            config = TrialConfig(spec=spec, arm=arm, out_dir=folders[-1].name)
             model, _, _ = load_model(spec.model, torch.float32)
             kwargs = {"make_engine": make} if make else {}
             trials[(arm, path)] = Trial(config).setup(model=model, task=task, **kwargs)

@@ -130,14 +130,14 @@ def test_a_result_cut_short_makes_a_failed_trial_not_a_crash(tmp_path):
 
 def test_a_corrupt_checkpoint_is_named_moved_aside_and_the_retry_starts_over(tmp_path):
     config = {"spec": SPEC, "arm": "matryoshka", "out_dir": str(tmp_path / "t"), "overrides": []}
-    whole = run_trial(config)
+    whole = run_trial(config).wire()
     ckpt = tmp_path / "t" / "checkpoints"
     states = next((ckpt / "step4").glob("*model_states.pt"))
     states.write_bytes(states.read_bytes()[: states.stat().st_size // 2])
     with pytest.raises(CorruptCheckpoint, match=r"checkpoint .*step4 cannot be read .* step 0"):
         run_trial(config)
     assert not ckpt.exists() and (tmp_path / "t" / "checkpoints.corrupt-step4").is_dir()
-    again = run_trial(config)
+    again = run_trial(config).wire()
     assert not again["resumed_from"] and again["steps"] == 4
     assert again["scores_by_rule"] == whole["scores_by_rule"]  # the same run, from step 0
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rankstudy.core.records import RESULT_FILE, read_result
+from rankstudy.core.records import RESULT_FILE, TrialResult, read_result
 from studies import (
     TINY,
     TWO_ARMS,
@@ -51,8 +51,8 @@ def test_killed_trial_process_is_retried_from_its_checkpoint(tmp_path):
     assert all(r.info.status == "FINISHED" for r in runs)
     # the retried trial ends where the same trial run without a kill ends
     whole = uninterrupted(out, victim, tmp_path / "whole")
-    assert result.wire()["loss_curve"] == whole["loss_curve"]
-    assert result.wire()["validation_scores"] == whole["validation_scores"]
+    assert result.loss_curve == whole.loss_curve
+    assert result.validation_scores == whole.validation_scores
     retried, alone = (
         load_file(d / "checkpoints" / f"step{steps}" / "adapters.safetensors")
         for d in (victim, tmp_path / "whole")
@@ -62,7 +62,7 @@ def test_killed_trial_process_is_retried_from_its_checkpoint(tmp_path):
         torch.testing.assert_close(value, alone[key], rtol=0, atol=0)
 
 
-def uninterrupted(study_out: Path, trial_dir: Path, out: Path) -> dict:
+def uninterrupted(study_out: Path, trial_dir: Path, out: Path) -> TrialResult:
     """The search trial in trial_dir run again in this process, start to end, from what the
     study recorded of it: the spec, the study's overrides and the trial's sampled values."""
     from rankstudy.trial.lifecycle import run_trial

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from rankstudy.core.records import TrialConfig, TrialRecord
+from rankstudy.core.records import TrialRecord
 from rankstudy.study.driver import Study
 from rankstudy.study.state import STATE_FILE, StudyState, read_state
 from rankstudy.study.summary import chosen_results, summarise, summary_table
@@ -88,10 +88,8 @@ def test_a_failed_arm_leaves_the_other_methods_scored_and_reported(tmp_path):
     state = study.files.state
     for arm in ("lora_r1", "lora_r2"):
         trial_dir = out / "trials" / arm / "t0"
-        config = TrialConfig(
-            spec=study.raw, arm=arm, out_dir=str(trial_dir), overrides=study.overrides
-        )
-        run_trial(config.wire())
+        config = {"spec": study.raw, "arm": arm, "out_dir": str(trial_dir)}
+        run_trial(config | {"overrides": study.overrides})
         ok = failed_record(f"{arm}/t0", logged=True).model_copy(
             update={"out_dir": str(trial_dir), "failure": None, "status": "ok"}
         )

@@ -1,5 +1,6 @@
-"""Where the reason a trial failed is kept: in result.json for `rankstudy trial`; inside a study,
-in the trial folder's failure.txt, the study's state, its MLflow run and the report."""
+"""Where the reason a trial failed is kept: in failure.json (versioned, in place of result.json)
+for `rankstudy trial`; inside a study, in the trial folder's failure.json, the study's state,
+its MLflow run and the report."""
 
 import json
 import subprocess
@@ -8,6 +9,7 @@ import sys
 import pytest
 import yaml
 
+from rankstudy.core.records import FAILURE_FILE, read_failure
 from studies import ROOT, SMALL, TINY, mlflow_runs, run_study, write_spec
 
 # an adapter scale of 1e30 overflows float32 once B moves off zero: the first step diverges
@@ -19,7 +21,7 @@ DIVERGES = {
 REASON = "gradients are non-finite at step 1"
 
 
-def test_the_trial_command_writes_the_reason_into_result_json(tmp_path):
+def test_the_trial_command_writes_the_reason_into_failure_json(tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump(SMALL | DIVERGES))
     out = tmp_path / "out"
@@ -33,20 +35,20 @@ def test_the_trial_command_writes_the_reason_into_result_json(tmp_path):
     )
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert f"rankstudy trial: FAILED: {REASON}" in proc.stderr
-    result = json.loads((out / "result.json").read_text())
-    assert result["status"] == "failed" and result["arm"] == "lora_r8"
-    assert REASON in result["failure"]
+    failure = read_failure(out, "lora_r8")
+    assert failure.arm == "lora_r8" and REASON in failure.reason
+    assert not (out / "result.json").exists() and json.loads((out / FAILURE_FILE).read_text())
 
 
 @pytest.mark.slow
-def test_a_study_keeps_the_reason_in_failure_txt_its_state_and_mlflow(tmp_path):
+def test_a_study_keeps_the_reason_in_failure_json_its_state_and_mlflow(tmp_path):
     spec = TINY | DIVERGES | {"methods": ["matryoshka"], "search": {"trials_per_arm": 1}}
     out = tmp_path / "out"
     proc = run_study(write_spec(tmp_path, spec), out, wait=False)
     assert proc.wait(timeout=1200) == 1  # a method not scored
     assert "methods not scored: tiny-study: matryoshka" in (tmp_path / "out.log").read_text()
     (trial_dir,) = (out / "trials" / "matryoshka").iterdir()
-    assert REASON in (trial_dir / "failure.txt").read_text()
+    assert REASON in read_failure(trial_dir, "matryoshka").reason
     assert not (trial_dir / "result.json").exists()
     (record,) = json.loads((out / "study_state.json").read_text())["trials"].values()
     assert record["status"] == "failed" and REASON in record["failure"]

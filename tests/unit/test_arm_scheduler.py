@@ -7,9 +7,9 @@ from types import SimpleNamespace
 import pytest
 
 from rankstudy.core.spec import ParamRange, SchedulerSpec, SpecError, parse_spec
+from rankstudy.core.trial_request import INTERIM, STEP, TrialRequest
 from rankstudy.study.arm_scheduler import ArmASHA
 from rankstudy.study.search import ArmSearch
-from rankstudy.trial.trainable import INTERIM, STEP
 from studies import TINY
 
 CONTINUE, STOP = "CONTINUE", "STOP"
@@ -17,7 +17,9 @@ ASHA = SchedulerSpec(kind="asha", grace_period=10, reduction_factor=3)
 
 
 def trial(trial_id: str, arm: str, phase: str = "search"):
-    return SimpleNamespace(trial_id=trial_id, config={"arm": arm, "phase": phase})
+    test = {"test_of": "/s/trials/a/x", "rules": ["scaled"], "seed": 0} if phase == "test" else {}
+    request = TrialRequest(arm=arm, phase=phase, trial=0, **test)
+    return SimpleNamespace(trial_id=trial_id, config=request.tune())
 
 
 def at(step: int, value: float) -> dict:

@@ -281,7 +281,7 @@ def test_a_method_added_to_the_registry_alone_runs_in_a_trial(tmp_path):
         spec = dict(TINY, methods=["half_lora"])
         config = {{"spec": spec, "arm": "half_lora", "out_dir": {str(tmp_path)!r},
                    "overrides": ["training.steps=3", "training.checkpoint_every=0"]}}
-        result = run_trial(config)
+        result = run_trial(config).wire()
         print(json.dumps([result["method"], result["cost"]["train_flops"] > 0,
                           sorted(result["scores"])]))
         """

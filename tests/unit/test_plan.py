@@ -177,7 +177,7 @@ def test_planned_flops_and_tokens_are_what_a_trial_records(tmp_path):
     planned = plan(spec, shape_of(spec), split_sizes(spec))
     for arm in ("lora_r2", *(m for m in METHODS if m != "lora")):
         config = {"spec": raw, "arm": arm, "out_dir": str(tmp_path / arm), "overrides": []}
-        recorded = run_trial(config)["cost"]
+        recorded = run_trial(config).wire()["cost"]
         assert recorded["train_tokens"] == planned["tokens_per_trial"]
         if arm != "matryoshka":
             assert recorded["flops"] == pytest.approx(planned["arms"][arm]["flops"], rel=1e-12)

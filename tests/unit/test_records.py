@@ -2,6 +2,7 @@
 a result.json of another version (or cut short) refused with a message that says so."""
 
 import json
+import pickle
 
 import pytest
 
@@ -10,11 +11,14 @@ from rankstudy.core.records import (
     RESULT_VERSION,
     ResultError,
     TrialConfig,
+    TrialFailure,
     TrialRecord,
+    read_failure,
     read_result,
+    write_failure,
     write_result,
 )
-from rankstudy.core.spec import parse_spec
+from rankstudy.core.spec import SpecError, parse_spec
 from rankstudy.core.tune_keys import as_overrides, reported, reported_in, sampled, tune_key
 from rankstudy.study.state import STATE_FILE, StudyError, StudyFiles, StudyState, read_state
 from report_store import make_result
@@ -70,14 +74,37 @@ def test_a_version_1_result_reads_as_one_without_per_example_scores(tmp_path):
     assert result.scores == make_result().scores
 
 
-def test_a_trial_config_crosses_ray_as_a_dict_and_back():
-    config = TrialConfig(spec=TINY, arm="dylora", out_dir="/o", overrides=["seed=1"])
-    wire = config.wire()
-    assert wire["splits"] == ["validation", "test"] and wire["score_base"] is False
-    assert TrialConfig.of(json.loads(json.dumps(wire))) == config
+def test_a_trial_config_carries_its_spec_resolved_and_crosses_ray_pickled():
+    config = TrialConfig.of(
+        {"spec": TINY, "arm": "dylora", "out_dir": "/o", "overrides": ["seed=1"]}
+    )
+    assert config.spec == parse_spec(TINY, ["seed=1"]) and config.spec.seed == 1
+    assert config.splits == ["validation", "test"] and config.score_base is False
     assert TrialConfig.of(config) is config
-    with pytest.raises(ValueError, match="arms"):
-        TrialConfig.of(wire | {"arms": "dylora"})  # a misspelt field is no silent default
+    assert pickle.loads(pickle.dumps(config)) == config  # as Ray carries it: no parse
+    with pytest.raises(ValueError, match="arms"):  # a misspelt field is no silent default
+        TrialConfig.of({"spec": TINY, "arms": "dylora", "arm": "dylora", "out_dir": "/o"})
+    with pytest.raises(SpecError, match="seed"):  # a bad override, before any compute
+        TrialConfig.of({"spec": TINY, "arm": "dylora", "out_dir": "/o", "overrides": ["seed=x"]})
+
+
+def test_a_failure_record_is_versioned_and_an_older_failure_txt_still_reads(tmp_path):
+    failure = TrialFailure(arm="lora_r1", reason="diverged at step 3")
+    path = write_failure(failure, tmp_path / "t")
+    assert json.loads(path.read_text()) == {
+        "version": 1,
+        "arm": "lora_r1",
+        "reason": failure.reason,
+    }
+    assert read_failure(tmp_path / "t", "lora_r1") == failure
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "failure.txt").write_text("diverged, written by an older rankstudy")
+    assert read_failure(tmp_path / "old", "dylora") == TrialFailure(
+        arm="dylora", reason="diverged, written by an older rankstudy"
+    )
+    path.write_text(json.dumps({"version": 2, "arm": "lora_r1", "reason": "?"}))
+    with pytest.raises(ResultError, match="version 2"):
+        read_failure(tmp_path / "t", "lora_r1")
 
 
 def test_the_study_state_keeps_its_records(tmp_path):

@@ -11,6 +11,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import rankstudy.trial.lifecycle as trial_module
+from rankstudy.core.records import TrialConfig
 from rankstudy.core.spec import SpecError, parse_spec
 from rankstudy.trial.lifecycle import Trial, lr_lambda, run_trial
 from studies import SMALL
@@ -20,7 +21,8 @@ QUICK = ["training.eval_every=0", "training.checkpoint_every=0"]
 
 def trained(arm: str, out, overrides, inspect=None):
     """Set up and train a trial (no scoring); inspect(trial) sees it before it is freed."""
-    t = Trial({"spec": SMALL, "arm": arm, "out_dir": str(out), "overrides": list(overrides)})
+    config = {"spec": SMALL, "arm": arm, "out_dir": str(out), "overrides": list(overrides)}
+    t = Trial(TrialConfig.of(config))
     try:
         t.setup()
         t.train()
@@ -84,7 +86,7 @@ def test_pure_bf16_trial_scores_resumes_exactly_and_exports(tmp_path):
             "out_dir": str(tmp_path / "full"),
             "overrides": overrides,
         }
-    )
+    ).wire()
     assert all(0.0 <= s <= 1.0 for s in full["scores"].values())
     resume_at(tmp_path / "full", tmp_path / "resumed", 2)
     resumed = run_trial(
@@ -94,7 +96,7 @@ def test_pure_bf16_trial_scores_resumes_exactly_and_exports(tmp_path):
             "out_dir": str(tmp_path / "resumed"),
             "overrides": overrides,
         }
-    )
+    ).wire()
     ckpt = tmp_path / "resumed" / "checkpoints"
     assert resumed["resumed_from"] == [2]
     assert resumed["loss_curve"] == full["loss_curve"] and resumed["scores"] == full["scores"]

@@ -13,12 +13,15 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from rankstudy.adapters import adapter_layers, read_adapter_metadata, set_rank
+from rankstudy.core.records import TrialConfig
 from rankstudy.trial.lifecycle import Trial, TrialFailed, run_trial
 from studies import GSM8K_DATA, ROOT, SMALL
 
 
-def trial(arm, out, overrides=(), spec=SMALL):
-    return run_trial({"spec": spec, "arm": arm, "out_dir": str(out), "overrides": list(overrides)})
+def trial(arm, out, overrides=(), spec=SMALL) -> dict:
+    """The trial's result.json, as the JSON object it writes."""
+    config = {"spec": spec, "arm": arm, "out_dir": str(out), "overrides": list(overrides)}
+    return run_trial(config).wire()
 
 
 def mean_trapezoid(curve: dict[str, float], axis) -> float:
@@ -90,12 +93,14 @@ def test_a_searched_scaling_reaches_p_serving_and_the_saved_adapters(tmp_path):
     """adapters.scaling set for one trial (as a search suggestion arrives, an override): the
     trained p, the scale served at rank k and the adapter file all follow it."""
     rank = Trial(
-        {
-            "spec": SMALL,
-            "arm": "matryoshka",
-            "out_dir": str(tmp_path),
-            "overrides": ['adapters.scaling="rank"', "training.steps=2"],
-        }
+        TrialConfig.of(
+            {
+                "spec": SMALL,
+                "arm": "matryoshka",
+                "out_dir": str(tmp_path),
+                "overrides": ['adapters.scaling="rank"', "training.steps=2"],
+            }
+        )
     )
     try:
         rank.setup()
@@ -113,7 +118,7 @@ def test_a_searched_scaling_reaches_p_serving_and_the_saved_adapters(tmp_path):
         rank.close()
     meta = read_adapter_metadata(tmp_path / "checkpoints" / "step2" / "adapters.safetensors")
     assert meta["scaling"] == "rank"
-    assert 'adapters.scaling="rank"' in result["hparams"]["overrides"]
+    assert 'adapters.scaling="rank"' in result.hparams.overrides
 
 
 def test_lora_truncations_are_scored_when_asked(tmp_path):
@@ -271,10 +276,10 @@ def test_validation_only_run_then_test_pass_matches_one_full_run(tmp_path):
     by running it again, which resumes at its final checkpoint and trains nothing."""
     full = trial("matryoshka", tmp_path / "full")
     config = {"spec": SMALL, "arm": "matryoshka", "out_dir": str(tmp_path / "split")}
-    searched = run_trial(config | {"splits": ["validation"]})
+    searched = run_trial(config | {"splits": ["validation"]}).wire()
     assert searched["scores"] == {} and searched["aurac"] == {}
     assert searched["validation_scores"] == full["validation_scores"]
-    tested = run_trial(config | {"splits": ["test"]})
+    tested = run_trial(config | {"splits": ["test"]}).wire()
     assert tested["scores"] == full["scores"] and tested["aurac"] == full["aurac"]
     assert tested["validation_scores"] == full["validation_scores"]
     assert tested["loss_curve"] == full["loss_curve"]
@@ -307,8 +312,8 @@ def test_the_planted_calibration_is_charged_to_the_study_not_the_first_arm(tmp_p
         return config | {"cache_dir": str(tmp_path / "cache")}
 
     build._PLANTED.clear()
-    first = run_trial(config("lora_r1", "first"))
-    again = run_trial(config("lora_r2", "again"))  # the same trial process reuses the task
+    first = run_trial(config("lora_r1", "first")).wire()
+    again = run_trial(config("lora_r2", "again")).wire()  # the same trial process reuses the task
     proc = subprocess.run(
         [sys.executable, "-c", FRESH_PROCESS, json.dumps(config("lora_r2", "fresh"))],
         cwd=ROOT,

@@ -22,28 +22,23 @@ def _invalid(command: str, error: Exception) -> int:
 def _trial(args: argparse.Namespace) -> int:
 
     from rankstudy.core.arms import parse_arm
-    from rankstudy.core.spec import load_spec, read_spec_file
+    from rankstudy.core.spec import load_spec
     from rankstudy.study.model_fit import check_fits_model
 
     # validate everything before any compute starts (bad input: main says so)
     spec = load_spec(args.spec, args.set)
     parse_arm(args.arm, spec)
     check_fits_model(spec)
-    from rankstudy.core.records import RESULT_FILE, TrialConfig, TrialResult
+    from rankstudy.core.records import RESULT_FILE, TrialConfig, TrialFailure, write_failure
     from rankstudy.trial.checkpoint import CorruptCheckpoint
     from rankstudy.trial.lifecycle import TrialFailed, run_trial
 
     out = Path(args.out or f"runs/{spec.name}/{args.arm}")
-    config = TrialConfig(
-        spec=read_spec_file(args.spec), arm=args.arm, out_dir=str(out), overrides=args.set
-    )
+    config = TrialConfig(spec=spec, arm=args.arm, out_dir=str(out), overrides=args.set)
     try:
-        result = TrialResult.model_validate(run_trial(config.wire()))
+        result = run_trial(config)
     except TrialFailed as e:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / RESULT_FILE).write_text(
-            json.dumps({"status": "failed", "arm": args.arm, "failure": str(e)}, indent=2)
-        )
+        write_failure(TrialFailure(arm=args.arm, reason=str(e)), out)
         print(f"rankstudy trial: FAILED: {e}", file=sys.stderr)
         return 1
     except CorruptCheckpoint as e:
@@ -112,7 +107,7 @@ def _point_studies(args: argparse.Namespace, spec) -> tuple[list, list]:
     base = Path(args.out or f"runs/{spec.name}")
     points = sweep_points(spec)
     if len(points) == 1 and not points[0].label:
-        return points, [Study(args.spec, args.set, str(base), args.resume)]
+        return points, [Study(args.spec, args.set, str(base), args.resume, spec=spec)]
     folders = [base / p.label for p in points]
     if args.resume and not any((f / STATE_FILE).exists() for f in folders):
         raise StudyError(f"--resume: {base} holds no sweep to resume")

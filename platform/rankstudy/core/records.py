@@ -3,8 +3,6 @@ trial is asked to do), the trial result (its result.json) and the study's record
 trial (an entry of study_state.json).
 
 Torch-free, so the driver, the plan and the report read them without a trial's dependencies.
-Ray carries a trial config as a plain dict (Ray Train's train_loop_config is one): `wire()` and
-`TrialConfig.of` are the two ends of that.
 """
 
 from __future__ import annotations
@@ -15,6 +13,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
+
+from rankstudy.core.spec import StudySpec, parse_spec
 
 RESULT_FILE = "result.json"
 # Bump when a field changes meaning or goes; readers refuse other versions. 2 added each
@@ -39,13 +39,16 @@ class _Record(BaseModel):
 
 
 class TrialConfig(_Record):
-    """One trial: an arm of a spec with its overrides. Paths are named as the study names them;
-    each process maps them to its own copy (rankstudy.storage.folders)."""
+    """One trial: an arm of a resolved spec (the study's, with the trial's overrides applied
+    once, where the trial was asked for). Paths are named as the study names them; each
+    process maps them to its own copy (rankstudy.storage.folders). Ray carries it pickled,
+    so no process parses the spec again."""
 
-    spec: dict[str, Any]  # the spec file as read, before overrides
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    spec: StudySpec
     arm: str
     out_dir: str
-    overrides: list[str] = []
+    overrides: list[str] = []  # what the spec was resolved with (result.json keeps them)
     splits: list[str] = list(SPLITS)
     cache_dir: str | None = None  # set-up shared by a study's trials (planted calibration)
     storage: str | None = None  # the study's storage URI (None: its folder is the storage)
@@ -54,11 +57,13 @@ class TrialConfig(_Record):
 
     @classmethod
     def of(cls, config: TrialConfig | dict) -> TrialConfig:
-        return config if isinstance(config, TrialConfig) else cls.model_validate(config)
-
-    def wire(self) -> dict:
-        """As Ray carries it to a trial's processes."""
-        return self.model_dump()
+        """A TrialConfig, or one from the dict a test or a script writes: the spec file's
+        data and its overrides, resolved here."""
+        if isinstance(config, TrialConfig):
+            return config
+        fields = dict(config)
+        fields["spec"] = parse_spec(fields["spec"], fields.get("overrides", []))
+        return cls.model_validate(fields)
 
 
 class Hparams(_Record):
@@ -174,6 +179,54 @@ def read_result(
         return TrialResult.model_validate(raw)
     except ValidationError as e:
         raise ResultError(f"{path} is not a trial result: {e}") from None
+
+
+FAILURE_FILE = "failure.json"
+FAILURE_VERSION = 1
+OLD_FAILURE_FILE = "failure.txt"  # its reason alone, by trials of studies saved before
+
+
+class TrialFailure(_Record):
+    """failure.json, in place of result.json: a trial that failed in a way no retry can fix
+    (rankstudy.trial.failures), and why. Written by the trial's Tune function or by
+    `rankstudy trial`; the study keeps the reason in its record and MLflow."""
+
+    version: int = FAILURE_VERSION
+    arm: str
+    reason: str
+
+    def wire(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+def write_failure(failure: TrialFailure, out_dir: str | Path) -> Path:
+    """failure.json in out_dir, atomically."""
+    path = Path(out_dir) / FAILURE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{FAILURE_FILE}.tmp")
+    partial.write_text(json.dumps(failure.wire(), indent=2))
+    partial.replace(path)
+    return path
+
+
+def read_failure(
+    out_dir: str | Path,
+    arm: str,
+    read_text: Callable[[str | Path], str] = lambda p: Path(p).read_text(),
+) -> TrialFailure:
+    """A failed trial's failure.json (read_text fetches it, as for read_result); a trial of a
+    study saved before wrote failure.txt, its reason alone."""
+    try:
+        text = read_text(Path(out_dir) / FAILURE_FILE)
+    except FileNotFoundError:
+        return TrialFailure(arm=arm, reason=read_text(Path(out_dir) / OLD_FAILURE_FILE))
+    try:
+        raw = json.loads(text)
+        if raw.get("version") != FAILURE_VERSION:
+            raise ValueError(f"version {raw.get('version')!r}, this rankstudy reads 1")
+        return TrialFailure.model_validate(raw)
+    except (ValueError, AttributeError) as e:
+        raise ResultError(f"{Path(out_dir) / FAILURE_FILE} cannot be read ({e})") from None
 
 
 class TrialRecord(_Record):

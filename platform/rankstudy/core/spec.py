@@ -7,6 +7,8 @@ Every field a trial reads lives here; unknown keys are errors, and every error n
 from __future__ import annotations
 
 import copy
+import functools
+import json
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -645,6 +647,17 @@ def parse_spec(data: dict, overrides: list[str] = ()) -> StudySpec:
         return StudySpec.model_validate(data)
     except ValidationError as e:
         raise SpecError(_format(e)) from None
+
+
+@functools.lru_cache(maxsize=32)
+def _parse_canonical(data: str, overrides: tuple[str, ...]) -> StudySpec:
+    return parse_spec(json.loads(data), list(overrides))
+
+
+def parse_spec_once(data: dict, overrides: list[str] = ()) -> StudySpec:
+    """parse_spec, once a process for the same data and overrides: a trial actor reads the
+    study's spec for every trial it runs (a StudySpec is frozen, so sharing it is safe)."""
+    return _parse_canonical(json.dumps(data, sort_keys=True), tuple(overrides))
 
 
 # Spec fields that name local files: a relative path ("./x", "../x") in a spec file is taken

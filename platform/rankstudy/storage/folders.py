@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from rankstudy.core.errors import InputError
-from rankstudy.core.records import RESULT_FILE
+from rankstudy.core.records import RESULT_FILE, TrialConfig
 from rankstudy.storage.disk import MIN_FREE, free_bytes, mib
 
 PROBE_SECONDS = 10.0  # how long a remote storage has to answer one lookup, before a study
@@ -190,13 +190,13 @@ class TrialStorage:
         latest.write_text(tag)
 
 
-def trial_storage(config: dict) -> TrialStorage:
+def trial_storage(config: TrialConfig) -> TrialStorage:
     """The storage a trial config names (a trial outside a study has none), with this node's
     working copies under its own $RANKSTUDY_SCRATCH: each process works it out where it runs,
     since a Ray Train worker may be on another node than the trial that started it."""
     return TrialStorage(
-        config.get("storage"),
-        config.get("study_dir") or config["out_dir"],
+        config.storage,
+        config.study_dir or config.out_dir,
         os.environ.get("RANKSTUDY_SCRATCH"),
     )
 

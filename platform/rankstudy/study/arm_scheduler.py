@@ -16,7 +16,7 @@ from __future__ import annotations
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from rankstudy.core.spec import SchedulerSpec
-from rankstudy.trial.trainable import STEP
+from rankstudy.core.trial_request import STEP, TrialRequest
 
 
 class ArmASHA(FIFOScheduler):
@@ -43,8 +43,8 @@ class ArmASHA(FIFOScheduler):
 
     def _of(self, trial) -> ASHAScheduler | None:
         """The arm's scheduler of a search trial; None for a test pass."""
-        config = trial.config
-        return self.arms[config["arm"]] if config.get("phase") == "search" else None
+        request = TrialRequest.of_tune(trial.config)
+        return None if request.is_test else self.arms[request.arm]
 
     def set_search_properties(self, metric, mode, **spec) -> bool:
         return True  # fixed at construction, like the searcher's

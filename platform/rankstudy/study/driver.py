@@ -20,7 +20,8 @@ from requests import RequestException
 
 from rankstudy.core.arms import arm_rules, parse_arm, study_arms, study_rules
 from rankstudy.core.records import TrialRecord
-from rankstudy.core.spec import load_spec, read_spec_file
+from rankstudy.core.spec import StudySpec, load_spec, read_spec_file
+from rankstudy.core.trial_request import StudyRef
 from rankstudy.storage.disk import DiskWatch, full_stop
 from rankstudy.storage.folders import on_disk
 from rankstudy.study.optuna_storage import STORAGE_FILE, storage_url
@@ -43,10 +44,17 @@ from rankstudy.study.summary import (
     test_passes,
     write_summary,
 )
-from rankstudy.study.tuner import TrialEvents, drop_superseded, ended_trial, new_record, open_tuner
+from rankstudy.study.tuner import (
+    EndedTrial,
+    TrialEvents,
+    drop_superseded,
+    ended_trial,
+    new_record,
+    open_tuner,
+)
 from rankstudy.study.waiting import WaitWatch, free_resources
 from rankstudy.tracking.tracker import StudyTracker
-from rankstudy.trial.trainable import INTERIM, trial_bundles
+from rankstudy.trial.trainable import trial_bundles
 
 __all__ = ["Study", "StudyError", "StudyInterrupted", "summary_table"]
 
@@ -59,9 +67,11 @@ class Study:
         out_dir: str | None,
         resume: bool,
         tags: dict[str, str] | None = None,
+        spec: StudySpec | None = None,
     ) -> None:
-        """tags: the parent run's own (a sweep point's, rankstudy.study.sweep.SweepPoint.tags)."""
-        self.spec = load_spec(spec_path, overrides)  # every input error before any compute
+        """tags: the parent run's own (a sweep point's, rankstudy.study.sweep.SweepPoint.tags);
+        spec: the caller's parse of spec_path with overrides, if it made one."""
+        self.spec = spec or load_spec(spec_path, overrides)  # input errors before any compute
         self.out_dir = Path(out_dir or f"runs/{self.spec.name}").resolve()
         preflight(self.spec, self.out_dir)  # what `rankstudy plan` checks, the same way
         self.raw = read_spec_file(spec_path)
@@ -237,14 +247,15 @@ class Study:
         timeout = self.spec.resources.wait_timeout_s
         waiting = WaitWatch(needs, timeout, self.log, every=min(30.0, timeout / 2))
         asha = s.scheduler and ArmASHA(arms, s.scheduler, self.spec.training.steps)
+        study = StudyRef(
+            spec=self.raw,
+            overrides=self.overrides,
+            study_dir=str(self.out_dir),
+            storage=self.files.storage.uri,
+        )
         tuner = open_tuner(
             self.spec,
-            {
-                "spec": self.raw,
-                "overrides": self.overrides,
-                "study_dir": str(self.out_dir),
-                "storage": self.files.storage.uri,
-            },
+            study.tune(),
             ArmSearch(
                 rules,
                 s.space,
@@ -270,7 +281,7 @@ class Study:
             error = (
                 None if result.error is None else f"{type(result.error).__name__}: {result.error}"
             )
-            kept.add(self.record(result.config, result.metrics or {}, error).key)
+            kept.add(self.record(ended_trial(result.config, result.metrics or {}), error).key)
         drop_superseded(self.files, self.recorder, kept, self.log)
         self.check_ended(waiting, unfinished)
 
@@ -278,14 +289,12 @@ class Study:
         """Whether a trial Tune returns was stopped by an interrupt, not ended: it has no
         end report, or its last report is a validation (INTERIM) that the scheduler did not
         stop it at (the study records those as Tune stops them, trial_ended)."""
-        metrics = result.metrics or {}
         if result.error is not None:
             return False
-        if "selection_metric" not in metrics:
+        ended = ended_trial(result.config, result.metrics or {})
+        if ended.report is None:
             return True
-        return metrics.get(INTERIM, False) and (
-            ended_trial(result.config, metrics)[1] not in self.files.state.trials
-        )
+        return ended.report.interim and ended.entry not in self.files.state.trials
 
     def check_ended(self, waiting: WaitWatch, unfinished: int) -> None:
         """Raise StudyInterrupted, saying how to go on, unless every trial ended."""
@@ -303,30 +312,30 @@ class Study:
                 f"--resume --out {self.out_dir} (and the same --spec and --set)"
             )
 
-    def record(self, config: dict, metrics: dict, error: str | None) -> TrialRecord:
+    def record(self, ended: EndedTrial, error: str | None) -> TrialRecord:
         """A search trial or test pass as the study keeps it, logged to MLflow once. A test
         pass adds its test curve to its trial's MLflow run."""
-        key, entry, out_dir = ended_trial(config, metrics)
-        book = self.files.state.trials if config["phase"] == "search" else self.files.state.tests
-        if entry in book:
-            return book[entry]
+        state = self.files.state
+        book = state.tests if ended.request.is_test else state.trials
+        if ended.entry in book:
+            return book[ended.entry]
         failure, result = error, None
-        if failure is None and metrics.get("failed"):
-            failure = self.files.failure(out_dir)
+        if failure is None and ended.report is not None and ended.report.failed:
+            failure = self.files.failure(ended.folder, ended.request.arm)
         if not failure:
             try:
-                result = self.files.result(out_dir)  # now: a test pass may rewrite it
+                result = self.files.result(ended.folder)  # now: a test pass may rewrite it
             except StudyError as e:
                 failure = str(e)
-        record = new_record(self.spec, config, metrics, key, out_dir, failure)
-        self.files.keep(entry, record)
+        record = new_record(self.spec, ended, failure)
+        self.files.keep(ended.entry, record)
         self.recorder.log_trial(record, result)
         return record
 
-    def trial_ended(self, config: dict, metrics: dict, error: str | None) -> None:
+    def trial_ended(self, ended: EndedTrial, error: str | None) -> None:
         """Record a trial as Tune ends it, and say how far the study is."""
-        record = self.record(config, metrics, error)
-        if config["phase"] == "search":
+        record = self.record(ended, error)
+        if not ended.request.is_test:
             at = f" at step {record.stopped_at}" if record.stopped_at is not None else ""
             self.log(
                 f"search trial {record.key}: {record.status}{at}, "
@@ -334,8 +343,8 @@ class Study:
             )
         else:
             self.log(
-                f"test pass {record.key} (seed {config['seed']}, "
-                f"chosen for {', '.join(config['rules'])}): {record.status}"
+                f"test pass {record.key} (seed {record.seed}, "
+                f"chosen for {', '.join(record.rules)}): {record.status}"
             )
         state = self.files.state
         searched = sum(not t.superseded for t in state.trials.values())

@@ -206,23 +206,24 @@ def calibrate(spec_raw: dict, overrides: list[str], steps: int = 20) -> tuple[st
     """(device, tokens a second) of a short trial of the max-rank LoRA arm on this machine."""
     import torch
 
+    from rankstudy.core.records import TrialConfig
     from rankstudy.core.spec import parse_spec
     from rankstudy.trial.lifecycle import run_trial
 
+    overrides = [*overrides, f"training.steps={steps}", "training.epochs=null"]
     spec = parse_spec(spec_raw, overrides)
     with tempfile.TemporaryDirectory(prefix="rankstudy-calibrate-") as tmp:
-        result = run_trial(
-            {
-                "spec": spec_raw,
-                "arm": f"lora_r{spec.adapters.max_rank}",
-                "out_dir": str(Path(tmp) / "trial"),
-                "overrides": [*overrides, f"training.steps={steps}", "training.epochs=null"],
-                "splits": [],
-            }
-        )
-    cost = result["cost"]
+        cost = run_trial(
+            TrialConfig(
+                spec=spec,
+                arm=f"lora_r{spec.adapters.max_rank}",
+                out_dir=str(Path(tmp) / "trial"),
+                overrides=overrides,
+                splits=[],
+            )
+        ).cost
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    per_device = cost["train_tokens"] / cost["train_seconds"] / spec.resources.workers
+    per_device = cost.train_tokens / cost.train_seconds / spec.resources.workers
     return device, per_device
 
 

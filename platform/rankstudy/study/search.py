@@ -21,9 +21,9 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from rankstudy.core.spec import ParamRange
-from rankstudy.core.tune_keys import reported_in, tune_key
+from rankstudy.core.trial_request import TrialReport, TrialRequest
+from rankstudy.core.tune_keys import reported_in, sampled, tune_key
 from rankstudy.study.optuna_storage import fail_lost, fresh_search
-from rankstudy.trial.trainable import INTERIM
 
 if TYPE_CHECKING:
     from rankstudy.study.arm_scheduler import ArmASHA
@@ -132,12 +132,12 @@ class ArmSearch(Searcher):
             if self.searchers is None:
                 self.searchers = self.open_searches()
             searcher = self.searchers[arm]
-            config = {
-                "arm": arm,
-                "phase": "search",
-                "trial": self.suggested[arm] - 1,  # its number within the arm, for the records
-                **(searcher.suggest(trial_id) if searcher else {}),
-            }
+            config = TrialRequest(
+                arm=arm,
+                phase="search",
+                trial=self.suggested[arm] - 1,  # its number within the arm, for the records
+                params=sampled(searcher.suggest(trial_id)) if searcher else {},
+            ).tune()
         self.running.add(trial_id)
         return config
 
@@ -181,8 +181,9 @@ class ArmSearch(Searcher):
             return
         if self.searchers[arm] is not None:
             self.searchers[arm].on_trial_complete(trial_id, result, error)
-        ok = result is not None and not error and not result.get("failed")
-        ok = ok and not result.get(INTERIM)  # its last report a validation: stopped there
+        report = None if result is None or error else TrialReport.of_tune(result)
+        # not failed, and its last report not a validation (the scheduler stopped it there)
+        ok = report is not None and not report.failed and not report.interim
         if ok and "time_total_s" in result:
             self.seconds[arm] = max(self.seconds.get(arm, 0.0), result["time_total_s"])
         self.ended[arm].append({"index": index, "ok": ok, **(result or {})})
@@ -195,18 +196,17 @@ class ArmSearch(Searcher):
         for out_dir, rules in choose(ok, self.rules[arm]).items():  # none: the arm failed
             best = next(r for r in ok if r["out_dir"] == out_dir)
             for i, seed in enumerate(self.seeds):
-                self.queue.append(
-                    {
-                        "arm": arm,
-                        "phase": "test",
-                        "trial": best["index"],
-                        "test_of": out_dir,
-                        "rules": rules,
-                        "seed": seed,
-                        "first_seed": i == 0,
-                        **reported_in(best),
-                    }
+                request = TrialRequest(
+                    arm=arm,
+                    phase="test",
+                    trial=best["index"],
+                    params=sampled(reported_in(best)),
+                    test_of=out_dir,
+                    rules=rules,
+                    seed=seed,
+                    first_seed=i == 0,
                 )
+                self.queue.append(request.tune())
 
     def save(self, checkpoint_path: str) -> None:
         rungs = self.scheduler.state() if self.scheduler is not None else None

@@ -17,7 +17,14 @@ from typing import IO
 
 from pydantic import BaseModel, ValidationError
 
-from rankstudy.core.records import RESULT_FILE, ResultError, TrialRecord, TrialResult, read_result
+from rankstudy.core.records import (
+    RESULT_FILE,
+    ResultError,
+    TrialRecord,
+    TrialResult,
+    read_failure,
+    read_result,
+)
 from rankstudy.core.spec import StudySpec
 from rankstudy.storage.folders import TrialStorage, check_writable
 from rankstudy.study.preflight import storage_base
@@ -153,6 +160,9 @@ class StudyFiles:
         except ResultError as e:
             raise StudyError(str(e)) from None
 
-    def failure(self, out_dir: str | Path) -> str:
+    def failure(self, out_dir: str | Path, arm: str) -> str:
         """Why a trial failed, as it wrote it (rankstudy.trial.trainable)."""
-        return self.storage.read_text(Path(out_dir) / "failure.txt")
+        try:
+            return read_failure(out_dir, arm, self.storage.read_text).reason
+        except ResultError as e:
+            raise StudyError(str(e)) from None

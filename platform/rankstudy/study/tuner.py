@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ray import tune
@@ -21,23 +22,17 @@ from ray.tune.search import Searcher
 from rankstudy.core.arms import parse_arm
 from rankstudy.core.records import TrialRecord
 from rankstudy.core.spec import StudySpec
-from rankstudy.core.tune_keys import FAILED_METRIC, sampled
+from rankstudy.core.trial_request import StudyRef, TrialReport, TrialRequest
+from rankstudy.core.tune_keys import FAILED_METRIC
 from rankstudy.storage.disk import DiskWatch
 from rankstudy.storage.folders import TrialStorage
 from rankstudy.study.recorder import MlflowRecorder
 from rankstudy.study.state import StudyFiles
 from rankstudy.study.waiting import WaitWatch
-from rankstudy.trial.trainable import (
-    INTERIM,
-    STEP,
-    trial_bundles,
-    trial_resources,
-    tune_trial,
-)
+from rankstudy.trial.trainable import trial_bundles, trial_resources, tune_trial
 
-# (Tune config, last reported metrics, why it failed or None): what the study does as a
-# trial ends
-TrialEnded = Callable[[dict, dict, "str | None"], None]
+# (the trial, why it failed or None): what the study does as a trial ends
+TrialEnded = Callable[["EndedTrial", "str | None"], None]
 
 
 class TrialEvents(tune.Callback):
@@ -78,7 +73,7 @@ class TrialEvents(tune.Callback):
 
     def _record(self, trial, why: str | None) -> None:
         try:
-            self.ended(trial.config, trial.last_result or {}, why)
+            self.ended(ended_trial(trial.config, trial.last_result or {}), why)
         except OSError as e:  # the state file could not be written: Tune's state keeps it
             if not self.disk.check(e):
                 raise
@@ -154,47 +149,51 @@ def max_concurrent(spec: StudySpec) -> int | None:
     return slots(spec) if spec.resources.workers > 1 else None
 
 
-def ended_trial(config: dict, metrics: dict) -> tuple[str, str, Path]:
-    """(key, entry in the state's book, folder) of a trial Tune ended: a search trial's key
-    is <arm>/<its folder>, a test pass's entry adds its seed."""
-    out_dir = Path(
-        metrics.get("out_dir")
-        or config.get("test_of")
-        or Path(config["study_dir"]) / "trials" / config["arm"] / metrics.get("trial_id", "x")
-    )
-    if config["phase"] == "test" and not config["first_seed"]:
-        out_dir = Path(f"{config['test_of']}-seed{config['seed']}")
-    key = f"{config['arm']}/{out_dir.name}"
-    return key, key if config["phase"] == "search" else f"{key}/{config['seed']}", out_dir
+@dataclass(frozen=True)
+class EndedTrial:
+    """A trial Tune ended, as the study reads it: what was asked, what it last reported (None:
+    nothing), its folder, its key and its entry in the study's book."""
+
+    request: TrialRequest
+    report: TrialReport | None
+    folder: Path
+    key: str
+    entry: str
 
 
-def new_record(
-    spec: StudySpec, config: dict, metrics: dict, key: str, out_dir: Path, failure: str | None
-) -> TrialRecord:
+def ended_trial(config: dict, metrics: dict) -> EndedTrial:
+    """A trial from Tune's config and last result (`trial_id` names a search trial's folder
+    when it never reported one)."""
+    request, report = TrialRequest.of_tune(config), TrialReport.of_tune(metrics)
+    study_dir = StudyRef.of_tune(config).study_dir
+    if report is not None:
+        folder = Path(report.out_dir)
+    else:
+        folder = request.folder(study_dir, metrics.get("trial_id", "unreported"))
+    return EndedTrial(request, report, folder, *request.keys(folder))
+
+
+def new_record(spec: StudySpec, ended: EndedTrial, failure: str | None) -> TrialRecord:
     """An ended trial as the study keeps it."""
-    shape = parse_arm(config["arm"], spec)
-    test = config["phase"] == "test"
-    stopped = metrics.get(INTERIM, False)  # its last report a validation: the scheduler's stop
+    request, report = ended.request, ended.report
+    shape = parse_arm(request.arm, spec)
+    stopped = report is not None and report.interim  # ended at a validation: the scheduler's
     return TrialRecord(
-        key=key,
-        arm=config["arm"],
+        key=ended.key,
+        arm=request.arm,
         method=shape.method,
         rank=f"1-{shape.max_rank}" if shape.nested else str(shape.max_rank),
-        trial=config.get("trial"),
-        out_dir=str(out_dir),
-        params=sampled(config),
+        trial=request.trial,
+        out_dir=str(ended.folder),
+        params=request.params,
         status="failed" if failure else "stopped" if stopped else "ok",
         failure=failure,
-        selection_metric=metrics.get("selection_metric", FAILED_METRIC),
-        selection_by_rule={
-            k.removeprefix("selection_"): v
-            for k, v in metrics.items()
-            if k.startswith("selection_") and k != "selection_metric"
-        },
-        stopped_at=metrics[STEP] if stopped and not failure else None,
-        node=metrics.get("node"),
-        rules=config["rules"] if test else None,
-        seed=config["seed"] if test else None,
+        selection_metric=report.selection_metric(FAILED_METRIC) if report else FAILED_METRIC,
+        selection_by_rule={} if report is None else report.selection_by_rule,
+        stopped_at=report.step if stopped and not failure else None,
+        node=None if report is None else report.node,
+        rules=request.rules,
+        seed=request.seed,
     )
 
 

@@ -29,7 +29,7 @@ from rankstudy.adapters import adapters_off, get_schedule, set_rank
 from rankstudy.core.arms import parse_arm, trial_rules
 from rankstudy.core.cost import eval_flops, train_flops
 from rankstudy.core.records import TrialConfig, TrialResult, write_result
-from rankstudy.core.spec import StudySpec, parse_spec
+from rankstudy.core.spec import StudySpec
 from rankstudy.model.architecture import model_shape
 from rankstudy.model.build import attach_arm, build_task, load_model
 from rankstudy.model.devices import device_problem
@@ -98,14 +98,14 @@ def method_loss(model, task, batch, arm) -> torch.Tensor:
 
 
 class Trial:
-    """One arm trained and scored on this worker, as a TrialConfig (or its wire dict) asks."""
+    """One arm trained and scored on this worker, as a TrialConfig asks."""
 
-    def __init__(self, config: TrialConfig | dict) -> None:
+    def __init__(self, config: TrialConfig) -> None:
         self.invoked = time.perf_counter()  # the devices are held from here: set-up is cost
-        self.config = config = TrialConfig.of(config)
-        self.spec = parse_spec(config.spec, config.overrides)
+        self.config = config
+        self.spec = config.spec
         self.arm = parse_arm(config.arm, self.spec)
-        self.storage = trial_storage(config.wire())
+        self.storage = trial_storage(config)
         self.out_dir = self.storage.local(config.out_dir)  # this node's copy of its folder
         self.engine = None
         self.progress = TrialProgress()
@@ -310,7 +310,7 @@ class Trial:
         return self.prior_wall + time.perf_counter() - self.invoked
 
     # -- the end -------------------------------------------------------------------------------
-    def finish(self) -> dict:
+    def finish(self) -> TrialResult:
         """Score the splits the config asks for and write result.json (rank 0)."""
         p, config = self.progress, self.config
         splits = config.splits
@@ -333,7 +333,7 @@ class Trial:
         result.base_scores = base
         if self.rank == 0:
             self.storage.push(write_result(result, self.out_dir))
-        return result.wire()
+        return result
 
     def stopped_here(self, validation: Evaluation) -> TrialResult:
         """result.json as the trial stands at a validation mid-training, status "stopped",
@@ -405,10 +405,12 @@ def release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def run_trial(config: dict, validated: Callable[[int, dict], None] | None = None) -> dict:
-    """The whole trial on this worker (config: a TrialConfig's wire dict, as Ray carries it);
-    returns result.json's object. validated: as Trial.train takes it."""
-    trial = Trial(config)
+def run_trial(
+    config: TrialConfig | dict, validated: Callable[[int, dict], None] | None = None
+) -> TrialResult:
+    """The whole trial on this worker (config: a TrialConfig, or the dict TrialConfig.of
+    reads); returns what it wrote to result.json. validated: as Trial.train takes it."""
+    trial = Trial(TrialConfig.of(config))
     try:
         trial.setup()
         trial.train(validated)

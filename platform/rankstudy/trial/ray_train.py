@@ -7,8 +7,8 @@ started from a Tune function, never handed to a Tuner).
 
 from __future__ import annotations
 
-from rankstudy.core.records import RESULT_FILE, TrialConfig, read_result
-from rankstudy.core.spec import StudySpec, parse_spec
+from rankstudy.core.records import RESULT_FILE, TrialConfig, TrialResult, read_result
+from rankstudy.core.spec import StudySpec
 from rankstudy.storage.folders import trial_storage
 from rankstudy.trial.lifecycle import run_trial
 
@@ -25,24 +25,27 @@ def scaling_config(spec: StudySpec):
     )
 
 
-def fit_trial(config: TrialConfig | dict, storage_path: str, name: str) -> dict:
+def fit_trial(config: TrialConfig, storage_path: str, name: str) -> TrialResult:
     """Train and score one trial on `resources.workers` Ray Train workers; returns its
-    result.json's object, as run_trial does. The driver must already be connected to Ray
-    (ray.init)."""
+    result.json, as run_trial does. The driver must already be connected to Ray (ray.init)."""
     from ray.train import RunConfig
     from ray.train.torch import TorchTrainer
 
-    config = TrialConfig.of(config)
     trainer = TorchTrainer(
-        run_trial,
-        train_loop_config=config.wire(),
-        scaling_config=scaling_config(parse_spec(config.spec, config.overrides)),
+        train_worker,
+        train_loop_config={"trial": config},  # pickled whole: the spec stays resolved
+        scaling_config=scaling_config(config.spec),
         run_config=RunConfig(storage_path=storage_path, name=name),
     )
     outcome = trainer.fit()
     if outcome.error is not None:
         raise outcome.error
-    storage = trial_storage(config.wire())
+    storage = trial_storage(config)
     result = storage.local(config.out_dir) / RESULT_FILE
     storage.pull(result)  # rank 0 may have run on another node
-    return read_result(result).wire()
+    return read_result(result)
+
+
+def train_worker(loop_config: dict) -> None:
+    """One Ray Train worker's part of the trial (Ray Train hands its loop a dict)."""
+    run_trial(loop_config["trial"])

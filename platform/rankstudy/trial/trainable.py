@@ -15,14 +15,11 @@ import ray
 from ray import tune
 
 from rankstudy.core.arms import study_arms
-from rankstudy.core.records import TrialConfig, TrialResult
-from rankstudy.core.spec import StudySpec, parse_spec
-from rankstudy.core.tune_keys import FAILED_METRIC, as_overrides, reported, sampled
+from rankstudy.core.records import TrialConfig, TrialFailure, TrialResult, write_failure
+from rankstudy.core.spec import StudySpec, parse_spec_once
+from rankstudy.core.trial_request import StudyRef, TrialReport, TrialRequest
+from rankstudy.core.tune_keys import FAILED_METRIC
 from rankstudy.storage.folders import trial_storage
-
-# A report made at a validation mid-training (what an ASHA search compares) carries these: it
-# is not the trial's end, and STEP, its optimizer step, is the scheduler's time attribute.
-INTERIM, STEP = "interim", "step"
 
 
 def execute(
@@ -32,43 +29,30 @@ def execute(
     (validated: as Trial.train takes it; one worker only, rankstudy.core.spec says why)."""
     from rankstudy.trial.lifecycle import run_trial
 
-    if parse_spec(config.spec, config.overrides).resources.workers == 1:
-        result = run_trial(config.wire(), validated)
-    else:
-        from rankstudy.trial.ray_train import fit_trial
+    if config.spec.resources.workers == 1:
+        return run_trial(config, validated)
+    from rankstudy.trial.ray_train import fit_trial
 
-        result = fit_trial(config, storage, Path(config.out_dir).name)
-    return TrialResult.model_validate(result)
+    return fit_trial(config, storage, Path(config.out_dir).name)
 
 
-def trial_config(config: dict, storage: str | None) -> TrialConfig:
-    """What a Tune config asks of its trial. phase "search": train one arm with the sampled
-    hyperparameters and validate. phase "test": score a chosen trial on test (resuming at its
-    final checkpoint), or train and score it again at another seed."""
-    study_dir = Path(config["study_dir"])
-    overrides = [*config["overrides"], *as_overrides(sampled(config))]
-    if config["phase"] == "search":
-        out_dir = study_dir / "trials" / config["arm"] / tune.get_context().get_trial_id()
-        splits = ["validation"]
-    elif config["first_seed"]:
-        out_dir, splits = Path(config["test_of"]), ["test"]
-    else:
-        out_dir = Path(f"{config['test_of']}-seed{config['seed']}")
-        overrides.append(f"seed={config['seed']}")
-        splits = ["validation", "test"]
+def trial_config(study: StudyRef, request: TrialRequest, trial_id: str) -> TrialConfig:
+    """What a request asks of its trial. A search trial trains one arm with the sampled
+    hyperparameters and validates; a test pass scores a chosen trial on test (resuming at its
+    final checkpoint), or trains and scores it again at another seed."""
+    overrides = [*study.overrides, *request.overrides()]
+    first_arm = study_arms(parse_spec_once(study.spec, study.overrides))[0]
     return TrialConfig(  # paths as the study names them; each process maps them to its copy
-        spec=config["spec"],
-        arm=config["arm"],
-        out_dir=str(out_dir),
+        spec=parse_spec_once(study.spec, overrides),
+        arm=request.arm,
+        out_dir=str(request.folder(study.study_dir, trial_id)),
         overrides=overrides,
-        splits=splits,
-        cache_dir=str(study_dir / "cache"),
-        storage=storage,
-        study_dir=str(study_dir),
+        splits=request.splits(),
+        cache_dir=str(Path(study.study_dir) / "cache"),
+        storage=study.storage,
+        study_dir=study.study_dir,
         # the base model's test score, once a study: with the first arm's chosen trial
-        score_base=config["phase"] == "test"
-        and config["first_seed"]
-        and config["arm"] == study_arms(parse_spec(config["spec"], config["overrides"]))[0],
+        score_base=request.is_test and request.first_seed and request.arm == first_arm,
     )
 
 
@@ -76,31 +60,28 @@ def tune_trial(config: dict) -> None:
     """The Tune trainable: run the trial its config asks for (trial_config) and report. A
     failure a retry can fix is raised, for Tune to retry from the checkpoint, and so is a full
     disk (rankstudy.storage.disk); any other is reported once, its reason in the trial folder's
-    failure.txt (rankstudy.trial.failures). A search trial under a scheduler (search.scheduler) also
-    reports each validation as it trains; when the scheduler stops the trial, Tune ends that
-    report with SystemExit in this thread, which unwinds the trial (its engine closed) and
+    failure.json (rankstudy.trial.failures). A search trial under a scheduler (search.scheduler)
+    also reports each validation as it trains; when the scheduler stops the trial, Tune ends
+    that report with SystemExit in this thread, which unwinds the trial (its engine closed) and
     leaves the record it wrote for that validation (Trial.stopped_here)."""
     import traceback
 
     from rankstudy.storage.disk import disk_full, full_disk_error, short_of_space
     from rankstudy.trial.failures import failure_reason, retry_can_fix
 
-    storage = trial_storage(config)
-    trial = trial_config(config, storage.uri)
+    study, request = StudyRef.of_tune(config), TrialRequest.of_tune(config)
+    trial = trial_config(study, request, tune.get_context().get_trial_id())
+    storage = trial_storage(trial)
     # the trial's hyperparameters, and the node it ran on (a multi-worker trial's workers may
     # be elsewhere), go into every report: the study records both
-    report = reported(sampled(config)) | {"node": ray.get_runtime_context().get_node_id()}
-
-    def outcome(selection: dict[str, float]) -> dict:
-        return {"failed": False, "out_dir": trial.out_dir, **report, **selection}
+    report = TrialReport(
+        out_dir=trial.out_dir, params=request.params, node=ray.get_runtime_context().get_node_id()
+    )
 
     def validated(step: int, selection: dict[str, float]) -> None:
-        tune.report(outcome(selection) | {INTERIM: True, STEP: step})
+        tune.report(report.with_selection(selection, step).tune(FAILED_METRIC))
 
-    scheduled = (
-        config["phase"] == "search"
-        and parse_spec(config["spec"], config["overrides"]).search.scheduler is not None
-    )
+    scheduled = not request.is_test and trial.spec.search.scheduler is not None
     # A stopped trial's thread unwinds (its engine closed, its memory freed) only once Tune
     # hands this actor its next trial, and Tune waits 2 s for that before it throws the actor
     # away and starts another (seconds of start-up and imports): let it finish.
@@ -114,14 +95,10 @@ def tune_trial(config: dict) -> None:
         if retry_can_fix(e):
             raise
         traceback.print_exc()  # the whole traceback in the trial's log (the driver's too)
-        local.mkdir(parents=True, exist_ok=True)
-        (local / "failure.txt").write_text(failure_reason(e))
-        storage.push(local / "failure.txt")
-        tune.report(
-            {"selection_metric": FAILED_METRIC, "failed": True, "out_dir": trial.out_dir, **report}
-        )
+        storage.push(write_failure(TrialFailure(arm=trial.arm, reason=failure_reason(e)), local))
+        tune.report(report.model_copy(update={"failed": True}).tune(FAILED_METRIC))
         return
-    tune.report(outcome(result.selection()))
+    tune.report(report.with_selection(result.selection()).tune(FAILED_METRIC))
 
 
 def trial_resources(spec: StudySpec) -> dict:
