@@ -1,14 +1,18 @@
 """Analytical FLOPs against torch.utils.flop_counter on tiny models, and by hand."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import TARGETS
 from rankstudy.adapters import attach_adapters, get_schedule, set_rank
+from rankstudy.core import methods
 from rankstudy.core.cost import ModelShape, eval_flops, train_flops
 from rankstudy.model.architecture import model_shape
 from rankstudy.model.tiny import tiny_model
+from rankstudy.trial.lifecycle import method_loss
 
 BATCH, SEQ = 4, 32
 S = (1, 2, 4, 8, 16)
@@ -91,3 +95,38 @@ def test_model_shape_counts_base_matmuls_not_adapters_or_embeddings():
     assert shape.matmul_params == plain.matmul_params
     assert shape.adapter_width == 2 * ((64 + 64) + (64 + 32))
     assert (shape.layers, shape.attn_dim) == (2, 64)
+
+
+# The ranks each drawing method draws b from, written out for S = {1, 2, 4, 8, 16}
+# (methods.Method.draw_from); every other method runs the same forwards whatever the step.
+DRAWS = {"dylora": S, "dylora_frozen": S, "nested_sampled": (1, 2, 4, 8)}
+
+
+class LM:
+    def loss(self, model, batch):
+        return model(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss
+
+
+def counted_step_flops(model, kind, b) -> float:
+    """FLOPs of one micro-batch of a trial's step, counted by torch: the method's loss
+    (lifecycle.method_loss, every forward it sums) and its backward, at the draw b."""
+    schedule = get_schedule(model)
+    schedule.per_step_draws, schedule.sampled_rank = True, b  # the loop's draw, pinned
+    x = torch.randint(0, 256, (BATCH, SEQ), generator=torch.Generator().manual_seed(0))
+    model.train()
+    with FlopCounterMode(display=False) as counter:
+        method_loss(model, LM(), {"input_ids": x}, SimpleNamespace(kind=kind)).backward()
+    return counter.get_total_flops()
+
+
+@pytest.mark.parametrize("name", sorted(methods.REGISTRY))
+def test_every_methods_step_costs_what_torch_counts(name):
+    """Every registry method, nested_sampled and dylora_frozen included: what cost.py charges
+    a step against torch's count of the step's forwards and backwards, averaged over every b
+    a drawing method can draw (uniform draws: the expected step). A method whose forwards or
+    ranks differ from its cost_ranks is off by a whole forward or by a rank's adapter."""
+    model = adapted("llama", name)
+    kind = methods.method(name)
+    counted = [counted_step_flops(model, kind, b) for b in DRAWS.get(name, [None])]
+    predicted = train_flops(model_shape(model), BATCH * SEQ, SEQ, name, 16, S)
+    assert_over_by_at_most_four_percent(predicted, sum(counted) / len(counted))

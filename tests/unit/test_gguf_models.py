@@ -114,3 +114,51 @@ def test_dequantised_once_then_read_from_the_cache(tmp_path):
     ids = tokenizer("Question: 2 + 3?\nAnswer:", return_tensors="pt")
     with torch.no_grad():
         assert torch.equal(direct(**ids).logits, cached(**ids).logits)
+
+
+RACER = """
+import os, sys, time
+from pathlib import Path
+import rankstudy.model.gguf as g
+
+root, calls, go = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+
+def convert(path, folder):  # a slow conversion that says it ran
+    with open(calls, "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    time.sleep(1.5)
+    folder.mkdir(exist_ok=True)
+    (folder / g.DONE).write_text("{}")
+
+g._convert = convert
+g.check(g.resolve(sys.argv[4]))  # the header read before the race (cached per file version)
+print("ready", flush=True)
+while not go.exists():
+    time.sleep(0.01)
+folder, seconds = g.dequantized(sys.argv[4], root)
+print(folder, seconds, flush=True)
+"""
+
+
+def test_two_concurrent_dequantisations_run_one_conversion(tmp_path):
+    """Two processes asking for the same model at once: one converts, the other waits on the
+    folder's lock and finds the result (the conversion stubbed by a 1.5 s stand-in)."""
+    calls, go = tmp_path / "calls.log", tmp_path / "go"
+    args = [str(tmp_path / "cache"), str(calls), str(go), SMOLLM2]
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, *args], stdout=subprocess.PIPE, text=True, cwd=ROOT
+        )
+        for _ in range(2)
+    ]
+    try:
+        assert [p.stdout.readline().strip() for p in racers] == ["ready", "ready"]
+        go.touch()  # both released together
+        outs = [p.communicate(timeout=120)[0].split() for p in racers]
+    finally:
+        for p in racers:
+            p.kill()
+    assert [p.returncode for p in racers] == [0, 0]
+    assert len(calls.read_text().splitlines()) == 1  # one conversion
+    assert outs[0][0] == outs[1][0]  # the same folder
+    assert all(float(seconds) >= 1.0 for _, seconds in outs)  # the other waited for it

@@ -30,13 +30,41 @@ S = (1, 2, 4, 8)
 RANKS = methods.Ranks(8, S, "sqrt", 1.0)
 
 
+def served_by_hand() -> dict[str, tuple[str, list[str]]]:
+    """Every name a spec may serve, written out from the README: (its rule, the arms a spec of
+    S = {1, 2, 4, 8} trains for it). Each method is also served under the two svd rules by
+    its rank-R arm (LoRA's as lora_svd)."""
+    own = {
+        "lora_grid": ("scaled", ["lora_r1", "lora_r2", "lora_r4", "lora_r8"]),
+        "lora_truncated": ("truncated", ["lora_r8"]),
+        "dylora": ("scaled", ["dylora"]),
+        "matryoshka": ("scaled", ["matryoshka"]),
+        "matryoshka_truncated_p": ("truncated_p", ["matryoshka"]),
+        "matryoshka_binary": ("scaled", ["matryoshka_binary"]),
+        "matryoshka_binary_truncated_p": ("truncated_p", ["matryoshka_binary"]),
+        "nested_multiloss": ("scaled", ["nested_multiloss"]),
+        "nested_sampled": ("scaled", ["nested_sampled"]),
+        "dylora_frozen": ("scaled", ["dylora_frozen"]),
+    }
+    trained = ["lora", "dylora", "matryoshka", "matryoshka_binary", "nested_multiloss"]
+    trained += ["nested_sampled", "dylora_frozen"]
+    for name in trained:
+        arms = ["lora_r8"] if name == "lora" else [name]
+        own |= {f"{name}_{rule}": (rule, arms) for rule in ("svd", "svd_global")}
+    return own
+
+
 def test_every_served_name_is_a_spec_method_and_back():
-    """A spec may name every served method, each with arms to train, and nothing else."""
-    for name, (kind, rule) in methods.SERVED.items():
-        assert rule in kind.rules or rule == "scaled", name
-        assert method_arms(name, parse_spec(TINY | {"methods": [name]})), name
-    with pytest.raises(SpecError, match="methods"):
-        parse_spec(TINY | {"methods": ["matryoshka_by_hand"]})
+    """A spec may name every served method (the README's list, written out), each with the
+    arms it trains and the rule it serves, and nothing else."""
+    expected = served_by_hand()
+    assert set(methods.SERVED) == set(expected)
+    for name, (rule, arms) in expected.items():
+        assert methods.SERVED[name][1] == rule, name
+        assert method_arms(name, parse_spec(TINY | {"methods": [name]})) == arms, name
+    for wrong in ("matryoshka_by_hand", "lora", "dylora_truncated_p", "lora_grid_svd"):
+        with pytest.raises(SpecError, match="methods"):
+            parse_spec(TINY | {"methods": [wrong]})
 
 
 @pytest.mark.parametrize(
@@ -233,7 +261,15 @@ def test_new_methods_are_served_but_not_in_the_default_study():
         "nested_multiloss",
     )
     unnamed = parse_spec({k: v for k, v in TINY.items() if k != "methods"})
-    assert unnamed.methods == list(methods.DEFAULT)  # what a spec without methods runs
+    assert unnamed.methods == [  # what a spec without methods runs, written out
+        "lora_grid",
+        "dylora",
+        "matryoshka",
+        "matryoshka_truncated_p",
+        "matryoshka_binary",
+        "matryoshka_binary_truncated_p",
+        "nested_multiloss",
+    ]
     spec = parse_spec(TINY | {"methods": ["lora_grid", "nested_sampled", "dylora_frozen"]})
     for name in ("nested_sampled", "dylora_frozen"):
         assert methods.served(name) == (methods.method(name), "scaled")

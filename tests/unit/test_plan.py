@@ -251,3 +251,39 @@ def test_a_budget_sweep_is_planned_point_by_point(capsys):
         ("4", 1200),
     ]
     assert {int(t.replace(",", "")) // int(s) for _, s, t in heads} == {1024}  # tokens a step
+
+
+def lines(name: str) -> int:
+    """The problems of a GSM8K file, counted as its lines (one JSON object a line)."""
+    return sum(1 for line in (GSM8K / name).read_text(encoding="utf-8").splitlines() if line)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],  # the spec's own: validation 24, max_eval 48
+        ["task.max_eval=null"],
+        ["task.max_train=100", "task.validation_size=7", "task.max_eval=5"],
+    ],
+)
+def test_gsm8k_sizes_are_the_files_line_counts_cut_by_hand_and_what_the_task_builds(overrides):
+    """The plan's sizes against two counts that do not go through its helper: the files'
+    lines held out and cut by hand (validation comes out of train; max_train and max_eval
+    keep the first rows), and the splits of the task a trial builds (with the byte tokenizer:
+    a tokenizer never decides a split)."""
+    from rankstudy.model.build import build_task
+    from rankstudy.model.tokenizer import byte_tokenizer
+
+    path = ROOT / "jobs" / "specs" / "smollm2-gsm8k-cpu.yaml"
+    spec = load_spec(path, [*overrides, "task.chat_template=false"])  # bytes have no template
+    t = spec.task
+    assert (lines("train.jsonl"), lines("test.jsonl")) == (7473, 1319)  # the hub's sizes
+    by_hand = {
+        "train": min(7473 - t.validation_size, t.max_train or 7473),
+        "validation": min(t.validation_size, t.max_eval or 7473),
+        "test": min(1319, t.max_eval or 1319),
+    }
+    task = build_task(spec, None, byte_tokenizer(), None, seed=spec.seed)
+    built = {split: task.size(split) for split in by_hand}
+    assert split_sizes(spec) == by_hand == built
+    assert published_split_sizes(spec) == by_hand

@@ -268,3 +268,57 @@ def test_frontier_text_reads_each_method_against_the_grid_by_hand():
     assert "AURAC 0.800, 1.00e+12 FLOPs, 100 device-s; target 0.790" in text
     row = next(line for line in text.splitlines() if line.startswith("dylora"))
     assert row.split() == ["dylora", "outside", "its", "sweep", "5.66e+11", "(0.57x", "grid)", "57"]
+
+
+class FinishedPoint:
+    """A sweep point's study that finished before: the resume may read its folder, never run
+    it."""
+
+    def __init__(self, out_dir, name: str) -> None:
+        self.out_dir, self.logged = out_dir, []
+        self.spec = type("Spec", (), {"name": name})()
+
+    def log(self, line: str) -> None:
+        self.logged.append(line)
+
+    def run(self) -> dict:
+        raise AssertionError(f"{self.spec.name} finished before, yet was run again")
+
+
+def test_resuming_a_finished_sweep_runs_nothing_and_keeps_its_summary(tmp_path, capsys):
+    """--resume on a sweep whose every point finished: no point runs again, the exit is 0,
+    and sweep_summary.json is what the uninterrupted sweep wrote, its table and frontier
+    printed again."""
+    from rankstudy.commands.cli import _run_points
+
+    points = sweep_points(parse_spec(spec_with(budgets=[0.5, 1])))
+    folders = [tmp_path / p.label for p in points]
+    done = {
+        str(folders[0]): study_summary(0.8, 8.4e11),
+        str(folders[1]): study_summary(0.825, 1.68e12),
+    }
+    for folder in folders:
+        folder.mkdir()
+        (folder / "study_summary.json").write_text(json.dumps(done[str(folder)]))
+    path = write_sweep_summary(tmp_path, sweep_summaries(points, folders, done))
+    before = path.read_text()
+    studies = [
+        FinishedPoint(f, f"tiny-study-{p.label}") for p, f in zip(points, folders, strict=True)
+    ]
+    assert _run_points(studies, (points, tmp_path), resume=True) == 0
+    assert path.read_text() == before
+    assert json.loads(before)["complete"] is True
+    for study in studies:
+        assert study.logged == [
+            "finished before the resume: not run again (study_summary.json kept)"
+        ]
+    printed = capsys.readouterr().out
+    assert sweep_table(json.loads(before)) in printed and f"wrote {path}" in printed
+    # the printed frontier, by hand: the grid at x1 (0.825, 1.68e12 FLOPs) sets the target
+    # 0.815; DyLoRA's points (0.770 at 3.3e11 both times) stop below the grid's FLOPs
+    frontier = printed[printed.index("frontier against lora_grid") :].splitlines()
+    assert frontier[0] == (
+        "frontier against lora_grid at budget x1: AURAC 0.825, 1.68e+12 FLOPs, 100 device-s; "
+        "target 0.815"
+    )
+    assert frontier[2].split() == ["dylora", "outside", "its", "sweep", "not", "reached", "-"]

@@ -218,3 +218,26 @@ def test_pure_bf16_is_refused_on_a_gpu_without_bf16(monkeypatch):
         "deepspeed.precision: bf16_pure needs a GPU that computes in bf16 (compute capability "
         "8.0 or later); this machine's Tesla V100-SXM2-16GB is compute capability 7.0"
     )
+
+
+def adapters_and_draws(t: Trial) -> dict:
+    """The trained adapter tensors at the end of train(), and the steps it resumed from."""
+    trainable = t.engine.module.named_parameters()
+    return {
+        "adapters": {n: p.detach().clone() for n, p in trainable if p.requires_grad},
+        "resumed_from": list(t.progress.resumed_from),
+    }
+
+
+def test_a_resumed_nested_sampled_trial_trains_the_adapters_of_an_uninterrupted_one(tmp_path):
+    """nested_sampled draws a rank each step: a trial resumed from its step-3 checkpoint (its
+    draw generator, optimizer and adapters) ends with the uninterrupted run's adapters, to the
+    bit; a resume that drew afresh would train other ranks at steps 4-6."""
+    overrides = ["training.steps=6", "training.checkpoint_every=3", "training.eval_every=0"]
+    full = trained("nested_sampled", tmp_path / "full", overrides, adapters_and_draws)
+    resume_at(tmp_path / "full", tmp_path / "resumed", 3)
+    resumed = trained("nested_sampled", tmp_path / "resumed", overrides, adapters_and_draws)
+    assert resumed["resumed_from"] == [3] and full["resumed_from"] == []
+    assert full["adapters"].keys() == resumed["adapters"].keys() and full["adapters"]
+    for name, tensor in full["adapters"].items():
+        assert torch.equal(tensor, resumed["adapters"][name]), name

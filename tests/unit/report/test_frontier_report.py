@@ -93,7 +93,7 @@ def test_the_frontier_table_holds_the_hand_worked_readings(sweep_report):
         "matryoshka_truncated_p": [OUTSIDE, NOT_REACHED, "–", OUTSIDE, NOT_REACHED],
     }
     assert "Read against lora_grid at budget ×1.0: AURAC 0.825 for 1e+12 FLOPs and 100.0" in (
-        re.sub(r"\s+", " ", shown.text)
+        re.sub(r"\s+", " ", shown.blocks["frontier"])  # the frontier's note, not the page
     )
 
 
@@ -130,7 +130,8 @@ def test_each_chart_draws_one_line_per_method_through_its_points(sweep_report):
 
 def test_the_page_details_the_point_the_grid_is_read_at(sweep_report):
     _, shown = sweep_report
-    assert "details the study planted-budget-x1 (budget ×1.0)" in re.sub(r"\s+", " ", shown.text)
+    frontier = re.sub(r"\s+", " ", shown.blocks["frontier"])
+    assert "details the study planted-budget-x1 (budget ×1.0)" in frontier
     assert column(shown.tables["aurac-table"], "AURAC log2")["dylora"] == "0.770"
 
 

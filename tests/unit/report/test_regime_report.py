@@ -84,7 +84,7 @@ def test_the_map_table_holds_each_points_known_differences(regime_report):
         ("0.5", "0.0001"): ["+0.000 [+0.000, +0.000] =", "+0.100 [+0.100, +0.100] +"],
         ("0.5", "0.01"): ["-0.200 [-0.200, -0.200] −", "-0.300 [-0.300, -0.300] −"],
     }
-    text = re.sub(r"\s+", " ", shown.text)
+    text = re.sub(r"\s+", " ", shown.blocks["regime-map"])  # the map's notes, not the page
     assert "against dylora 1 ahead, 2 behind, 1 tied" in text
     assert "4 of 4 points hold a verdict" in text
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from chromium import column, render
+from chromium import column, html_tables, render, rows_after_clicks
 from rankstudy_report import ReportError, build_report
 from rankstudy_report.charts import pareto_front
 from rankstudy_report.collect import TrialRun, why_missing
@@ -114,8 +114,11 @@ def test_report_tables_hold_what_mlflow_holds(failed_arm_study):
 
 def test_report_says_what_is_missing_and_keeps_the_failed_trials(failed_arm_study):
     *_, shown = failed_arm_study
-    assert "m2: arm m2: all 3 trials failed (loss is NaN at step 3)" in shown.text
-    assert "Intervals are not available for this study" in shown.text  # logged with no verdict
+    assert shown.blocks["missing"].splitlines()[1:] == [
+        "m2: arm m2: all 3 trials failed (loss is NaN at step 3)"
+    ]
+    # logged with no verdict
+    assert shown.blocks["no-intervals"].startswith("Intervals are not available for this study")
     failed = shown.tables["search-m2"]
     assert len(failed) == 4 and all("failed: loss is NaN" in row[-1] for row in failed[1:])
     runs = shown.tables["search-m0"][1:]  # 3 search trials, then trial 0 again at seeds 1, 2
@@ -127,6 +130,39 @@ def test_report_says_what_is_missing_and_keeps_the_failed_trials(failed_arm_stud
         ("2", "", "ok"),
     ]
     assert shown.tables["versions"][0][0] == "deepspeed"
+
+
+def test_the_headline_cards_give_the_best_the_front_and_what_is_missing(failed_arm_study):
+    """The cards above the tables, by hand from the summaries: the best AURAC (log2), the
+    methods no cheaper one beats (device-hours, cheapest first), the missing method."""
+    _, summaries, _, shown = failed_arm_study
+    scored = {m: s for m, s in summaries.items() if m != "m2"}
+    best = max(scored, key=lambda m: scored[m]["aurac_log2"])
+    front, level = [], -1.0
+    for m in sorted(scored, key=lambda m: scored[m]["cost"]["device_hours"]):
+        if scored[m]["aurac_log2"] > level:
+            front.append(m)
+            level = scored[m]["aurac_log2"]
+    assert shown.cards == [
+        ("Best AURAC", best, f"{scored[best]['aurac_log2']:.3f} on the log2 rank axis"),
+        ("Pareto front (device-hours)", " → ".join(front), "cheapest first"),
+        ("Missing", "1 method(s)", "m2"),
+    ]
+
+
+def test_clicking_a_heading_sorts_its_table_by_number(failed_arm_study):
+    """A person sorting the AURAC table: ascending on the first click, descending on the
+    second; numbers as numbers (FLOPs in e-notation too), names as text."""
+    _, summaries, page, _ = failed_arm_study
+    scored = {m: s for m, s in summaries.items() if m != "m2"}
+    clicks = [("aurac-table", "AURAC log2")] * 2 + [("cost-table", "FLOPs")]
+    clicks += [("cost-table", "method")] * 2
+    up, down, cheap, names, reverse = (
+        [r[0] for r in rows] for rows in rows_after_clicks(page, clicks)
+    )
+    assert up == sorted(scored, key=lambda m: scored[m]["aurac_log2"]) == down[::-1]
+    assert cheap == sorted(scored, key=lambda m: scored[m]["cost"]["flops"])
+    assert names == sorted(scored) == reverse[::-1]
 
 
 def test_report_is_logged_to_the_study_parent_run(failed_arm_study):
@@ -182,7 +218,7 @@ def test_a_study_with_no_result_yet_still_gets_a_report(tmp_path):
     shown = render(page, "report-all-failed")
     assert shown.errors == [] and shown.charts == []
     assert "m0: arm m0: all 2 trials failed" in shown.text
-    assert "2 method(s)\nm0, m1" in shown.text  # the headline card
+    assert shown.cards == [("Missing", "2 method(s)", "m0, m1")]  # the one headline card
 
 
 def test_one_seed_shows_no_spread_instead_of_a_measured_zero(tmp_path):
@@ -305,10 +341,8 @@ def test_report_from_a_tracking_server_over_http(tmp_path, mlflow_server):
     """Written to and read from a served store, artifacts included, as on a cluster's head."""
     summaries = fill_study(mlflow_server, "served", 2, [1, 2, 4], [0, 1], 2, 20)
     page = build_report(mlflow_server, tmp_path / "report", experiment="served")
-    html = page.read_text()
-    for method, summary in summaries.items():
-        assert f"<td>{method}</td>" in html
-        assert f"{summary['aurac_log2']:.3f}" in html
+    aurac = column(html_tables(page.read_text())["aurac-table"], "AURAC log2")
+    assert aurac == {m: f"{s['aurac_log2']:.3f}" for m, s in summaries.items()}
     client = MlflowClient(mlflow_server)
     parent = client.search_runs(
         [client.get_experiment_by_name("served").experiment_id], "tags.`rankstudy.kind` = 'study'"

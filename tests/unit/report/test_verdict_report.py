@@ -37,18 +37,19 @@ def test_the_deploy_card_opens_the_page_with_the_recommendation(one_seed):
     html = page.read_text()
     assert html.index('id="deploy"') < html.index('class="cards"')  # before everything else
     score, best = choice["score"], choice["best"]
-    for line in (
-        "Which rank should I deploy?",
-        f"m0 at rank {choice['rank']}",
+    assert shown.blocks["deploy-answer"] == f"m0 at rank {choice['rank']}"
+    card = shown.blocks["deploy"]
+    facts = [" ".join(line.split()) for line in card.splitlines()]  # each fact its own line
+    assert facts[:2] == ["Which rank should I deploy?", f"m0 at rank {choice['rank']}"]
+    assert facts[2:6] == [
         f"test score {score['point']:.3f} {interval(score)} (95% interval)",
         f"training FLOPs {choice['cost']:.3g}",
         f"tied with the best: {best['method']} at rank {best['rank']} "
         f"({best['score']['point']:.3f} {interval(best['score'])})",
         "tolerance 0.01",
-        "(tied there: m0, m1, m2)",
-        f"Note, {ONE_SEED}.",
-    ):
-        assert line in shown.text, line
+    ]
+    assert "(tied there: m0, m1, m2)" in " ".join(card.split())
+    assert shown.blocks["intervals-note"] == f"Note, {ONE_SEED}."
     per_method = column(shown.tables["deploy-per-method"], "smallest tied rank")
     assert per_method == {m: str(r) for m, r in choice["per_method"].items()}
 
@@ -117,8 +118,8 @@ def test_a_study_without_a_verdict_says_intervals_are_not_available(tmp_path):
     page = build_report(uri, tmp_path / "report", experiment="older", log=False)
     shown = render(page, "report-no-verdict")
     assert shown.errors == [] and len(shown.charts) == 3
-    assert "Intervals are not available for this study" in shown.text
-    assert "Which rank should I deploy?" not in shown.text
+    assert shown.blocks["no-intervals"].startswith("Intervals are not available for this study")
+    assert "deploy" not in shown.blocks and "Which rank should I deploy?" not in shown.text
     assert "pairs-table" not in shown.tables and "deploy-per-method" not in shown.tables
     assert "95% interval" not in shown.tables["aurac-table"][0]
     assert "bars:" not in (page.parent / "figures" / "rank_curves.svg").read_text()
