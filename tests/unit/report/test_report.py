@@ -97,7 +97,7 @@ def test_report_tables_hold_what_mlflow_holds(failed_arm_study):
         )
         row = next(r for r in rank_rows if r[0] == method)
         assert row[1:] == [f"{m.value:.3f}" for m in logged]
-        assert row[1:] == [f"{s:.3f}" for s in summaries[method]["scores"]]
+        assert row[1:] == [f"{s:.3f}" for s in summaries[method].scores]
     # m3's curve is the highest at every rank: its cells, and only its, are marked best
     assert shown.best["rank-table"] == ["m3"] * len(RANKS)
     assert next(r for r in rank_rows if r[0] == "planted reference")  # the reference row
@@ -106,8 +106,8 @@ def test_report_tables_hold_what_mlflow_holds(failed_arm_study):
     cost = shown.tables["cost-table"]
     flops, money = column(cost, "FLOPs"), column(cost, "money")
     for m, s in summaries.items():
-        assert flops[m] == f"{s['cost']['flops']:.3g}"
-        assert money[m] == f"{s['cost']['money']:.2f}"
+        assert flops[m] == f"{s.cost.flops:.3g}"
+        assert money[m] == f"{s.cost.money:.2f}"
     # 3 search trials (the first-seed test pass resumes trial 0 in its folder) + 2 seed repeats
     assert column(cost, "runs paid for")["m0"] == "5"
 
@@ -165,7 +165,7 @@ def test_every_table_is_taken_away_as_the_csv_its_link_holds(failed_arm_study, t
     assert {"rank-table", "aurac-table", "cost-table", "search-m2", "versions"} <= set(files)
     flops = column(seen["cost-table"], "FLOPs")
     assert {m: float(flops[m]) for m in summaries} == {
-        m: float(f"{s['cost']['flops']:.3g}") for m, s in summaries.items()
+        m: float(f"{s.cost.flops:.3g}") for m, s in summaries.items()
     }
     links = re.findall(
         r'<caption class="csv"><a download="([^"]+)\.csv" href="data:text/csv;base64,([^"]+)">',
@@ -308,7 +308,7 @@ def test_report_from_a_tracking_server_over_http(tmp_path, mlflow_server):
     html = page.read_text()
     for method, summary in summaries.items():
         assert f"<td>{method}</td>" in html
-        assert f"{summary['aurac_log2']:.3f}" in html
+        assert f"{summary.aurac_log2:.3f}" in html
     client = MlflowClient(mlflow_server)
     parent = client.search_runs(
         [client.get_experiment_by_name("served").experiment_id], "tags.`rankstudy.kind` = 'study'"
