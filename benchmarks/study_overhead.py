@@ -22,6 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from rankstudy.core.summaries import read_study_summary
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -47,14 +49,13 @@ def main() -> None:
             cwd=ROOT,
             check=True,
         )
-    summary = json.loads((out / "study_summary.json").read_text())
+    summary = read_study_summary(out)
     results = [json.loads(p.read_text()) for p in sorted(out.glob("trials/*/*/result.json"))]
     useful = sum(r["cost"]["train_seconds"] + r["cost"]["eval_seconds"] for r in results)
     inside = sum(r["cost"]["wall_seconds"] for r in results)
-    wall = summary["wall_seconds"]
+    wall = summary.wall_seconds
     print(
-        f"study {summary['study']}: {len(results)} trial runs, wall {wall:.1f} s on "
-        f"{args.slots} slots"
+        f"study {summary.study}: {len(results)} trial runs, wall {wall:.1f} s on {args.slots} slots"
     )
     print(f"  training + evaluation: {useful:.1f} s   trial wall: {inside:.1f} s")
     print(

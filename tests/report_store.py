@@ -14,6 +14,7 @@ from rankstudy.core.aurac import aurac
 from rankstudy.core.intervals import recommend, resample_curves, study_intervals
 from rankstudy.core.records import TrialCost, TrialRecord, TrialResult
 from rankstudy.core.scoring import total_cost
+from rankstudy.core.summaries import MethodCost, MethodSummary, MlflowRefs, StudySummary
 from rankstudy.core.verdict import ONE_SEED
 from rankstudy.tracking.tracker import StudyTracker
 
@@ -63,6 +64,58 @@ def make_result(**fields) -> TrialResult:
         "resumed_from": [],
     }
     return TrialResult.model_validate(neutral | fields)
+
+
+def make_cost(**fields) -> MethodCost:
+    """A method's cost with neutral values: tests set the fields they read."""
+    neutral = {
+        "paid_runs": 1,
+        "device_seconds": 0.0,
+        "train_seconds": 0.0,
+        "eval_seconds": 0.0,
+        "flops": 0.0,
+        "train_flops": 0.0,
+        "train_tokens": 0,
+        "device_hours": 0.0,
+        "money": None,
+    }
+    return MethodCost.model_validate(neutral | fields)
+
+
+def make_summary(**fields) -> MethodSummary:
+    """A whole method summary with neutral values (one seed, one rank at 0.5): tests set the
+    fields they read; `cost` a MethodCost, or a dict of the cost fields they read."""
+    cost = fields.get("cost", {})
+    fields["cost"] = cost if isinstance(cost, MethodCost) else make_cost(**cost)
+    ranks = fields.get("ranks", [1])
+    neutral = {
+        "metric": "score",
+        "ranks": ranks,
+        "scores": [0.5] * len(ranks),
+        "scores_by_seed": {"0": [0.5] * len(ranks)},
+        "aurac_log2": 0.5,
+        "aurac_linear": 0.5,
+        "aurac_log2_std": 0.0,
+        "aurac_linear_std": 0.0,
+        "inference_rule": "scaled",
+        "search_trials": 1,
+    }
+    return MethodSummary.model_validate(neutral | fields)
+
+
+def make_study_summary(**fields) -> StudySummary:
+    """A whole study summary with neutral values: tests set the fields they read."""
+    neutral = {
+        "study": "study",
+        "spec": "/spec.yaml",
+        "seeds": [0],
+        "wall_seconds": 1.0,
+        "shared_setup_seconds": 0.0,
+        "methods": {},
+        "missing": {},
+        "mlflow": MlflowRefs(tracking_uri="sqlite:///m.db", experiment_id="1", parent_run_id="p"),
+    }
+    return StudySummary.model_validate(neutral | fields)
 
 
 def score(method: int, rank: int, seed: int) -> float:
@@ -125,7 +178,7 @@ def make_verdict(summaries: dict, ranks: list[int], seeds: list[int]) -> dict:
     if len(seeds) == 1:
         intervals["note"] = ONE_SEED
     draws = resample_curves(examples, RESAMPLES, 0)
-    costs = {m: s["cost"]["train_flops"] for m, s in summaries.items()}
+    costs = {m: s.cost.train_flops for m, s in summaries.items()}
     return {"intervals": intervals, "recommendation": recommend(ranks, draws, costs, 0.01)}
 
 
@@ -141,7 +194,7 @@ def fill_study(
     reference: bool = True,
     verdict: bool = False,
     searches: Path | None = None,
-) -> dict:
+) -> dict[str, MethodSummary]:
     """Log a whole study: per method (m0, m1, ..., each its own arm) its search trials, its chosen
     trial's test passes at every seed and its summary run; a method in `failed` has every
     trial failed and no summary. verdict: the study ends with make_verdict's, each summary
@@ -196,54 +249,48 @@ def fill_study(
         by_seed = {str(seed): [score(i, r, seed) for r in ranks] for seed in seeds}
         per_seed = [aurac(ranks, c) for c in by_seed.values()]
         mean = sum(per_seed) / len(per_seed)
-        summary = {
-            "ranks": ranks,
-            "scores": [sum(c[j] for c in by_seed.values()) / len(seeds) for j in range(len(ranks))],
-            "scores_by_seed": by_seed,
-            "aurac_log2": mean,
-            "aurac_linear": mean - 0.05,
-            "aurac_log2_std": math.sqrt(sum((a - mean) ** 2 for a in per_seed) / len(per_seed)),
-            "aurac_linear_std": 0.0,
-            "cost": total_cost(spent, 2.5),
-            "trials": trials_per_arm,
-        }
-        summaries[method] = summary
-    study = {"methods": summaries}
+        summaries[method] = MethodSummary(
+            metric="score",
+            ranks=ranks,
+            scores=[sum(c[j] for c in by_seed.values()) / len(seeds) for j in range(len(ranks))],
+            scores_by_seed=by_seed,
+            aurac_log2=mean,
+            aurac_linear=mean - 0.05,
+            aurac_log2_std=math.sqrt(sum((a - mean) ** 2 for a in per_seed) / len(per_seed)),
+            aurac_linear_std=0.0,
+            inference_rule="scaled",
+            cost=total_cost(spent, 2.5),
+            search_trials=trials_per_arm,
+        )
+    study = make_study_summary(study=name, seeds=seeds, methods=summaries)
     if verdict and summaries:
-        study["verdict"] = make_verdict(summaries, ranks, seeds)
+        study.verdict = make_verdict(summaries, ranks, seeds)
         for method, summary in summaries.items():
-            summary["intervals"] = study["verdict"]["intervals"]["methods"][method]
+            summary.intervals = study.verdict["intervals"]["methods"][method]
     for method, summary in summaries.items():
-        tracker.log_method(method, summary, None, study.get("verdict"))
+        tracker.log_method(method, summary, None, study.verdict)
     if searches is not None:
         tracker.log_searches(searches)
     tracker.finish_study(study, "FAILED" if failed else "FINISHED")
     return summaries
 
 
-def point_summary(point: dict[str, float], ranks: list[int]) -> dict:
+def point_summary(point: dict[str, float], ranks: list[int]) -> MethodSummary:
     """A method's summary at one budget point whose AURAC, spread and cost are `point`'s: a
     flat curve at the AURAC, and two seeds at AURAC - std and AURAC + std (population spread
     std, mean the AURAC); one seed, at the AURAC, when std is None."""
     a, std, seconds = point["aurac"], point["std"], point["device_seconds"]
     by_seed = {"0": [a - std] * len(ranks), "1": [a + std] * len(ranks)} if std is not None else {}
-    return {
-        "ranks": ranks,
-        "scores": [a] * len(ranks),
-        "scores_by_seed": by_seed or {"0": [a] * len(ranks)},
-        "aurac_log2": a,
-        "aurac_log2_std": std or 0.0,
-        "aurac_linear": a,
-        "aurac_linear_std": std or 0.0,
-        "cost": {
-            "trials": 1,
-            "device_seconds": seconds,
-            "device_hours": seconds / 3600,
-            "flops": point["flops"],
-            "train_tokens": 0,
-        },
-        "trials": 1,
-    }
+    return make_summary(
+        ranks=ranks,
+        scores=[a] * len(ranks),
+        scores_by_seed=by_seed or {"0": [a] * len(ranks)},
+        aurac_log2=a,
+        aurac_log2_std=std or 0.0,
+        aurac_linear=a,
+        aurac_linear_std=std or 0.0,
+        cost={"device_seconds": seconds, "device_hours": seconds / 3600, "flops": point["flops"]},
+    )
 
 
 def fill_sweep(
@@ -264,6 +311,6 @@ def fill_sweep(
         summaries = {m: point_summary(p, list(ranks)) for m, p in methods.items()}
         for method, summary in summaries.items():
             tracker.log_method(method, summary, None)
-        tracker.finish_study({"methods": summaries})
+        tracker.finish_study(make_study_summary(study=name, methods=summaries))
         runs[budget] = parent
     return runs

@@ -68,25 +68,27 @@ def best_by_rank(view: StudyView) -> dict[int, float]:
 def headline(view: StudyView) -> list[tuple[str, str, str]]:
     """(label, value, detail) cards: the answer before the evidence."""
     cards = []
-    scored = {n: m for n, m in view.methods.items() if "log2" in m.aurac}
+    scored = view.methods
     if scored:
-        top = max(scored.values(), key=lambda m: m.aurac["log2"])
-        cards.append(("Best AURAC", top.name, f"{top.aurac['log2']:.3f} on the log2 rank axis"))
+        top = max(scored.values(), key=lambda m: m.summary.aurac_log2)
+        cards.append(
+            ("Best AURAC", top.name, f"{top.summary.aurac_log2:.3f} on the log2 rank axis")
+        )
         points = {
-            n: (m.cost["device_hours"], m.aurac["log2"])
+            n: (m.cost.device_hours, m.summary.aurac_log2)
             for n, m in scored.items()
-            if m.cost.get("device_hours")
+            if m.cost.device_hours
         }
         front = charts.pareto_front(points)
         if front:
             cards.append(("Pareto front (device-hours)", " → ".join(front), "cheapest first"))
     grid, mat = view.methods.get("lora_grid"), view.methods.get("matryoshka")
-    if grid and mat and grid.cost.get("flops") and "log2" in grid.aurac:
+    if grid and mat and grid.cost.flops:
         cards.append(
             (
                 "Matryoshka vs the LoRA grid",
-                f"{mat.cost['flops'] / grid.cost['flops']:.2f}× the FLOPs",
-                f"AURAC {mat.aurac['log2']:.3f} vs {grid.aurac['log2']:.3f}",
+                f"{mat.cost.flops / grid.cost.flops:.2f}× the FLOPs",
+                f"AURAC {mat.summary.aurac_log2:.3f} vs {grid.summary.aurac_log2:.3f}",
             )
         )
     if view.missing:
@@ -178,8 +180,8 @@ def render(
         ranks=ranks,
         extra_metrics=sorted({k for m in view.methods.values() for k in m.extra}),
         best=best_by_rank(view),
-        best_aurac=max((m.aurac.get("log2", -1) for m in view.methods.values()), default=None),
-        priced=any(m.cost.get("money") is not None for m in view.methods.values()),
+        best_aurac=max((m.summary.aurac_log2 for m in view.methods.values()), default=None),
+        priced=any(m.cost.money is not None for m in view.methods.values()),
         arms=arms,
         params=params_of(view),
         rules=rules_of(view),

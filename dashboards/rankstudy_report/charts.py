@@ -84,7 +84,7 @@ def rank_curves(view: StudyView) -> str:
                 color=colors[name],
                 markersize=7 if grid else 4,
                 linewidth=1 if grid else 1.8,
-                label=f"{name}  (AURAC {m.aurac.get('log2', float('nan')):.3f})",
+                label=f"{name}  (AURAC {m.summary.aurac_log2:.3f})",
             )
             seeds = [s for s in m.seed_scores.values() if None not in s]
             if len(seeds) > 1:
@@ -144,9 +144,9 @@ def cost_front(view: StudyView) -> str:
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), sharey=True)
         for ax, (key, label) in zip(axes, axes_cost, strict=True):
             points = {
-                n: (m.cost[key], m.aurac["log2"])
+                n: (getattr(m.cost, key), m.summary.aurac_log2)
                 for n, m in view.methods.items()
-                if m.cost.get(key, 0) > 0 and "log2" in m.aurac
+                if getattr(m.cost, key) > 0
             }
             front = pareto_front(points)
             if front:

@@ -14,7 +14,9 @@ from mlflow.tracking import MlflowClient
 
 from rankstudy.core import mlflow_names as names
 from rankstudy.core.errors import InputError
+from rankstudy.core.method_codec import from_mlflow, missing_from_tags
 from rankstudy.core.methods import SERVED
+from rankstudy.core.summaries import MethodCost, MethodSummary
 
 PAGE = 1000  # runs per search_runs page
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small JSON file
@@ -26,17 +28,40 @@ class ReportError(InputError):
 
 @dataclass
 class MethodResult:
-    """A scored method, as its summary run holds it."""
+    """A scored method: its summary as its summary run holds it (read back by
+    rankstudy.core.method_codec), and that run. The page reads the summary's fields through the
+    names below."""
 
     name: str
-    ranks: list[int]
-    scores: list[float]
-    seed_scores: dict[str, list[float]]  # seed -> score at each rank
-    aurac: dict[str, float]  # log2, linear, and their std over seeds
-    cost: dict[str, float]  # trials, device_seconds, device_hours, flops, train_tokens, money
-    trials: int
+    summary: MethodSummary
     run_id: str
-    extra: dict[str, list[float | None]] = field(default_factory=dict)  # metric -> per rank
+
+    @property
+    def ranks(self) -> list[int]:
+        return self.summary.ranks
+
+    @property
+    def scores(self) -> list[float]:
+        return self.summary.scores
+
+    @property
+    def seed_scores(self) -> dict[str, list[float]]:
+        """seed -> score at each rank."""
+        return self.summary.scores_by_seed
+
+    @property
+    def extra(self) -> dict[str, list[float]]:
+        """extra metric (token_nll, ...) -> its mean at each rank."""
+        return self.summary.extra_scores
+
+    @property
+    def cost(self) -> MethodCost:
+        return self.summary.cost
+
+    @property
+    def trials(self) -> int:
+        """Its search trials (cost.paid_runs: every run it paid for)."""
+        return self.summary.search_trials
 
 
 @dataclass
@@ -123,39 +148,14 @@ def history(client: MlflowClient, run_id: str, key: str) -> dict[int, float]:
     return {m.step: m.value for m in points}
 
 
-def method_result(client: MlflowClient, run) -> MethodResult:
-    metrics = run.data.metrics
-    curve = history(client, run.info.run_id, names.TEST_SCORE)
-    ranks = sorted(curve)
-    seeds = {}
-    for key in sorted(k for k in metrics if k.startswith(names.SEED_CURVE_PREFIX)):
-        by_rank = history(client, run.info.run_id, key)
-        seeds[key.removeprefix(names.SEED_CURVE_PREFIX)] = [by_rank.get(r) for r in ranks]
-    test = f"{names.TEST}_"
-    return MethodResult(
-        name=run.data.tags[names.METHOD_TAG],
-        ranks=ranks,
-        scores=[curve[r] for r in ranks],
-        seed_scores=seeds,
-        aurac={
-            k: metrics[names.AURAC_PREFIX + k]
-            for k in ("log2", "linear", "log2_std", "linear_std")
-            if names.AURAC_PREFIX + k in metrics
-        },
-        cost={
-            k.removeprefix(names.COST_PREFIX): v
-            for k, v in metrics.items()
-            if k.startswith(names.COST_PREFIX)
-        },
-        trials=int(metrics.get(names.TRIALS, 0)),
-        run_id=run.info.run_id,
-        extra={  # extra metrics (token_nll, ...): test_<metric>, step = rank
-            key.removeprefix(test): [by_rank.get(r) for r in ranks]
-            for key in sorted(metrics)
-            if key.startswith(test) and not key.startswith(names.TEST_SCORE)
-            for by_rank in [history(client, run.info.run_id, key)]
-        },
+def method_result(client: MlflowClient, run, metric: str = "score") -> MethodResult:
+    """A method's summary run; metric: what its scores measure, for a run logged before it
+    said so (the spec's)."""
+    run_id = run.info.run_id
+    summary = from_mlflow(
+        run.data.tags, run.data.metrics, lambda key: history(client, run_id, key), metric
     )
+    return MethodResult(run.data.tags[names.METHOD_TAG], summary, run_id)
 
 
 def trial_run(run) -> TrialRun:
@@ -213,6 +213,16 @@ def why_missing(method: str, trials: list[TrialRun], study_status: str) -> str:
     return "; ".join(reasons)
 
 
+def missing_methods(
+    order: list[str], found: dict, tags: dict[str, str], trials: list[TrialRun], status: str
+) -> dict[str, str]:
+    """Why each method the spec asks for has no summary run: as the study recorded it
+    (rankstudy.core.method_codec.missing_tags), else, for a study that recorded none (logged
+    before it did so, or not finished), worked out from its arms' trial runs."""
+    recorded = missing_from_tags(tags)
+    return {m: recorded.get(m) or why_missing(m, trials, status) for m in order if m not in found}
+
+
 def artifact_json(client: MlflowClient, run_id: str, path: str, missing_ok: bool = False):
     """A JSON artifact of a run, through this client's store, local or served; None when
     missing_ok and the run has none (the verdict of a study logged before intervals)."""
@@ -231,8 +241,9 @@ def collect(tracking_uri: str, experiment: str | None = None, run_id: str | None
     by_kind: dict[str, list] = {}
     for run in runs:
         by_kind.setdefault(run.data.tags.get(names.KIND_TAG), []).append(run)
+    metric = spec.get("task", {}).get("metric", "teacher agreement")
     found = {
-        r.data.tags[names.METHOD_TAG]: method_result(client, r)
+        r.data.tags[names.METHOD_TAG]: method_result(client, r, metric)
         for r in by_kind.get(names.METHOD, [])
     }
     order = list(spec.get("methods", [])) + sorted(set(found) - set(spec.get("methods", [])))
@@ -264,10 +275,10 @@ def collect(tracking_uri: str, experiment: str | None = None, run_id: str | None
             if k.startswith(names.VERSION_TAG_PREFIX)
         },
         methods={m: found[m] for m in order if m in found},
-        missing={m: why_missing(m, trials, status) for m in order if m not in found},
+        missing=missing_methods(order, found, parent.data.tags, trials, status),
         reference=reference,
         base=base,
-        metric=spec.get("task", {}).get("metric", "teacher agreement"),
+        metric=metric,
         trials=trials,
         shared_setup_seconds=parent.data.metrics.get(names.SHARED_SETUP_SECONDS),
         verdict=artifact_json(client, parent.info.run_id, names.VERDICT_ARTIFACT, missing_ok=True),

@@ -15,10 +15,13 @@ from rankstudy.core.frontier import (
     GRID,
     FrontierPoint,
     FrontierRow,
+    Points,
     frontier_points,
     frontier_table,
     reference_budget,
 )
+from rankstudy.core.method_codec import point_from_mlflow
+from rankstudy.core.summaries import PointEntry
 from rankstudy_report.collect import PAGE, ReportError, find_study
 
 TOLERANCE = 0.01  # "within 0.01 of the grid's AURAC" (DESIGN.md section 8)
@@ -27,7 +30,7 @@ TOLERANCE = 0.01  # "within 0.01 of the grid's AURAC" (DESIGN.md section 8)
 @dataclass
 class SweepView:
     name: str
-    points: dict[float, dict[str, dict[str, float]]]  # budget -> method -> frontier.py's point
+    points: Points  # budget -> method -> its entry at that budget
     runs: dict[float, str]  # budget -> the point's parent run id (the newest at that budget)
     tolerance: float = TOLERANCE
 
@@ -72,10 +75,10 @@ def sweep_runs(client: MlflowClient, experiment_id: str, sweep: str) -> dict:
     return dict(sorted(newest.items()))
 
 
-def point_methods(client: MlflowClient, parent) -> dict[str, dict[str, float]]:
+def point_methods(client: MlflowClient, parent) -> dict[str, PointEntry]:
     """method -> its AURAC (log2), spread over seeds (None when it ran one seed: a method run
     holds a test curve per seed) and cost at one budget point, for every method the point
-    scored."""
+    scored (rankstudy.core.method_codec.point_from_mlflow)."""
     runs = client.search_runs(
         [parent.info.experiment_id],
         f"tags.`{names.PARENT_TAG}` = '{parent.info.run_id}' "
@@ -83,23 +86,8 @@ def point_methods(client: MlflowClient, parent) -> dict[str, dict[str, float]]:
         order_by=["attributes.start_time ASC"],  # the order the study scored them in
         max_results=PAGE,
     )
-    aurac, cost = names.AURAC_PREFIX, names.COST_PREFIX
-    return {
-        run.data.tags[names.METHOD_TAG]: {
-            "aurac": m[f"{aurac}log2"],
-            "std": m.get(f"{aurac}log2_std", 0.0) if seeds(m) > 1 else None,
-            "flops": m.get(f"{cost}flops", 0.0),
-            "device_seconds": m.get(f"{cost}device_seconds", 0.0),
-        }
-        for run in runs
-        for m in [run.data.metrics]
-        if f"{aurac}log2" in m
-    }
-
-
-def seeds(metrics: dict[str, float]) -> int:
-    """How many seeds a method run's metrics hold a test curve of."""
-    return sum(k.startswith(names.SEED_CURVE_PREFIX) for k in metrics)
+    points = {run.data.tags[names.METHOD_TAG]: point_from_mlflow(run.data.metrics) for run in runs}
+    return {m: p for m, p in points.items() if p is not None}
 
 
 def collect_sweep(

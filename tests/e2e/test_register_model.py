@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from rankstudy.core.spec import SpecError, load_spec
+from rankstudy.core.summaries import read_study_summary
 from rankstudy.model.build import load_model
 from rankstudy.study.export import read_study, study_spec
 from rankstudy.study.preflight import check_tracking
@@ -101,7 +102,7 @@ def test_registration_refused_before_any_model_loads(served_study, tmp_path):
     assert "database-backed" in done.stderr and not x.exists()
     done = register(study, x, "--method", "dylora", "--ranks", "all", "--register", "n")
     assert done.returncode == 2 and "--register: registers one rank" in done.stderr
-    summary = json.loads((served_study[1] / "study_summary.json").read_text())
+    summary = read_study_summary(served_study[1])
     with pytest.raises(RegistryError, match="scored lora_svd at ranks \\[1, 2, 4, 8\\], not 3"):
         figures(summary, "lora_svd", 3, None)
     with pytest.raises(RegistryError, match="no method 'lora_r4'.*--method lora_grid --rank"):

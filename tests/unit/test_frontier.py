@@ -6,10 +6,11 @@ import math
 import pytest
 
 from rankstudy.core.frontier import GridReference, frontier_points, frontier_table
+from rankstudy.core.summaries import PointEntry
 
 
 def point(aurac, flops, seconds=None, std=0.0):
-    return {"aurac": aurac, "std": std, "flops": flops, "device_seconds": seconds or flops / 1e10}
+    return PointEntry(aurac=aurac, std=std, flops=flops, device_seconds=seconds or flops / 1e10)
 
 
 # The grid: 0.80 at budget 1.0 for 1e12 FLOPs (100 device-seconds); target 0.80 - 0.01 = 0.79.

@@ -9,6 +9,7 @@ import pytest
 
 from rankstudy.core.intervals import study_intervals
 from rankstudy.core.spec import parse_spec
+from rankstudy.core.summaries import write_study_summary
 from rankstudy.study.regime_map import (
     folder_summaries,
     map_table,
@@ -18,6 +19,7 @@ from rankstudy.study.regime_map import (
     write_regime_map,
 )
 from rankstudy.study.sweep import sweep_points
+from report_store import make_study_summary
 from studies import TINY
 
 RANKS = [1, 2, 4]
@@ -57,8 +59,8 @@ def test_the_table_tally_and_file_of_a_sweep(tmp_path):
     wins = verdict({"dylora": 0.1, "matryoshka": 0.2}, ["dylora", "matryoshka"])
     loses = verdict({"dylora": 0.3, "matryoshka": 0.2}, ["dylora", "matryoshka"])
     points = [
-        ({"training.lr": 1e-4}, {"verdict": wins}),
-        ({"training.lr": 1e-2}, {"verdict": loses}),
+        ({"training.lr": 1e-4}, make_study_summary(verdict=wins)),
+        ({"training.lr": 1e-2}, make_study_summary(verdict=loses)),
     ]
     points.append(({"training.lr": 1e-3}, None))  # not finished
     cells = sweep_cells(points)
@@ -76,8 +78,8 @@ def test_the_table_tally_and_file_of_a_sweep(tmp_path):
 
 def test_point_folders_are_read_where_finished(tmp_path):
     (tmp_path / "a").mkdir()
-    (tmp_path / "a" / "study_summary.json").write_text('{"methods": {}}')
-    assert folder_summaries([tmp_path / "a", tmp_path / "b"]) == [{"methods": {}}, None]
+    write_study_summary(tmp_path / "a", make_study_summary())
+    assert folder_summaries([tmp_path / "a", tmp_path / "b"]) == [make_study_summary(), None]
 
 
 def test_each_sweep_point_tags_its_settings():

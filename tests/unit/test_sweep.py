@@ -9,6 +9,7 @@ import pytest
 
 from rankstudy.core import mlflow_names as names
 from rankstudy.core.spec import SpecError, parse_spec
+from rankstudy.core.summaries import PointEntry, SweepSummary
 from rankstudy.study.sweep import (
     SweepPoint,
     budget_key,
@@ -20,6 +21,7 @@ from rankstudy.study.sweep import (
     sweep_table,
     write_sweep_summary,
 )
+from report_store import make_study_summary, make_summary
 from studies import TINY
 
 
@@ -147,22 +149,20 @@ def study_summary(grid_aurac, grid_flops, missing=None):
     """A point's study summary as rankstudy.study.summary writes it (the fields a sweep reads)."""
 
     def method(aurac, std, flops, seconds, trials, seeds=2):
-        return {
-            "aurac_log2": aurac,
-            "aurac_log2_std": std,
-            "scores_by_seed": {str(s): [aurac] for s in range(seeds)},
-            "aurac_linear": aurac + 0.05,
-            "cost": {"flops": flops, "device_seconds": seconds},
-            "trials": trials,
-        }
+        return make_summary(
+            aurac_log2=aurac,
+            aurac_log2_std=std,
+            scores_by_seed={str(s): [aurac] for s in range(seeds)},
+            aurac_linear=aurac + 0.05,
+            cost={"flops": flops, "device_seconds": seconds},
+            search_trials=trials,
+        )
 
-    return {
-        "methods": {
-            "lora_grid": method(grid_aurac, 0.004, grid_flops, 100.0, 12),
-            "dylora": method(0.77, 0.01, 3.3e11, 20.0, 2),
-        },
-        "missing": missing or {},
+    methods = {
+        "lora_grid": method(grid_aurac, 0.004, grid_flops, 100.0, 12),
+        "dylora": method(0.77, 0.01, 3.3e11, 20.0, 2),
     }
+    return make_study_summary(methods=methods, missing=missing or {})
 
 
 def test_sweep_summary_holds_each_finished_point_and_says_what_is_left(tmp_path):
@@ -214,7 +214,7 @@ def test_sweep_table_reads_every_method_at_every_budget(tmp_path):
         str(folders[0]): study_summary(0.8, 8.4e11),
         str(folders[1]): study_summary(0.825, 1.68e12),
     }
-    done[str(folders[1])]["methods"].pop("dylora")
+    done[str(folders[1])].methods.pop("dylora")
     table = sweep_table(sweep_summaries(points, folders, done)[0]).splitlines()
     assert table[0].startswith("sweep tiny-study: AURAC log2")
     assert table[1].split() == ["method", "x0.5", "x1.0"]
@@ -225,10 +225,10 @@ def test_sweep_table_reads_every_method_at_every_budget(tmp_path):
 def test_a_point_of_one_seed_has_no_spread_rather_than_zero(tmp_path):
     points = sweep_points(parse_spec(spec_with(budgets=[1])))
     done = {str(tmp_path): study_summary(0.825, 1.68e12)}
-    done[str(tmp_path)]["methods"]["dylora"]["scores_by_seed"] = {"0": [0.77]}
+    done[str(tmp_path)].methods["dylora"].scores_by_seed = {"0": [0.77]}
     summary = sweep_summaries(points, [tmp_path], done)[0]
-    assert summary["points"]["1.0"]["dylora"]["std"] is None
-    assert summary["points"]["1.0"]["lora_grid"]["std"] == 0.004
+    assert summary.points["1.0"]["dylora"].std is None
+    assert summary.points["1.0"]["lora_grid"].std == 0.004
     table = sweep_table(summary).splitlines()
     assert table[2].split() == ["lora_grid", "0.825±0.004", "1.7e+12"]
     assert table[3].split() == ["dylora", "0.770±n/a", "3.3e+11"]
@@ -253,17 +253,17 @@ def test_frontier_text_reads_each_method_against_the_grid_by_hand():
     = 5.66e11 = 0.57x the grid; the grid's 1e12 lies past its last point."""
 
     def point(aurac, flops, seconds):
-        return {"aurac": aurac, "std": 0.0, "flops": flops, "device_seconds": seconds}
+        return PointEntry(aurac=aurac, std=0.0, flops=flops, device_seconds=seconds)
 
-    summary = {
-        "sweep": "s",
-        "budgets": [0.5, 1.0, 4.0],
-        "points": {
+    summary = SweepSummary(
+        sweep="s",
+        budgets=[0.5, 1.0, 4.0],
+        points={
             budget_key(0.5): {"lora_grid": point(0.7, 5e11, 50), "dylora": point(0.7, 1e11, 10)},
             budget_key(1.0): {"lora_grid": point(0.8, 1e12, 100), "dylora": point(0.76, 2e11, 20)},
             budget_key(4.0): {"lora_grid": point(0.85, 4e12, 400), "dylora": point(0.8, 8e11, 80)},
         },
-    }
+    )
     text = frontier_text(summary)
     assert "AURAC 0.800, 1.00e+12 FLOPs, 100 device-s; target 0.790" in text
     row = next(line for line in text.splitlines() if line.startswith("dylora"))

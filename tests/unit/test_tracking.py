@@ -17,10 +17,11 @@ from mlflow.tracking import MlflowClient
 
 from rankstudy.core import mlflow_names as names
 from rankstudy.core.records import TrialRecord
+from rankstudy.core.summaries import MethodSummary
 from rankstudy.core.verdict import ONE_SEED, pair_gap
 from rankstudy.study.recorder import MlflowRecorder
 from rankstudy.tracking.tracker import StudyTracker
-from report_store import fill_study, make_result, make_verdict
+from report_store import fill_study, make_result, make_study_summary, make_summary, make_verdict
 
 CREATES = ("/api/2.0/mlflow/runs/create", "/api/2.0/mlflow/experiments/create")
 HOP_BY_HOP = {"connection", "transfer-encoding", "content-length", "keep-alive"}
@@ -84,14 +85,8 @@ def trial_record(key: str) -> TrialRecord:
     )
 
 
-def method_summary() -> dict:
-    return {
-        "ranks": [1],
-        "scores": [0.5],
-        "scores_by_seed": {"0": [0.5]},
-        "aurac_log2": 0.5,
-        "cost": {"flops": 1.0},
-    }
+def method_summary() -> MethodSummary:
+    return make_summary(cost={"flops": 1.0})
 
 
 def test_runs_created_again_by_a_retried_request_are_kept_once(mlflow_server):
@@ -102,7 +97,7 @@ def test_runs_created_again_by_a_retried_request_are_kept_once(mlflow_server):
         result = make_result(loss_curve=[2.0, 1.0])
         trial_id = tracker.log_trial(trial_record("lora_r1/t0"), result)
         tracker.log_method("lora_grid", method_summary(), None)
-        tracker.finish_study({"methods": {}})
+        tracker.finish_study(make_study_summary())
 
         assert len(lost) == 4  # the experiment's, the parent's, the trial's and the method's
         client = MlflowClient(server)
@@ -205,23 +200,29 @@ def test_the_study_end_logs_the_verdict_through_the_recorder(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     ranks, seeds = [1, 2, 4], [0, 1]
     costs = {"m0": {"flops": 2.0, "train_flops": 1.0}, "m1": {"flops": 4.0, "train_flops": 2.0}}
-    summaries = {m: {"cost": cost, "trials": 1} for m, cost in costs.items()}
-    verdict = make_verdict(summaries, ranks, seeds)
-    for m, s in summaries.items():  # each method's curve: its intervals' points
+    verdict = make_verdict({m: make_summary(cost=cost) for m, cost in costs.items()}, ranks, seeds)
+    summaries = {}
+    for m, cost in costs.items():  # each method's curve: its intervals' points
         own = verdict["intervals"]["methods"][m]
         curve = [own["scores"][str(r)]["point"] for r in ranks]
-        s |= {"ranks": ranks, "scores": curve, "scores_by_seed": {"0": curve, "1": curve}}
-        s |= {"aurac_log2": own["aurac_log2"]["point"], "intervals": own}
+        summaries[m] = make_summary(
+            ranks=ranks,
+            scores=curve,
+            scores_by_seed={"0": curve, "1": curve},
+            aurac_log2=own["aurac_log2"]["point"],
+            intervals=own,
+            cost=cost,
+        )
     tracker = StudyTracker(uri, "recorded")
     tracker.start_study("recorded", {"name": "recorded"})
-    summary = {"methods": summaries, "missing": {}, "verdict": verdict}
+    summary = make_study_summary(methods=summaries, verdict=verdict)
     MlflowRecorder(None, tracker, print).log_summary(summary, tmp_path / "figures")
     client = MlflowClient(uri)
     runs = method_runs(client, "recorded")
     assert runs["m1"].data.tags[names.VS_BEST_TAG] == "best"
     assert runs["m0"].data.tags[names.VS_BEST_TAG].endswith("vs m1, not separated")
     for m, run in runs.items():
-        assert run.data.metrics["aurac_log2_low"] == summaries[m]["intervals"]["aurac_log2"]["low"]
+        assert run.data.metrics["aurac_log2_low"] == summaries[m].intervals["aurac_log2"]["low"]
         assert run.data.tags[names.DEPLOY_RANK_TAG] == str(
             verdict["recommendation"]["per_method"][m]
         )

@@ -3,6 +3,7 @@
 import pytest
 
 from rankstudy.core.verdict import pair_gap, seed_spread, verdict_lines
+from report_store import make_study_summary, make_summary
 
 INTERVALS = {
     "confidence": 0.95,
@@ -31,7 +32,7 @@ CHOICE = {
 
 
 def method(seed_curves):
-    return {"ranks": [1, 2, 4], "scores_by_seed": seed_curves}
+    return make_summary(ranks=[1, 2, 4], scores_by_seed=seed_curves)
 
 
 def test_pair_gap_reads_either_order():
@@ -49,12 +50,11 @@ def test_seed_spread_is_the_std_of_the_per_seed_aurac_differences():
 
 def test_the_closing_lines_name_each_method_against_the_best():
     methods = {m: method({"0": [0.5] * 3, "1": [0.6] * 3}) for m in "abc"}
-    lines = verdict_lines(
-        {"methods": methods, "verdict": {"intervals": INTERVALS, "recommendation": CHOICE}}
-    )
+    verdict = {"intervals": INTERVALS, "recommendation": CHOICE}
+    lines = verdict_lines(make_study_summary(methods=methods, verdict=verdict))
     assert lines[0].startswith("AURAC log2 against the best (a), paired 95% intervals")
     assert lines[1] == "  b - a: -0.100 [-0.120, -0.080], separated (over seeds: ±0.000)"
     assert lines[2] == "  c - a: -0.001 [-0.004, +0.002], not separated (over seeds: ±0.000)"
     assert lines[3].startswith("deploy: c at rank 2 (test score 0.750 [0.740, 0.760]")
     assert lines[4] == "smallest rank tied with each method's best: a 4, b 1, c 2"
-    assert verdict_lines({"methods": methods}) == []  # no verdict: no lines
+    assert verdict_lines(make_study_summary(methods=methods)) == []  # no verdict: no lines

@@ -11,6 +11,7 @@ import traceback
 from pathlib import Path
 
 from rankstudy.core.errors import InputError
+from rankstudy.core.summaries import StudySummary, SweepSummary
 
 
 def _invalid(command: str, error: Exception) -> int:
@@ -166,16 +167,17 @@ def _run_points(studies: list, sweep: tuple | None, resume: bool) -> int:
     """Run each point's study in turn. A budget sweep (sweep: its points and folder) rewrites
     <folder>/sweep_summary.json after each point and ends with its table; resumed, it skips
     the points that file lists as finished."""
+    from rankstudy.core.summaries import SUMMARY_FILE, read_study_summary
     from rankstudy.study.driver import StudyError, StudyInterrupted
-    from rankstudy.study.summary import SUMMARY_FILE
     from rankstudy.study.sweep import finished_folders
 
     finished = finished_folders(sweep[1]) if sweep and resume else set()
-    done, incomplete = {}, []
+    done: dict[str, StudySummary] = {}
+    incomplete = []
     for study in studies:
         if str(study.out_dir) in finished:
             study.log(f"finished before the resume: not run again ({SUMMARY_FILE} kept)")
-            done[str(study.out_dir)] = json.loads((study.out_dir / SUMMARY_FILE).read_text())
+            done[str(study.out_dir)] = read_study_summary(study.out_dir)
             continue
         try:
             summary = study.run()
@@ -191,8 +193,8 @@ def _run_points(studies: list, sweep: tuple | None, resume: bool) -> int:
             return 130 if isinstance(e, StudyInterrupted) else 1
         _print_summary(study, summary)
         done[str(study.out_dir)] = summary
-        if summary["missing"]:
-            incomplete.append(f"{study.spec.name}: {', '.join(summary['missing'])}")
+        if summary.missing:
+            incomplete.append(f"{study.spec.name}: {', '.join(summary.missing)}")
         if sweep:  # after each point: a kill leaves the finished ones listed
             _write_sweep(sweep, studies, done)
     if sweep:
@@ -205,7 +207,9 @@ def _run_points(studies: list, sweep: tuple | None, resume: bool) -> int:
     return 0
 
 
-def _write_sweep(sweep: tuple, studies: list, done: dict) -> tuple[list[dict], Path]:
+def _write_sweep(
+    sweep: tuple, studies: list, done: dict[str, StudySummary]
+) -> tuple[list[SweepSummary], Path]:
     """The sweep's summaries from its finished points (done: folder -> study summary), written
     to <folder>/sweep_summary.json."""
     from rankstudy.study.sweep import sweep_summaries, write_sweep_summary
@@ -214,15 +218,15 @@ def _write_sweep(sweep: tuple, studies: list, done: dict) -> tuple[list[dict], P
     return sweeps, write_sweep_summary(sweep[1].resolve(), sweeps)
 
 
-def _print_summary(study, summary: dict) -> None:
+def _print_summary(study, summary: StudySummary) -> None:
     from rankstudy.study.driver import summary_table
     from rankstudy.tracking.tracker import ui_hint
 
     print(f"\n{study.spec.name}\n" + summary_table(summary))
     print(
         f"wrote {study.out_dir / 'study_summary.json'}\n"
-        + (f"report: {summary['report']}\n" if summary["report"] else "")
-        + ui_hint(summary["mlflow"]["tracking_uri"], summary["mlflow"]["experiment_id"])
+        + (f"report: {summary.report}\n" if summary.report else "")
+        + ui_hint(summary.mlflow.tracking_uri, summary.mlflow.experiment_id)
     )
 
 
@@ -242,7 +246,7 @@ def _print_regime_map(points: list, studies: list, out: Path) -> None:
     print(f"wrote {write_regime_map(out.resolve(), cells, len(points))}")
 
 
-def _print_sweeps(sweeps: list[dict]) -> None:
+def _print_sweeps(sweeps: list[SweepSummary]) -> None:
     """Each budget sweep's table and its frontier: what each one-run method reaches against the
     LoRA grid, at what compute."""
     from rankstudy.study.sweep import frontier_text, sweep_table

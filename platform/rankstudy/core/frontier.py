@@ -15,6 +15,8 @@ import math
 from dataclasses import dataclass
 from itertools import pairwise
 
+from rankstudy.core.summaries import PointEntry
+
 AXES = ("flops", "device_seconds")
 GRID = "lora_grid"
 ROUNDING = 1e-12  # an AURAC equal to the target up to float rounding reaches it
@@ -62,15 +64,16 @@ class FrontierRow:
         return self.grid.aurac - self.tolerance
 
 
-def frontier_points(points: dict) -> dict[str, list[FrontierPoint]]:
-    """{budget: {method: {aurac, std, flops, device_seconds}}} -> {method: its points sorted
-    by FLOPs}, methods in the order they first appear."""
+Points = dict[float, dict[str, PointEntry]]  # budget -> method -> its entry at that budget
+
+
+def frontier_points(points: Points) -> dict[str, list[FrontierPoint]]:
+    """{budget: {method: its entry}} -> {method: its points sorted by FLOPs}, methods in the
+    order they first appear."""
     lines: dict[str, list[FrontierPoint]] = {}
     for budget, methods in points.items():
         for method, p in methods.items():
-            point = FrontierPoint(
-                float(budget), p["aurac"], p["std"], p["flops"], p["device_seconds"]
-            )
+            point = FrontierPoint(float(budget), p.aurac, p.std, p.flops, p.device_seconds)
             lines.setdefault(method, []).append(point)
     return {m: sorted(line, key=lambda p: (p.flops, p.budget)) for m, line in lines.items()}
 
@@ -126,7 +129,7 @@ def reached_at(line: list[FrontierPoint], target: float, axis: str) -> float | N
 
 
 def frontier_table(
-    points: dict, grid: str = GRID, tolerance: float = 0.01, axis: str = "flops"
+    points: Points, grid: str = GRID, tolerance: float = 0.01, axis: str = "flops"
 ) -> list[FrontierRow]:
     """One row per single-run method (every method but `grid`), read on the `axis` cost."""
     if axis not in AXES:

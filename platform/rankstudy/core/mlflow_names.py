@@ -34,6 +34,10 @@ OK, FAILED, CHOSEN, STOPPED = "ok", "failed", "chosen", "stopped"  # its values
 STOPPED_AT_TAG = "stopped_at"  # the step the search's scheduler (ASHA) stopped a trial at
 CHOSEN_FOR_TAG = "chosen_for"  # the inference rules a chosen trial was tested for, comma-joined
 FAILURE_TAG = "failure"
+# Tags of a method run: what its scores measure and the rule it is served with (runs logged
+# before these tags carry neither; the report then takes the spec's metric).
+METRIC_TAG = "rankstudy.metric"
+RULE_TAG = "rankstudy.inference_rule"
 
 # Study run metrics. Curves are logged with step = rank, so the MLflow UI draws them.
 REFERENCE_SCORE = "reference_score"  # the planted deltas' top-k reference curve
@@ -62,6 +66,9 @@ VS_BEST_TAG = "rankstudy.vs_best"  # "-0.004 [-0.010, +0.002] vs lora_grid, not 
 DEPLOY_RANK_TAG = "rankstudy.deploy_rank"  # the smallest rank tied with the method's best
 RECOMMENDATION_TAG = "rankstudy.recommendation"  # "<method> at rank <k>"
 INTERVALS_NOTE_TAG = "rankstudy.intervals_note"  # only with one seed
+# + a method the spec asks for that the study did not score, on the study run: why, as the
+# study's summary says it (`missing`); the report reads it (studies logged before: worked out)
+MISSING_TAG_PREFIX = "rankstudy.missing."
 
 # Artifacts.
 SPEC_ARTIFACT = "spec.json"  # the resolved spec, on the study run

@@ -17,6 +17,7 @@ from rankstudy.core.aurac import aurac
 from rankstudy.core.intervals import draws_intervals, recommend, resample_curves
 from rankstudy.core.scoring import rank_results
 from rankstudy.core.spec import StudySpec
+from rankstudy.core.summaries import MethodSummary, StudySummary
 
 ONE_SEED = "one seed: the intervals cover the test examples only, not the variation between seeds"
 
@@ -36,13 +37,17 @@ def method_examples(method: str, spec: StudySpec, chosen: dict, seed: int, ranks
 
 
 def study_verdict(
-    spec: StudySpec, methods: dict, chosen: dict, seeds: list[int], log: Callable[[str], None]
+    spec: StudySpec,
+    methods: dict[str, MethodSummary],
+    chosen: dict,
+    seeds: list[int],
+    log: Callable[[str], None],
 ) -> dict | None:
     """{"intervals": ..., "recommendation": ...} for the scored methods, or None (said in the
     log) where the chosen trials hold no per-example scores."""
     if not methods:
         return None
-    ranks = sorted(set.intersection(*(set(m["ranks"]) for m in methods.values())))
+    ranks = sorted(set.intersection(*(set(m.ranks) for m in methods.values())))
     examples = {}
     for name in methods:
         per_seed = {s: method_examples(name, spec, chosen, s, ranks) for s in seeds}
@@ -56,7 +61,7 @@ def study_verdict(
     intervals["ranks"] = ranks
     if len(seeds) == 1:
         intervals["note"] = ONE_SEED
-    cost = {name: m["cost"]["train_flops"] for name, m in methods.items()}
+    cost = {name: m.cost.train_flops for name, m in methods.items()}
     choice = recommend(ranks, draws, cost, v.tolerance, v.confidence)
     return {"intervals": intervals, "recommendation": choice}
 
@@ -65,11 +70,11 @@ def _signed(x: float) -> str:
     return f"{x:+.3f}"
 
 
-def verdict_lines(summary: dict) -> list[str]:
+def verdict_lines(summary: StudySummary) -> list[str]:
     """The closing lines: each method against the best by AURAC (log2), with its paired
     interval, separated or not, the spread of that difference over seeds, and the
     recommendation."""
-    verdict = summary.get("verdict")
+    verdict = summary.verdict
     if not verdict:
         return []
     intervals, choice = verdict["intervals"], verdict["recommendation"]
@@ -82,7 +87,7 @@ def verdict_lines(summary: dict) -> list[str]:
             continue
         gap = pair_gap(intervals, name, best)
         state = "separated" if gap["low"] > 0 or gap["high"] < 0 else "not separated"
-        spread = seed_spread(summary["methods"], name, best)
+        spread = seed_spread(summary.methods, name, best)
         lines.append(
             f"  {name} - {best}: {_signed(gap['point'])} "
             f"[{_signed(gap['low'])}, {_signed(gap['high'])}], {state}"
@@ -105,16 +110,15 @@ def verdict_lines(summary: dict) -> list[str]:
     return lines
 
 
-def seed_spread(methods: dict, a: str, b: str) -> float | None:
+def seed_spread(methods: dict[str, MethodSummary], a: str, b: str) -> float | None:
     """The population std over seeds of a's AURAC (log2) minus b's, seed by seed: what the
     intervals over test examples leave out (None for one seed)."""
     ma, mb = methods[a], methods[b]
-    seeds = sorted(set(ma["scores_by_seed"]) & set(mb["scores_by_seed"]))
+    seeds = sorted(set(ma.scores_by_seed) & set(mb.scores_by_seed))
     if len(seeds) < 2:
         return None
     gaps = [
-        aurac(ma["ranks"], ma["scores_by_seed"][s]) - aurac(mb["ranks"], mb["scores_by_seed"][s])
-        for s in seeds
+        aurac(ma.ranks, ma.scores_by_seed[s]) - aurac(mb.ranks, mb.scores_by_seed[s]) for s in seeds
     ]
     return statistics.pstdev(gaps)
 

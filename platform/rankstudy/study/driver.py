@@ -21,6 +21,7 @@ from requests import RequestException
 from rankstudy.core.arms import arm_rules, parse_arm, study_arms, study_rules
 from rankstudy.core.records import TrialRecord
 from rankstudy.core.spec import StudySpec, load_spec, read_spec_file
+from rankstudy.core.summaries import SUMMARY_FILE, StudySummary
 from rankstudy.core.trial_request import StudyRef
 from rankstudy.storage.disk import DiskWatch, full_stop
 from rankstudy.storage.folders import on_disk
@@ -37,7 +38,6 @@ from rankstudy.study.state import (
     hold_folder,
 )
 from rankstudy.study.summary import (
-    SUMMARY_FILE,
     chosen_results,
     summarise,
     summary_table,
@@ -113,7 +113,7 @@ class Study:
         self.recorder = MlflowRecorder(self.files, tracker, self.log)
         return self.recorder
 
-    def run(self) -> dict:
+    def run(self) -> StudySummary:
         """Run (or resume) the study to its summary; a disk that fills up stops it with the
         folder and its free space named (rankstudy.storage.disk), resumable once space is freed."""
         self.hold()
@@ -139,7 +139,7 @@ class Study:
             folders.append(Path(tracking.removeprefix("sqlite:///")).parent)
         return folders
 
-    def _run(self, uri: str) -> dict:
+    def _run(self, uri: str) -> StudySummary:
         recorder = self.attach(StudyTracker(uri, self.spec.tracking.experiment or self.spec.name))
         parent = recorder.start(self.spec.name, self.spec.model_dump(mode="json"), self.tags)
         start = time.perf_counter()
@@ -165,13 +165,13 @@ class Study:
         )
         try:  # the summary file is written whatever MLflow does: it holds the study's outcome
             self.record_summary(summary)
-            summary["report"] = self.report()
-            summary["registered"] = self.register(summary)
+            summary.report = self.report()
+            summary.registered = self.register(summary)
         finally:
             write_summary(self.out_dir, summary)
         return summary
 
-    def record_summary(self, summary: dict) -> None:
+    def record_summary(self, summary: StudySummary) -> None:
         try:
             self.recorder.log_summary(
                 summary, self.out_dir / "figures", self.out_dir / STORAGE_FILE
@@ -202,7 +202,7 @@ class Study:
         self.log(f"report: {path}")
         return str(path)
 
-    def register(self, summary: dict) -> str | None:
+    def register(self, summary: StudySummary) -> str | None:
         """With tracking.register_as: export the recommended method at its rank (first seed)
         to <out>/registered and register it (rankstudy.study.registry); its models:/ URI. One that
         fails is said with the command that registers it later, as a report is."""
@@ -210,7 +210,7 @@ class Study:
         from rankstudy.study.registry import Registration, figures, register
 
         name = self.spec.tracking.register_as
-        choice = (summary.get("verdict") or {}).get("recommendation")
+        choice = (summary.verdict or {}).get("recommendation")
         if not name:
             return None
         if not choice:

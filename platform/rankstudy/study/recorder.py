@@ -14,6 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from rankstudy.core.records import TrialRecord, TrialResult
+from rankstudy.core.summaries import StudySummary
 from rankstudy.study.state import StudyError, StudyFiles
 from rankstudy.tracking.figures import curve_figure
 from rankstudy.tracking.tracker import StudyTracker
@@ -106,18 +107,20 @@ class MlflowRecorder:
                 f"same --spec and --set)"
             )
 
-    def log_summary(self, summary: dict, figures: Path, searches: Path | None = None) -> None:
+    def log_summary(
+        self, summary: StudySummary, figures: Path, searches: Path | None = None
+    ) -> None:
         """The study's end: the reference and base curves, each method's summary run with its
         figure (and its intervals, when the study has a verdict), the arms' Optuna searches
         (`searches`, when the study searched), the summary and the verdict; the parent run
         FAILED when a method is missing."""
-        if "reference" in summary:
-            self.tracker.log_reference(summary["reference"])
-        if "base_scores" in summary:
-            self.tracker.log_base(summary["base_scores"])
-        for m, s in summary["methods"].items():
-            figure = curve_figure(m, s, summary.get("reference"), figures / f"{m}.png")
-            self.tracker.log_method(m, s, figure, summary.get("verdict"))
+        if summary.reference is not None:
+            self.tracker.log_reference(summary.reference)
+        if summary.base_scores is not None:
+            self.tracker.log_base(summary.base_scores)
+        for m, s in summary.methods.items():
+            figure = curve_figure(m, s, summary.reference, figures / f"{m}.png")
+            self.tracker.log_method(m, s, figure, summary.verdict)
         if searches is not None and searches.exists():  # none: nothing was searched
             self.tracker.log_searches(searches)
-        self.tracker.finish_study(summary, "FAILED" if summary["missing"] else "FINISHED")
+        self.tracker.finish_study(summary, "FAILED" if summary.missing else "FINISHED")

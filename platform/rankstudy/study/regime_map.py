@@ -14,6 +14,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from rankstudy.core.summaries import SUMMARY_FILE, StudySummary, read_study_summary
 from rankstudy.core.verdict import p_better, pair_gap
 
 FOCUS = "matryoshka"  # the paper's method, served by the paper's rule
@@ -70,23 +71,20 @@ def point_cells(settings: dict, verdict: dict | None, focus: str = FOCUS) -> lis
     return cells
 
 
-def sweep_cells(points: list[tuple[dict, dict | None]], focus: str = FOCUS) -> list[MapCell]:
+def sweep_cells(
+    points: list[tuple[dict, StudySummary | None]], focus: str = FOCUS
+) -> list[MapCell]:
     """Every cell of a sweep; points: (settings, that point's study summary or None)."""
     return [
         c
         for settings, summary in points
-        for c in point_cells(settings, (summary or {}).get("verdict"), focus)
+        for c in point_cells(settings, summary and summary.verdict, focus)
     ]
 
 
-def folder_summaries(folders: list[Path]) -> list[dict | None]:
+def folder_summaries(folders: list[Path]) -> list[StudySummary | None]:
     """Each point folder's study_summary.json, None where the point has not finished."""
-    from rankstudy.study.summary import SUMMARY_FILE
-
-    return [
-        json.loads((f / SUMMARY_FILE).read_text()) if (f / SUMMARY_FILE).exists() else None
-        for f in folders
-    ]
+    return [read_study_summary(f) if (f / SUMMARY_FILE).exists() else None for f in folders]
 
 
 def write_regime_map(out: Path, cells: list[MapCell], points: int) -> Path:

@@ -9,7 +9,6 @@ from which it rebuilds the base. Every request is checked before any model is lo
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +19,7 @@ from pathlib import Path
 from rankstudy.core import mlflow_names as names
 from rankstudy.core.errors import InputError
 from rankstudy.core.spec import ModelSpec
+from rankstudy.core.summaries import SUMMARY_FILE, StudySummary, read_study_summary
 
 
 class RegistryError(InputError):
@@ -45,7 +45,7 @@ class Registration:
     """What a version records: the study's summary (its MLflow store and figures), the
     version's tags (figures) and the base model's spec."""
 
-    summary: dict
+    summary: StudySummary
     tags: dict[str, str]
     model: ModelSpec
 
@@ -56,53 +56,54 @@ def plan_registration(
     """`rankstudy export --register`'s request, checked: the study finished (its summary),
     its store can hold a registry, it scored `method` at `rank`."""
     from rankstudy.study.export import read_study, study_spec  # torch: preflight checks without it
-    from rankstudy.study.summary import SUMMARY_FILE
 
     study_dir = Path(study_dir).resolve()
     path = study_dir / SUMMARY_FILE
     if not path.is_file():
         raise RegistryError(f"--register: {study_dir} holds no finished study (no {path.name})")
-    summary = json.loads(path.read_text())
-    if problem := registry_problem(summary["mlflow"]["tracking_uri"]):
+    summary = read_study_summary(path)
+    if problem := registry_problem(summary.mlflow.tracking_uri):
         raise RegistryError(f"--register: {problem}")
     model = study_spec(read_study(study_dir)).model
     return Registration(summary, figures(summary, method, rank, seed), model)
 
 
-def figures(summary: dict, method: str, rank: int, seed: int | None) -> dict[str, str]:
+def figures(summary: StudySummary, method: str, rank: int, seed: int | None) -> dict[str, str]:
     """The study's figures for `method` at `rank` from seed `seed`'s trial (None: the first
     seed's, as export's), as version tags: its AURAC, its test score there (that trial's, and
     the mean over seeds) and what the study spent on the method. Only a method the study
     scored at that rank has them."""
-    seed = summary["seeds"][0] if seed is None else seed
-    if seed not in summary["seeds"]:
-        raise RegistryError(f"--seed: the study ran seeds {summary['seeds']}, not {seed}")
-    m = summary["methods"].get(method)
+    seed = summary.seeds[0] if seed is None else seed
+    if seed not in summary.seeds:
+        raise RegistryError(f"--seed: the study ran seeds {summary.seeds}, not {seed}")
+    m = summary.methods.get(method)
     if m is None:
-        scored = ", ".join(summary["methods"]) or "none"
+        scored = ", ".join(summary.methods) or "none"
         raise RegistryError(
             f"--register: the study scored no method {method!r} (it scored {scored}); a LoRA "
             f"arm lora_r<k> registers as --method lora_grid --rank <k>"
         )
-    if rank not in m["ranks"]:
+    if rank not in m.ranks:
         raise RegistryError(
-            f"--register: the study scored {method} at ranks {m['ranks']}, not {rank}: a "
+            f"--register: the study scored {method} at ranks {m.ranks}, not {rank}: a "
             f"version carries its score"
         )
-    at = m["ranks"].index(rank)
-    cost = {f"{names.COST_PREFIX}{k}": m["cost"][k] for k in ("flops", "device_seconds", "money")}
+    at = m.ranks.index(rank)
+    cost = {
+        f"{names.COST_PREFIX}{k}": getattr(m.cost, k) for k in ("flops", "device_seconds", "money")
+    }
     out = {
-        "study": summary["study"],
-        "study_run": summary["mlflow"]["parent_run_id"],
+        "study": summary.study,
+        "study_run": summary.mlflow.parent_run_id,
         "method": method,
         "rank": rank,
         "seed": seed,
-        "inference_rule": m["inference_rule"],
-        "metric": m["metric"],
-        f"{names.AURAC_PREFIX}log2": m["aurac_log2"],
-        f"{names.AURAC_PREFIX}linear": m["aurac_linear"],
-        names.TEST_SCORE: m["scores_by_seed"][str(seed)][at],
-        f"{names.TEST_SCORE}_mean": m["scores"][at],
+        "inference_rule": m.inference_rule,
+        "metric": m.metric,
+        f"{names.AURAC_PREFIX}log2": m.aurac_log2,
+        f"{names.AURAC_PREFIX}linear": m.aurac_linear,
+        names.TEST_SCORE: m.scores_by_seed[str(seed)][at],
+        f"{names.TEST_SCORE}_mean": m.scores[at],
         **cost,
     }
     return {k: str(v) for k, v in out.items() if v is not None}
@@ -122,11 +123,11 @@ def register(request: Registration, adapter: Path, name: str) -> str:
     from mlflow.tracking import MlflowClient
 
     summary, model = request.summary, request.model
-    uri = summary["mlflow"]["tracking_uri"]
+    uri = summary.mlflow.tracking_uri
     client = MlflowClient(uri)
-    parent = summary["mlflow"]["parent_run_id"]
+    parent = summary.mlflow.parent_run_id
     run = client.create_run(
-        summary["mlflow"]["experiment_id"],
+        summary.mlflow.experiment_id,
         run_name=f"{request.tags['method']} at rank {request.tags['rank']} · registered as {name}",
         tags={names.PARENT_TAG: parent, names.KIND_TAG: names.MODEL},
     )

@@ -19,8 +19,14 @@ from pathlib import Path
 from rankstudy.core import mlflow_names as names
 from rankstudy.core.frontier import AXES, GRID, frontier_table
 from rankstudy.core.spec import StudySpec, scaled_steps
-
-SWEEP_SUMMARY_FILE = "sweep_summary.json"
+from rankstudy.core.summaries import (
+    SWEEP_SUMMARY_FILE,
+    PointEntry,
+    StudySummary,
+    SweepSummary,
+    read_sweep_summaries,
+    write_sweep_summaries,
+)
 
 
 @dataclass(frozen=True)
@@ -88,91 +94,74 @@ def shared_tracking(spec: StudySpec, uri: str) -> list[str]:
     ]
 
 
-def point_entry(summary: dict) -> dict[str, dict]:
+def point_entry(summary: StudySummary) -> dict[str, PointEntry]:
     """A point's methods as a sweep compares them (rankstudy.core.frontier reads aurac, std, flops
     and device_seconds): AURAC log2 mean and spread over seeds (None for one seed: no spread
     was measured), the linear AURAC, total cost."""
-    return {
-        m: {
-            "aurac": s["aurac_log2"],
-            "std": s["aurac_log2_std"] if len(s["scores_by_seed"]) > 1 else None,
-            "aurac_linear": s["aurac_linear"],
-            "flops": s["cost"]["flops"],
-            "device_seconds": s["cost"]["device_seconds"],
-            "trials": s["trials"],
-        }
-        for m, s in summary["methods"].items()
-    }
+    return {m: PointEntry.of(s) for m, s in summary.methods.items()}
 
 
-def sweep_summaries(points: list[SweepPoint], folders: list[Path], done: dict[str, dict]) -> list:
+def sweep_summaries(
+    points: list[SweepPoint], folders: list[Path], done: dict[str, StudySummary]
+) -> list[SweepSummary]:
     """One summary per budget sweep (group): its budgets, its points' methods (those of the
     points in `done`, folder -> study summary) and every point's folder."""
-    out: dict[str, dict] = {}
+    out: dict[str | None, SweepSummary] = {}
     for point, folder in zip(points, folders, strict=True):
-        entry = out.setdefault(
-            point.group, {"sweep": point.group, "budgets": [], "points": {}, "folders": {}}
-        )
+        entry = out.setdefault(point.group, SweepSummary(sweep=point.group, budgets=[]))
         key = budget_key(point.budget)
-        entry["budgets"].append(point.budget)
-        entry["folders"][key] = str(folder)
+        entry.budgets.append(point.budget)
+        entry.folders[key] = str(folder)
         if str(folder) in done:
-            entry["points"][key] = point_entry(done[str(folder)])
-            if done[str(folder)]["missing"]:
-                entry.setdefault("missing", {})[key] = done[str(folder)]["missing"]
+            entry.points[key] = point_entry(done[str(folder)])
+            if done[str(folder)].missing:
+                entry.missing = (entry.missing or {}) | {key: done[str(folder)].missing}
     for entry in out.values():
-        entry["complete"] = len(entry["points"]) == len(entry["budgets"])
+        entry.complete = len(entry.points) == len(entry.budgets)
     return list(out.values())
 
 
-def write_sweep_summary(out: Path, summaries: list[dict]) -> Path:
+def write_sweep_summary(out: Path, summaries: list[SweepSummary]) -> Path:
     """<out>/sweep_summary.json: the one sweep's summary, or {"sweeps": [...]} when budgets
     are crossed with a `sweep`. Rewritten after every point, so a killed sweep's file says
     which points finished ("complete": false until all have)."""
-    path = out / SWEEP_SUMMARY_FILE
-    body = summaries[0] if len(summaries) == 1 else {"sweeps": summaries}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(body, indent=2))
-    tmp.replace(path)  # atomic: a kill never leaves half a file
-    return path
+    return write_sweep_summaries(out, summaries)
 
 
 def finished_folders(out: Path) -> set[str]:
     """The folders of the points a sweep's summary lists as finished (a resume skips them)."""
-    path = out / SWEEP_SUMMARY_FILE
-    if not path.exists():
+    if not (out / SWEEP_SUMMARY_FILE).exists():
         return set()
-    body = json.loads(path.read_text())
-    return {s["folders"][key] for s in body.get("sweeps", [body]) for key in s.get("points", {})}
+    return {s.folders[key] for s in read_sweep_summaries(out) for key in s.points}
 
 
-def sweep_table(summary: dict) -> str:
+def sweep_table(summary: SweepSummary) -> str:
     """Every method at every budget: AURAC log2 (± its spread over seeds, n/a for one seed)
     and FLOPs."""
-    keys = [budget_key(b) for b in summary["budgets"] if budget_key(b) in summary["points"]]
-    methods = list(dict.fromkeys(m for k in keys for m in summary["points"][k]))
+    keys = [budget_key(b) for b in summary.budgets if budget_key(b) in summary.points]
+    methods = list(dict.fromkeys(m for k in keys for m in summary.points[k]))
     lines = [
-        f"sweep {summary['sweep']}: AURAC log2 ± seeds / FLOPs per training budget",
+        f"sweep {summary.sweep}: AURAC log2 ± seeds / FLOPs per training budget",
         f"{'method':<30}" + "".join(f"{'x' + k:>20}" for k in keys),
     ]
     for m in methods:
         cells = []
         for k in keys:
-            p = summary["points"][k].get(m)
+            p = summary.points[k].get(m)
             if p is None:
                 cells.append("not scored")
                 continue
-            spread = "n/a" if p["std"] is None else f"{p['std']:.3f}"
-            cells.append(f"{p['aurac']:.3f}±{spread} {p['flops']:.1e}")
+            spread = "n/a" if p.std is None else f"{p.std:.3f}"
+            cells.append(f"{p.aurac:.3f}±{spread} {p.flops:.1e}")
         lines.append(f"{m:<30}" + "".join(f"{c:>20}" for c in cells))
     return "\n".join(lines)
 
 
-def frontier_text(summary: dict, tolerance: float = 0.01) -> str:
+def frontier_text(summary: SweepSummary, tolerance: float = 0.01) -> str:
     """The frontier table (rankstudy.core.frontier) of a sweep: per single-run method, its AURAC at
     the LoRA grid's compute and the least compute at which it reaches the grid's AURAC minus
     `tolerance`, on FLOPs and device-seconds."""
-    points = {float(k): methods for k, methods in summary["points"].items()}
+    points = {float(k): methods for k, methods in summary.points.items()}
     try:
         by_axis = {a: frontier_table(points, tolerance=tolerance, axis=a) for a in AXES}
     except ValueError as e:  # no grid in the sweep: nothing to read against

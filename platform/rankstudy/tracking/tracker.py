@@ -21,7 +21,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from rankstudy.core import mlflow_names as names
+from rankstudy.core.method_codec import missing_tags, to_mlflow
 from rankstudy.core.records import TrialRecord, TrialResult
+from rankstudy.core.summaries import MethodSummary, StudySummary
 from rankstudy.core.verdict import pair_gap
 
 BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
@@ -128,19 +130,19 @@ class StudyTracker:
             metrics=[Metric(names.base_metric(k), float(v), now, 0) for k, v in base.items()],
         )
 
-    def finish_study(self, summary: dict, status: str = "FINISHED") -> None:
+    def finish_study(self, summary: StudySummary, status: str = "FINISHED") -> None:
         """The summary as an artifact, the study's wall time and the set-up its trials shared
-        (no method's cost) as metrics, the verdict when the study has one."""
+        (no method's cost) as metrics, why each missing method is missing as tags, the verdict
+        when the study has one."""
         now = int(time.time() * 1000)
         totals = [
-            Metric(k, float(summary[k]), now, 0)
-            for k in (names.WALL_SECONDS, names.SHARED_SETUP_SECONDS)
-            if k in summary
+            Metric(names.WALL_SECONDS, float(summary.wall_seconds), now, 0),
+            Metric(names.SHARED_SETUP_SECONDS, float(summary.shared_setup_seconds), now, 0),
         ]
-        self._log(self.parent_id, metrics=totals)
-        self.client.log_dict(self.parent_id, summary, names.SUMMARY_ARTIFACT)
-        if summary.get("verdict"):
-            self.log_verdict(summary["verdict"])
+        self._log(self.parent_id, metrics=totals, tags=missing_tags(summary.missing))
+        self.client.log_dict(self.parent_id, summary.wire(), names.SUMMARY_ARTIFACT)
+        if summary.verdict:
+            self.log_verdict(summary.verdict)
         self.client.set_terminated(self.parent_id, status)
 
     def log_searches(self, storage: Path) -> None:
@@ -235,10 +237,15 @@ class StudyTracker:
             self.client.delete_run(run_id)
 
     def log_method(
-        self, method: str, summary: dict, figure_path: Path | None, verdict: dict | None = None
+        self,
+        method: str,
+        summary: MethodSummary,
+        figure_path: Path | None,
+        verdict: dict | None = None,
     ) -> None:
-        """A summary run for a method: AURAC, cost, the curve as a table and a figure; with the
-        study's verdict, the method's intervals and where it stands against the best."""
+        """A summary run for a method (rankstudy.core.method_codec: AURAC, cost, curves), the
+        curve as a table and a figure; with the study's verdict, the method's intervals and
+        where it stands against the best."""
         tags = {
             names.PARENT_TAG: self.parent_id,
             names.KIND_TAG: names.METHOD,
@@ -246,38 +253,14 @@ class StudyTracker:
             names.TRIAL_KEY_TAG: names.method_run_key(method),
         }
         existing = self._child(names.method_run_key(method))
-        name = f"{method} · summary · AURAC {summary['aurac_log2']:.3f}"
+        name = f"{method} · summary · AURAC {summary.aurac_log2:.3f}"
         run_id = existing or self._create_run(name, tags)
-        metrics = {
-            k: v
-            for k, v in summary.items()
-            if isinstance(v, int | float) and not isinstance(v, bool)
-        }
-        metrics |= {
-            f"{names.COST_PREFIX}{k}": v
-            for k, v in summary["cost"].items()
-            if isinstance(v, int | float)
-        }
+        rows, own_tags = to_mlflow(summary)
         now = int(time.time() * 1000)
-        rows = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None]
-        rows += [
-            Metric(names.TEST_SCORE, float(s), now, int(r))
-            for r, s in zip(summary["ranks"], summary["scores"], strict=True)
-        ]
-        rows += [  # extra metrics (token_nll, ...), step = rank like the score
-            Metric(names.curve_metric(names.TEST, m), float(s), now, int(r))
-            for m, scores in summary.get("extra_scores", {}).items()
-            for r, s in zip(summary["ranks"], scores, strict=True)
-        ]
-        rows += [  # each seed's curve: the report draws their spread as a band
-            Metric(names.seed_curve(seed), float(s), now, int(r))
-            for seed, scores in summary["scores_by_seed"].items()
-            for r, s in zip(summary["ranks"], scores, strict=True)
-        ]
-        rows += interval_metrics(summary.get("intervals"), now)
-        self._log(run_id, metrics=rows, tags=verdict_tags(method, verdict) if verdict else None)
+        metrics = [Metric(k, v, now, step) for k, v, step in rows]
+        self._log(run_id, metrics=metrics, tags=own_tags | verdict_tags(method, verdict))
         self.client.log_table(
-            run_id, {"rank": summary["ranks"], "score": summary["scores"]}, names.CURVE_ARTIFACT
+            run_id, {"rank": summary.ranks, "score": summary.scores}, names.CURVE_ARTIFACT
         )
         if figure_path is not None:
             self.client.log_artifact(run_id, str(figure_path))
@@ -301,20 +284,6 @@ class StudyTracker:
             )
 
 
-def interval_metrics(intervals: dict | None, now: int) -> list[Metric]:
-    """A method's interval ends: aurac_<axis>_low/_high, and test_score_low/_high with
-    step = rank like the score."""
-    out = []
-    for end in names.ENDS if intervals else ():
-        for axis in ("log2", "linear"):
-            key = f"{names.AURAC_PREFIX}{axis}"
-            out.append(Metric(names.interval_metric(key, end), float(intervals[key][end]), now, 0))
-        for r, i in intervals["scores"].items():
-            name = names.interval_metric(names.TEST_SCORE, end)
-            out.append(Metric(name, float(i[end]), now, int(r)))
-    return out
-
-
 def best_method(intervals: dict) -> str:
     """The method with the highest AURAC (log2) point, the first in method order on a tie."""
     by = intervals["methods"]
@@ -329,12 +298,13 @@ def interval_text(i: dict, confidence: float | None = None, signed: bool = False
     return text + (f" ({confidence:.0%})" if confidence is not None else "")
 
 
-def verdict_tags(method: str, verdict: dict) -> dict[str, str]:
+def verdict_tags(method: str, verdict: dict | None) -> dict[str, str]:
     """A method run's verdict tags: its AURAC (log2) interval, its paired difference from the
-    best method ("best" for the best itself), the smallest rank tied with its own best."""
-    intervals, choice = verdict["intervals"], verdict["recommendation"]
-    if method not in intervals["methods"]:
+    best method ("best" for the best itself), the smallest rank tied with its own best; none
+    without a verdict."""
+    if not verdict or method not in verdict["intervals"]["methods"]:
         return {}
+    intervals, choice = verdict["intervals"], verdict["recommendation"]
     tags = {
         names.INTERVAL_TAG: interval_text(
             intervals["methods"][method]["aurac_log2"], intervals["confidence"]

@@ -14,7 +14,7 @@ from rankstudy.core.intervals import recommend, resample_curves, study_intervals
 from rankstudy.core.scoring import total_cost
 from rankstudy.tracking.tracker import StudyTracker
 from rankstudy_report import build_report
-from report_store import make_result
+from report_store import make_result, make_study_summary, make_summary
 
 RANKS = [1, 2, 4]
 # (lr, shift) -> each method's shift above the base: matryoshka wins at small rates, ties
@@ -43,17 +43,14 @@ def fill_regime(uri: str, sweep: str) -> None:
         examples = {m: {0: base + s} for m, s in shifts.items()}
         intervals = study_intervals(RANKS, examples, 200, 0) | {"ranks": RANKS}
         summaries = {
-            m: {
-                "ranks": RANKS,
-                "scores": list((base + s).mean(axis=1)),
-                "scores_by_seed": {"0": list((base + s).mean(axis=1))},
-                "aurac_log2": float((base + s).mean()),
-                "aurac_linear": float((base + s).mean()),
-                "aurac_log2_std": 0.0,
-                "aurac_linear_std": 0.0,
-                "cost": total_cost([make_result()], None),
-                "trials": 1,
-            }
+            m: make_summary(
+                ranks=RANKS,
+                scores=list((base + s).mean(axis=1)),
+                scores_by_seed={"0": list((base + s).mean(axis=1))},
+                aurac_log2=float((base + s).mean()),
+                aurac_linear=float((base + s).mean()),
+                cost=total_cost([make_result()], None),
+            )
             for m, s in shifts.items()
         }
         costs = dict.fromkeys(shifts, 1.0)
@@ -61,7 +58,7 @@ def fill_regime(uri: str, sweep: str) -> None:
         verdict = {"intervals": intervals, "recommendation": choice}
         for m, summary in summaries.items():
             tracker.log_method(m, summary, None)
-        tracker.finish_study({"methods": summaries, "verdict": verdict})
+        tracker.finish_study(make_study_summary(study=name, methods=summaries, verdict=verdict))
 
 
 @pytest.fixture(scope="module")

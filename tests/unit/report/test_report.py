@@ -97,7 +97,7 @@ def test_report_tables_hold_what_mlflow_holds(failed_arm_study):
         )
         row = next(r for r in rank_rows if r[0] == method)
         assert row[1:] == [f"{m.value:.3f}" for m in logged]
-        assert row[1:] == [f"{s:.3f}" for s in summaries[method]["scores"]]
+        assert row[1:] == [f"{s:.3f}" for s in summaries[method].scores]
     # m3's curve is the highest at every rank: its cells, and only its, are marked best
     assert shown.best["rank-table"] == ["m3"] * len(RANKS)
     assert next(r for r in rank_rows if r[0] == "planted reference")  # the reference row
@@ -106,8 +106,8 @@ def test_report_tables_hold_what_mlflow_holds(failed_arm_study):
     cost = shown.tables["cost-table"]
     flops, money = column(cost, "FLOPs"), column(cost, "money")
     for m, s in summaries.items():
-        assert flops[m] == f"{s['cost']['flops']:.3g}"
-        assert money[m] == f"{s['cost']['money']:.2f}"
+        assert flops[m] == f"{s.cost.flops:.3g}"
+        assert money[m] == f"{s.cost.money:.2f}"
     # 3 search trials (the first-seed test pass resumes trial 0 in its folder) + 2 seed repeats
     assert column(cost, "runs paid for")["m0"] == "5"
 
@@ -137,14 +137,14 @@ def test_the_headline_cards_give_the_best_the_front_and_what_is_missing(failed_a
     methods no cheaper one beats (device-hours, cheapest first), the missing method."""
     _, summaries, _, shown = failed_arm_study
     scored = {m: s for m, s in summaries.items() if m != "m2"}
-    best = max(scored, key=lambda m: scored[m]["aurac_log2"])
+    best = max(scored, key=lambda m: scored[m].aurac_log2)
     front, level = [], -1.0
-    for m in sorted(scored, key=lambda m: scored[m]["cost"]["device_hours"]):
-        if scored[m]["aurac_log2"] > level:
+    for m in sorted(scored, key=lambda m: scored[m].cost.device_hours):
+        if scored[m].aurac_log2 > level:
             front.append(m)
-            level = scored[m]["aurac_log2"]
+            level = scored[m].aurac_log2
     assert shown.cards == [
-        ("Best AURAC", best, f"{scored[best]['aurac_log2']:.3f} on the log2 rank axis"),
+        ("Best AURAC", best, f"{scored[best].aurac_log2:.3f} on the log2 rank axis"),
         ("Pareto front (device-hours)", " → ".join(front), "cheapest first"),
         ("Missing", "1 method(s)", "m2"),
     ]
@@ -160,8 +160,8 @@ def test_clicking_a_heading_sorts_its_table_by_number(failed_arm_study):
     up, down, cheap, names, reverse = (
         [r[0] for r in rows] for rows in rows_after_clicks(page, clicks)
     )
-    assert up == sorted(scored, key=lambda m: scored[m]["aurac_log2"]) == down[::-1]
-    assert cheap == sorted(scored, key=lambda m: scored[m]["cost"]["flops"])
+    assert up == sorted(scored, key=lambda m: scored[m].aurac_log2) == down[::-1]
+    assert cheap == sorted(scored, key=lambda m: scored[m].cost.flops)
     assert names == sorted(scored) == reverse[::-1]
 
 
@@ -201,7 +201,7 @@ def test_every_table_is_taken_away_as_the_csv_its_link_holds(failed_arm_study, t
     assert {"rank-table", "aurac-table", "cost-table", "search-m2", "versions"} <= set(files)
     flops = column(seen["cost-table"], "FLOPs")
     assert {m: float(flops[m]) for m in summaries} == {
-        m: float(f"{s['cost']['flops']:.3g}") for m, s in summaries.items()
+        m: float(f"{s.cost.flops:.3g}") for m, s in summaries.items()
     }
     links = re.findall(
         r'<caption class="csv"><a download="([^"]+)\.csv" href="data:text/csv;base64,([^"]+)">',
@@ -342,7 +342,7 @@ def test_report_from_a_tracking_server_over_http(tmp_path, mlflow_server):
     summaries = fill_study(mlflow_server, "served", 2, [1, 2, 4], [0, 1], 2, 20)
     page = build_report(mlflow_server, tmp_path / "report", experiment="served")
     aurac = column(html_tables(page.read_text())["aurac-table"], "AURAC log2")
-    assert aurac == {m: f"{s['aurac_log2']:.3f}" for m, s in summaries.items()}
+    assert aurac == {m: f"{s.aurac_log2:.3f}" for m, s in summaries.items()}
     client = MlflowClient(mlflow_server)
     parent = client.search_runs(
         [client.get_experiment_by_name("served").experiment_id], "tags.`rankstudy.kind` = 'study'"
