@@ -85,7 +85,8 @@ def test_storage_that_is_not_a_uri_or_path_is_refused(tmp_path):
 
 
 def test_each_study_gets_its_own_folder_and_resumes_only_with_it(tmp_path, monkeypatch):
-    from rankstudy.study.driver import Study, StudyError, preflight
+    from rankstudy.study import preflight
+    from rankstudy.study.driver import Study, StudyError
     from studies import TINY, write_spec
 
     monkeypatch.setattr(preflight, "probe_storage", lambda uri: None)  # a bucket that answers

@@ -9,7 +9,12 @@ import pytest
 
 from rankstudy.core import mlflow_names as names
 from rankstudy.core.spec import SpecError, parse_spec
-from rankstudy.core.summaries import PointEntry, SweepSummary
+from rankstudy.core.summaries import (
+    PointEntry,
+    SweepSummary,
+    read_sweep_summaries,
+    write_study_summary,
+)
 from rankstudy.study.sweep import (
     SweepPoint,
     budget_key,
@@ -299,7 +304,7 @@ def test_resuming_a_finished_sweep_runs_nothing_and_keeps_its_summary(tmp_path, 
     }
     for folder in folders:
         folder.mkdir()
-        (folder / "study_summary.json").write_text(json.dumps(done[str(folder)]))
+        write_study_summary(folder, done[str(folder)])
     path = write_sweep_summary(tmp_path, sweep_summaries(points, folders, done))
     before = path.read_text()
     studies = [
@@ -313,7 +318,8 @@ def test_resuming_a_finished_sweep_runs_nothing_and_keeps_its_summary(tmp_path, 
             "finished before the resume: not run again (study_summary.json kept)"
         ]
     printed = capsys.readouterr().out
-    assert sweep_table(json.loads(before)) in printed and f"wrote {path}" in printed
+    (written,) = read_sweep_summaries(path)
+    assert sweep_table(written) in printed and f"wrote {path}" in printed
     # the printed frontier, by hand: the grid at x1 (0.825, 1.68e12 FLOPs) sets the target
     # 0.815; DyLoRA's points (0.770 at 3.3e11 both times) stop below the grid's FLOPs
     frontier = printed[printed.index("frontier against lora_grid") :].splitlines()
