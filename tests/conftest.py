@@ -34,6 +34,15 @@ TARGETS = {
 }
 
 
+def pytest_collection_modifyitems(config, items):
+    """Files holding slow tests first, each file's tests in their own order. Under pytest-xdist's
+    --dist loadfile each file goes whole to the next free worker, in collection order: a slow
+    unit file (the GPU check's CPU run, the GGUF cache, the report in Chromium) dispatched last
+    ran alone at the end while the other workers had finished."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)  # a stable sort
+
+
 @pytest.fixture(autouse=True)
 def no_tracking_uri_left_behind():
     """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI to os.environ: a test that leaves it
@@ -76,7 +85,9 @@ def ray_head():
         "--disable-usage-stats",
     ]
     address = f"http://127.0.0.1:{dashboard}"
-    with service(command, f"{address}/api/version", "the Ray head", env):
+    # 5 s to exit on SIGTERM, then SIGKILL to its group (every process of the head is in it):
+    # a head that has run jobs took longer than the default 20 s, spent idle in teardown
+    with service(command, f"{address}/api/version", "the Ray head", env, grace=5):
         yield SimpleNamespace(dashboard=address, gcs=f"127.0.0.1:{port}")
 
 
@@ -88,6 +99,13 @@ def mlflow_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow-server")
     with mlflow_service(port, root):
         yield uri
+
+
+@pytest.fixture(scope="session")
+def worker_id(request) -> str:
+    """pytest-xdist's worker id ("gw0", ...), or "master" in a run without xdist: its own
+    fixture of that name is missing under `-p no:xdist`."""
+    return getattr(request.config, "workerinput", {}).get("workerid", "master")
 
 
 def once_per_run(tmp_path_factory, worker_id: str, name: str, make) -> Path:

@@ -21,6 +21,7 @@ ARMS = ("matryoshka", "nested_multiloss")
 PROBLEMS = 2
 FEW = [  # a few steps and a few problems: the spec's model, data, ranks and targets as shipped
     "training.steps=2",
+    "training.micro_batch_size=2",  # still padded batches; half the spec's 4 problems a step
     f"task.validation_size={PROBLEMS}",
     f"task.max_eval={PROBLEMS}",
     f"training.eval_batch_size={PROBLEMS}",

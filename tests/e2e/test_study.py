@@ -1,8 +1,8 @@
 """Whole studies on a tiny planted task through `ray job submit` on a Ray head this test
-starts (and ends, by its process group), with several Ray Train workers and seeds, and
-waiting for resources another job holds."""
+starts (and ends, by its process group), and waiting for resources another job holds (the
+study of several Ray Train workers and seeds is test_study_workers.py, a file of its own so
+that pytest-xdist can run it beside these)."""
 
-import itertools
 import json
 import os
 import re
@@ -11,14 +11,12 @@ import sys
 
 import pytest
 
-from rankstudy.core.records import RESULT_FILE, read_result
 from studies import (
     ARMS,
     ROOT,
     TINY,
     end_group,
     mlflow_runs,
-    run_study,
     scores,
     write_spec,
 )
@@ -114,35 +112,6 @@ def test_study_through_ray_job_submit(tmp_path, ray_head, tiny_reference):
     assert report == {"report/report.html", "report/figures"}
 
 
-@pytest.mark.slow
-def test_multi_worker_trials_and_seed_repeats(tmp_path):
-    """Trials of two Ray Train workers each, launched from the Tune function, and a chosen
-    trial repeated at a second seed: the summary gives the mean and the spread."""
-    spec = TINY | {
-        "name": "tiny-w2",
-        "task": TINY["task"] | {"train_size": 256},
-        "training": TINY["training"] | {"steps": 10, "micro_batch_size": 8},
-        "resources": {"workers": 2},
-        "methods": ["matryoshka"],
-        "search": {"trials_per_arm": 1},
-        "seeds": [0, 1],
-    }
-    run_study(write_spec(tmp_path, spec), tmp_path / "out")
-    summary = json.loads((tmp_path / "out" / "study_summary.json").read_text())
-    m = summary["methods"]["matryoshka"]
-    assert summary["seeds"] == [0, 1] and set(m["scores_by_seed"]) == {"0", "1"}
-    per_seed = [m["scores_by_seed"][s] for s in ("0", "1")]
-    assert m["scores"] == pytest.approx([(a + b) / 2 for a, b in zip(*per_seed, strict=True)])
-    # ranks 1, 2, 4, 8 sit at log2 = 0, 1, 2, 3: each seed's AURAC is its mean trapezoid
-    per_seed_aurac = [sum((a + b) / 2 for a, b in itertools.pairwise(c)) / 3 for c in per_seed]
-    assert m["aurac_log2"] == pytest.approx(sum(per_seed_aurac) / 2)
-    assert m["aurac_log2_std"] == pytest.approx(abs(per_seed_aurac[0] - per_seed_aurac[1]) / 2)
-    assert m["cost"]["trials"] == 2
-    results = [read_result(p) for p in (tmp_path / "out").glob(f"trials/*/*/{RESULT_FILE}")]
-    assert {r.cost.devices for r in results} == {2}
-    assert {r.seed for r in results} == {0, 1}
-
-
 HOLD_A_CPU = """
 import sys, time, ray
 ray.init(address=sys.argv[1])
@@ -171,7 +140,7 @@ def test_trials_waiting_for_resources_say_so_and_give_up(tmp_path, ray_head):
     )
     try:
         assert blocker.stdout.readline().strip() == "holding"
-        spec = TINY | {"resources": {"cpus_per_worker": 2, "wait_timeout_s": 20}}
+        spec = TINY | {"resources": {"cpus_per_worker": 2, "wait_timeout_s": 10}}
         out = tmp_path / "out"
         cmd = [sys.executable, "jobs/study.py", "--spec", str(write_spec(tmp_path, spec))]
         proc = subprocess.run(
@@ -186,7 +155,7 @@ def test_trials_waiting_for_resources_say_so_and_give_up(tmp_path, ray_head):
         end_group(blocker)
     assert proc.returncode == 130, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "waiting for resources: " in proc.stdout
-    assert "need {'CPU': 2} each; free now: CPU 1 of 2; waited 10 s of 20 s" in proc.stdout
-    assert "resources.wait_timeout_s: trials waited 20 s for {'CPU': 2} each" in proc.stderr
+    assert "need {'CPU': 2} each; free now: CPU 1 of 2; waited 5 s of 10 s" in proc.stdout
+    assert "resources.wait_timeout_s: trials waited 10 s for {'CPU': 2} each" in proc.stderr
     assert f"--resume --out {out}" in proc.stderr
     assert json.loads((out / "study_state.json").read_text())["trials"] == {}

@@ -27,7 +27,7 @@ from studies import (
 
 @pytest.mark.slow
 def test_killed_trial_process_is_retried_from_its_checkpoint(tmp_path):
-    steps = 200  # long enough to be killed between its first checkpoint and its end
+    steps = 100  # long enough to be killed between its first checkpoint (step 20) and its end
     spec = TINY | {
         "methods": ["matryoshka"],
         "training": TINY["training"] | {"steps": steps},

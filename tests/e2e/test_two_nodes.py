@@ -64,10 +64,11 @@ def ray_nodes(address: str) -> list[str]:
     return json.loads(lines[-1].removeprefix("NODES ")) if proc.returncode == 0 and lines else []
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def two_nodes(tmp_path_factory):
-    """(address, node ids, logs folder): a head and a worker node, each with one CPU, each
-    test its own (a test may lose the worker)."""
+    """(address, node ids, logs folder, node processes): a head and a worker node, each with
+    one CPU, started once for this file: the study that spans them leaves both up, and the
+    test that loses the worker node comes last in the file."""
     logs = tmp_path_factory.mktemp("ray-logs")
     temp = tempfile.mkdtemp(prefix="rs2-", dir="/tmp")  # short: Ray's socket paths are bounded
     port = free_port()
@@ -101,7 +102,7 @@ def two_nodes(tmp_path_factory):
         yield address, ids, logs, nodes
     finally:
         for proc in reversed(nodes):
-            end_group(proc)
+            end_group(proc, grace=5)  # then SIGKILL to the node's group, all of its processes
 
 
 REACH = """
