@@ -12,6 +12,7 @@ import yaml
 from jinja2 import Environment, PackageLoader, select_autoescape
 from mlflow.tracking import MlflowClient
 
+from rankstudy.core.arms import GRID_METHOD
 from rankstudy.core.frontier import FrontierRow
 from rankstudy.core.verdict import p_better, pair_gap
 from rankstudy.tracking.tracker import best_method
@@ -82,7 +83,7 @@ def headline(view: StudyView) -> list[tuple[str, str, str]]:
         front = charts.pareto_front(points)
         if front:
             cards.append(("Pareto front (device-hours)", " → ".join(front), "cheapest first"))
-    grid, mat = view.methods.get("lora_grid"), view.methods.get("matryoshka")
+    grid, mat = view.methods.get(GRID_METHOD), view.methods.get("matryoshka")
     if grid and mat and grid.cost.flops:
         cards.append(
             (

@@ -12,7 +12,8 @@ matplotlib.use("Agg")  # no display where reports are built
 import matplotlib.pyplot as plt
 from matplotlib.ticker import NullFormatter
 
-from rankstudy.core.frontier import GRID, FrontierPoint, GridReference
+from rankstudy.core.arms import GRID_METHOD
+from rankstudy.core.frontier import FrontierPoint, GridReference
 from rankstudy_report.collect import StudyView
 
 STYLE = {
@@ -76,7 +77,7 @@ def rank_curves(view: StudyView) -> str:
         ticks: set[int] = set()
         for name, m in view.methods.items():
             ticks |= set(m.ranks)
-            grid = name == "lora_grid"
+            grid = name == GRID_METHOD
             ax.plot(
                 m.ranks,
                 m.scores,
@@ -188,7 +189,7 @@ def frontier(
             shown = sorted((p for p in line if p.cost(axis) > 0), key=lambda p: p.budget)
             if not shown:
                 continue
-            is_grid = name == GRID
+            is_grid = name == GRID_METHOD
             bars = ax.errorbar(
                 [p.cost(axis) for p in shown],
                 [p.aurac for p in shown],
@@ -207,7 +208,7 @@ def frontier(
                 linestyle="--",
                 color="0.35",
                 linewidth=1,
-                label=f"{GRID} AURAC − {tolerance:g} (budget ×{grid.budget:g})",
+                label=f"{GRID_METHOD} AURAC − {tolerance:g} (budget ×{grid.budget:g})",
             )
         ax.set_xscale("log")
         log_ticks(ax)

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from mlflow.tracking import MlflowClient
 
 from rankstudy.core import mlflow_names as names
+from rankstudy.core.arms import GRID_METHOD
 from rankstudy.core.frontier import (
     AXES,
-    GRID,
+    TOLERANCE,
     FrontierPoint,
     FrontierRow,
     Points,
@@ -23,8 +24,6 @@ from rankstudy.core.frontier import (
 from rankstudy.core.method_codec import point_from_mlflow
 from rankstudy.core.summaries import PointEntry
 from rankstudy_report.collect import PAGE, ReportError, find_study
-
-TOLERANCE = 0.01  # "within 0.01 of the grid's AURAC" (DESIGN.md section 8)
 
 
 @dataclass
@@ -41,14 +40,16 @@ class SweepView:
     @property
     def tables(self) -> dict[str, list[FrontierRow]]:
         """axis -> the frontier table; empty when no point scored the grid."""
-        if not any(GRID in methods for methods in self.points.values()):
+        if not any(GRID_METHOD in methods for methods in self.points.values()):
             return {axis: [] for axis in AXES}
-        return {axis: frontier_table(self.points, GRID, self.tolerance, axis) for axis in AXES}
+        return {
+            axis: frontier_table(self.points, GRID_METHOD, self.tolerance, axis) for axis in AXES
+        }
 
     @property
     def reference_run(self) -> str:
         """The point the page details below the frontier: the one the grid is read at."""
-        with_grid = [b for b, methods in self.points.items() if GRID in methods]
+        with_grid = [b for b, methods in self.points.items() if GRID_METHOD in methods]
         return self.runs[reference_budget(with_grid or self.runs)]
 
     def budget_of(self, run_id: str) -> float | None:

@@ -23,6 +23,8 @@ from rankstudy.core.methods import (
 from rankstudy.core.spec import StudySpec
 
 GRID = next(m for m in REGISTRY.values() if m.grid)
+# the grid served as one run per rank (its scaled rule): what other methods are read against
+GRID_METHOD = next(n for n, rule in GRID.served.items() if rule == "scaled")
 # The methods trained as one arm at the spec's max rank: the arm is named after the method.
 NESTED = tuple(name for name, m in REGISTRY.items() if not m.grid)
 
@@ -60,10 +62,18 @@ class Arm:
         return self.kind.forwards_per_step(Ranks(self.max_rank, self.train_ranks))
 
 
+def grid_arm(rank: int) -> str:
+    """The name of the grid's arm at `rank` (lora_r4): written here alone, read by parse_arm."""
+    return f"{GRID.name}_r{rank}"
+
+
+GRID_ARM = re.compile(rf"{GRID.name}_r(\d+)")
+
+
 def parse_arm(name: str, spec: StudySpec) -> Arm:
     """The arm called `name` under this spec; an unknown name is an error naming --arm."""
     a = spec.adapters
-    if m := re.fullmatch(rf"{GRID.name}_r(\d+)", name):
+    if m := GRID_ARM.fullmatch(name):
         r = int(m.group(1))
         if not 1 <= r <= a.max_rank:
             raise InputError(f"arm: {name!r} has rank {r} outside 1..max_rank={a.max_rank}")
@@ -80,8 +90,8 @@ def method_arms(name: str, spec: StudySpec) -> list[str]:
     one run its rank-R arm, else the method's own."""
     kind, rule = served(name)
     if per_rank_runs(kind, rule):
-        return [f"{kind.name}_r{r}" for r in spec.adapters.rank_set]
-    return [f"{kind.name}_r{spec.adapters.max_rank}"] if kind.grid else [kind.name]
+        return [grid_arm(r) for r in spec.adapters.rank_set]
+    return [grid_arm(spec.adapters.max_rank)] if kind.grid else [kind.name]
 
 
 def method_rule(name: str) -> str:

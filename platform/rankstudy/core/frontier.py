@@ -15,10 +15,11 @@ import math
 from dataclasses import dataclass
 from itertools import pairwise
 
+from rankstudy.core.arms import GRID_METHOD
 from rankstudy.core.summaries import PointEntry
 
 AXES = ("flops", "device_seconds")
-GRID = "lora_grid"
+TOLERANCE = 0.01  # "within 0.01 of the grid's AURAC" (DESIGN.md section 8)
 ROUNDING = 1e-12  # an AURAC equal to the target up to float rounding reaches it
 
 
@@ -129,7 +130,7 @@ def reached_at(line: list[FrontierPoint], target: float, axis: str) -> float | N
 
 
 def frontier_table(
-    points: Points, grid: str = GRID, tolerance: float = 0.01, axis: str = "flops"
+    points: Points, grid: str = GRID_METHOD, tolerance: float = TOLERANCE, axis: str = "flops"
 ) -> list[FrontierRow]:
     """One row per single-run method (every method but `grid`), read on the `axis` cost."""
     if axis not in AXES:

@@ -27,6 +27,7 @@ import numpy as np
 from rankstudy.core.aurac import AXES, rank_axis
 
 ROUNDING = 1e-12  # a score within the tolerance up to float rounding is within it
+TIE_TOLERANCE = 0.01  # scores this close to the best tie with it (the spec's tolerance)
 SCHEME = (
     "paired percentile bootstrap: per seed, resample that seed's test examples with replacement "
     "(the same draws for every method and rank), recompute per-rank means, average the seeds' "
@@ -251,7 +252,7 @@ def _gap(x: Draws, j: int, best: Draws, k: int, confidence: float) -> Interval:
 
 
 def deploy_rank(
-    ranks: Sequence[int], draws: Draws, tolerance: float = 0.01, confidence: float = 0.95
+    ranks: Sequence[int], draws: Draws, tolerance: float = TIE_TOLERANCE, confidence: float = 0.95
 ) -> int:
     """The smallest rank whose score is tied with the method's best rank's score: the paired
     interval of score[r] - score[best] contains 0, or the points lie within tolerance. Best is
@@ -268,7 +269,7 @@ def recommend(
     ranks: Sequence[int],
     draws_by_method: Mapping[str, Draws],
     cost_by_method: Mapping[str, float],
-    tolerance: float = 0.01,
+    tolerance: float = TIE_TOLERANCE,
     confidence: float = 0.95,
 ) -> dict:
     """What to deploy. The deploy rank is the smallest rank at which the best method there is

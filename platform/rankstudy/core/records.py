@@ -150,14 +150,19 @@ class ResultError(ValueError):
     """A result.json that cannot be used: cut short, corrupt, or of another version."""
 
 
-def write_result(result: TrialResult, out_dir: str | Path) -> Path:
-    """result.json in out_dir, atomically: a reader never finds a result cut short."""
-    path = Path(out_dir) / RESULT_FILE
+def write_json(path: Path, data: Any) -> Path:
+    """A record's JSON file, atomically (a temporary file renamed over it): a reader never
+    finds it cut short, and a kill never leaves half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{RESULT_FILE}.tmp")
-    partial.write_text(json.dumps(result.wire(), indent=2))
+    partial = path.with_name(f"{path.name}.tmp")
+    partial.write_text(json.dumps(data, indent=2))
     partial.replace(path)
     return path
+
+
+def write_result(result: TrialResult, out_dir: str | Path) -> Path:
+    """result.json in out_dir."""
+    return write_json(Path(out_dir) / RESULT_FILE, result.wire())
 
 
 def read_result(
@@ -200,13 +205,8 @@ class TrialFailure(_Record):
 
 
 def write_failure(failure: TrialFailure, out_dir: str | Path) -> Path:
-    """failure.json in out_dir, atomically."""
-    path = Path(out_dir) / FAILURE_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{FAILURE_FILE}.tmp")
-    partial.write_text(json.dumps(failure.wire(), indent=2))
-    partial.replace(path)
-    return path
+    """failure.json in out_dir."""
+    return write_json(Path(out_dir) / FAILURE_FILE, failure.wire())
 
 
 def read_failure(

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 from pydantic import ConfigDict, Field, ValidationError, model_serializer
 
-from rankstudy.core.records import _Record
+from rankstudy.core.records import _Record, write_json
 
 SUMMARY_FILE = "study_summary.json"
 SWEEP_SUMMARY_FILE = "sweep_summary.json"
@@ -206,9 +206,7 @@ class SweepSummary(_Summary):
 
 def write_study_summary(out_dir: Path, summary: StudySummary) -> Path:
     """<out_dir>/study_summary.json."""
-    path = Path(out_dir) / SUMMARY_FILE
-    path.write_text(json.dumps(summary.wire(), indent=2))
-    return path
+    return write_json(Path(out_dir) / SUMMARY_FILE, summary.wire())
 
 
 def _read(path: Path, what: str, read_text: Callable[[Path], str]) -> Any:
@@ -240,12 +238,8 @@ def sweep_body(summaries: list[SweepSummary]) -> dict:
 
 
 def write_sweep_summaries(out: Path, summaries: list[SweepSummary]) -> Path:
-    """<out>/sweep_summary.json, atomically: a kill never leaves half a file."""
-    path = Path(out) / SWEEP_SUMMARY_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(sweep_body(summaries), indent=2))
-    tmp.replace(path)
-    return path
+    """<out>/sweep_summary.json."""
+    return write_json(Path(out) / SWEEP_SUMMARY_FILE, sweep_body(summaries))
 
 
 def read_sweep_summaries(path: str | Path) -> list[SweepSummary]:

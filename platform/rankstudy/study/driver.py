@@ -281,7 +281,7 @@ class Study:
             error = (
                 None if result.error is None else f"{type(result.error).__name__}: {result.error}"
             )
-            kept.add(self.record(ended_trial(result.config, result.metrics or {}), error).key)
+            kept.add(self.keep_ended(ended_trial(result.config, result.metrics or {}), error).key)
         drop_superseded(self.files, self.recorder, kept, self.log)
         self.check_ended(waiting, unfinished)
 
@@ -312,7 +312,7 @@ class Study:
                 f"--resume --out {self.out_dir} (and the same --spec and --set)"
             )
 
-    def record(self, ended: EndedTrial, error: str | None) -> TrialRecord:
+    def keep_ended(self, ended: EndedTrial, error: str | None) -> TrialRecord:
         """A search trial or test pass as the study keeps it, logged to MLflow once. A test
         pass adds its test curve to its trial's MLflow run."""
         state = self.files.state
@@ -334,7 +334,7 @@ class Study:
 
     def trial_ended(self, ended: EndedTrial, error: str | None) -> None:
         """Record a trial as Tune ends it, and say how far the study is."""
-        record = self.record(ended, error)
+        record = self.keep_ended(ended, error)
         if not ended.request.is_test:
             at = f" at step {record.stopped_at}" if record.stopped_at is not None else ""
             self.log(

@@ -10,11 +10,10 @@ request is checked before the base model is loaded.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from rankstudy.core.arms import method_arms, method_rule, parse_arm
+from rankstudy.core.arms import GRID_ARM, GRID_METHOD, grid_arm, method_arms, method_rule, parse_arm
 from rankstudy.core.errors import InputError
 from rankstudy.core.methods import SVD_RULES
 from rankstudy.core.spec import StudySpec, parse_spec
@@ -55,12 +54,12 @@ def plan_exports(
         raise ExportError(f"--seed: the study ran seeds {seeds}, not {seed}")
     S = spec.adapters.rank_set
     default = None  # every rank served
-    if method == "lora_grid" and method in spec.methods:
-        served = {r: f"lora_r{r}" for r in S}
+    if method == GRID_METHOD and method in spec.methods:
+        served = {r: grid_arm(r) for r in S}
         what = f"the LoRA grid has one run per rank in {S}"
-    elif m := re.fullmatch(r"lora_r(\d+)", method):
+    elif m := GRID_ARM.fullmatch(method):
         own = int(m.group(1))
-        if own not in S or "lora_grid" not in spec.methods:
+        if own not in S or GRID_METHOD not in spec.methods:
             raise ExportError(f"--method: the study trained no LoRA arm {method}")
         served = {k: method for k in parse_arm(method, spec).eval_ranks}
         what = f"{method} was trained at rank {own}: it serves ranks up to {own}"

@@ -19,7 +19,9 @@ import tempfile
 from pathlib import Path
 
 from rankstudy.core.arms import (
+    GRID_METHOD,
     arm_rules,
+    grid_arm,
     method_arms,
     method_rule,
     parse_arm,
@@ -181,9 +183,9 @@ def plan(spec: StudySpec, shape: ModelShape, sizes: dict[str, int]) -> dict:
             "flops": sum(a["flops"] for a in arms.values()),
         },
     }
-    if "lora_grid" in methods and "matryoshka" in methods:
+    if GRID_METHOD in methods and "matryoshka" in methods:
         out["matryoshka_over_lora_grid"] = (
-            methods["matryoshka"]["flops"] / methods["lora_grid"]["flops"]
+            methods["matryoshka"]["flops"] / methods[GRID_METHOD]["flops"]
         )
     return out
 
@@ -216,7 +218,7 @@ def calibrate(spec_raw: dict, overrides: list[str], steps: int = 20) -> tuple[st
         cost = run_trial(
             TrialConfig(
                 spec=spec,
-                arm=f"lora_r{spec.adapters.max_rank}",
+                arm=grid_arm(spec.adapters.max_rank),
                 out_dir=str(Path(tmp) / "trial"),
                 overrides=overrides,
                 splits=[],

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rankstudy.core import mlflow_names as names
-from rankstudy.core.frontier import AXES, GRID, frontier_table
+from rankstudy.core.arms import GRID_METHOD
+from rankstudy.core.frontier import AXES, TOLERANCE, frontier_table
 from rankstudy.core.spec import StudySpec, scaled_steps
 from rankstudy.core.summaries import (
     SWEEP_SUMMARY_FILE,
@@ -157,7 +158,7 @@ def sweep_table(summary: SweepSummary) -> str:
     return "\n".join(lines)
 
 
-def frontier_text(summary: SweepSummary, tolerance: float = 0.01) -> str:
+def frontier_text(summary: SweepSummary, tolerance: float = TOLERANCE) -> str:
     """The frontier table (rankstudy.core.frontier) of a sweep: per single-run method, its AURAC at
     the LoRA grid's compute and the least compute at which it reaches the grid's AURAC minus
     `tolerance`, on FLOPs and device-seconds."""
@@ -171,7 +172,7 @@ def frontier_text(summary: SweepSummary, tolerance: float = 0.01) -> str:
         return "frontier: no single-run method in the sweep"
     flops, seconds = ref["flops"], ref["device_seconds"]
     lines = [
-        f"frontier against {GRID} at budget x{flops.budget:g}: AURAC {flops.aurac:.3f}, "
+        f"frontier against {GRID_METHOD} at budget x{flops.budget:g}: AURAC {flops.aurac:.3f}, "
         f"{flops.cost:.2e} FLOPs, {seconds.cost:.0f} device-s; "
         f"target {flops.aurac - tolerance:.3f}",
         f"{'method':<30}{'AURAC at grid FLOPs':>20}{'reached at FLOPs':>26}{'at device-s':>14}",
