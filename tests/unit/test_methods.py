@@ -251,17 +251,7 @@ def test_train_flops_of_the_new_methods_by_hand():
 def test_new_methods_are_served_but_not_in_the_default_study():
     """A spec may ask for nested_sampled and dylora_frozen, each its own arm at R; a spec
     that names no methods still gets the seven methods it always had, in their order."""
-    assert methods.DEFAULT == (
-        "lora_grid",
-        "dylora",
-        "matryoshka",
-        "matryoshka_truncated_p",
-        "matryoshka_binary",
-        "matryoshka_binary_truncated_p",
-        "nested_multiloss",
-    )
-    unnamed = parse_spec({k: v for k, v in TINY.items() if k != "methods"})
-    assert unnamed.methods == [  # what a spec without methods runs, written out
+    seven = [  # what a spec without methods runs, written out
         "lora_grid",
         "dylora",
         "matryoshka",
@@ -270,6 +260,8 @@ def test_new_methods_are_served_but_not_in_the_default_study():
         "matryoshka_binary_truncated_p",
         "nested_multiloss",
     ]
+    assert list(methods.DEFAULT) == seven
+    assert parse_spec({k: v for k, v in TINY.items() if k != "methods"}).methods == seven
     spec = parse_spec(TINY | {"methods": ["lora_grid", "nested_sampled", "dylora_frozen"]})
     for name in ("nested_sampled", "dylora_frozen"):
         assert methods.served(name) == (methods.method(name), "scaled")

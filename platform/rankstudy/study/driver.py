@@ -22,7 +22,7 @@ from rankstudy.core.arms import arm_rules, parse_arm, study_arms, study_rules
 from rankstudy.core.records import TrialRecord
 from rankstudy.core.spec import StudySpec, load_spec, read_spec_file
 from rankstudy.core.summaries import SUMMARY_FILE, StudySummary
-from rankstudy.core.trial_request import StudyRef
+from rankstudy.core.trial_request import StudyRef, TrialReport
 from rankstudy.storage.disk import DiskWatch, full_stop
 from rankstudy.storage.folders import on_disk
 from rankstudy.study.optuna_storage import STORAGE_FILE, storage_url
@@ -291,10 +291,11 @@ class Study:
         stop it at (the study records those as Tune stops them, trial_ended)."""
         if result.error is not None:
             return False
-        ended = ended_trial(result.config, result.metrics or {})
-        if ended.report is None:
+        report = TrialReport.of_tune(result.metrics or {})
+        if report is None:  # never reported (Tune may not even hold its config): cut off
             return True
-        return ended.report.interim and ended.entry not in self.files.state.trials
+        ended = ended_trial(result.config, result.metrics)
+        return report.interim and ended.entry not in self.files.state.trials
 
     def check_ended(self, waiting: WaitWatch, unfinished: int) -> None:
         """Raise StudyInterrupted, saying how to go on, unless every trial ended."""
