@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from rankstudy.core.spec import StudySpec, parse_spec
+from rankstudy.core.trial_request import selection_keys
 
 RESULT_FILE = "result.json"
 # Bump when a field changes meaning or goes; readers refuse other versions. 2 added each
@@ -142,8 +143,7 @@ class TrialResult(_Record):
     def selection(self) -> dict[str, float]:
         """What the search compares, as a trial reports it to Tune: the selection metric
         under its own rule and, as selection_<rule>, under each rule it was scored with."""
-        by_rule = {f"selection_{r}": v for r, v in self.selection_metric_by_rule.items()}
-        return {"selection_metric": self.selection_metric, **by_rule}
+        return selection_keys(self.selection_metric, self.selection_metric_by_rule)
 
 
 class ResultError(ValueError):

@@ -25,6 +25,20 @@ SELECTION_PREFIX = "selection_"  # + rule: the selection metric under each rule
 INTERIM, STEP = "interim", "step"
 
 
+def selection_keys(selection: float, by_rule: Mapping[str, float]) -> dict[str, float]:
+    """A selection as Tune carries it: selection_metric, and selection_<rule> for each rule."""
+    return {SELECTION: selection, **{f"{SELECTION_PREFIX}{r}": v for r, v in by_rule.items()}}
+
+
+def selection_by_rule(keys: Mapping[str, Any]) -> dict[str, float]:
+    """rule -> selection, read back from Tune's keys (selection_<rule>)."""
+    return {
+        k.removeprefix(SELECTION_PREFIX): v
+        for k, v in keys.items()
+        if k.startswith(SELECTION_PREFIX) and k != SELECTION
+    }
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -135,11 +149,7 @@ class TrialReport(_Frozen):
         return self.model_copy(
             update={
                 "selection": selection[SELECTION],
-                "selection_by_rule": {
-                    k.removeprefix(SELECTION_PREFIX): v
-                    for k, v in selection.items()
-                    if k != SELECTION
-                },
+                "selection_by_rule": selection_by_rule(selection),
                 "interim": step is not None,
                 "step": step,
             }
@@ -153,8 +163,7 @@ class TrialReport(_Frozen):
         """As Tune takes it (failed_metric: as for selection_metric)."""
         out = {"out_dir": self.out_dir, "failed": self.failed, "node": self.node}
         out |= reported(self.params)
-        out[SELECTION] = self.selection_metric(failed_metric)
-        out |= {f"{SELECTION_PREFIX}{r}": v for r, v in self.selection_by_rule.items()}
+        out |= selection_keys(self.selection_metric(failed_metric), self.selection_by_rule)
         return out | ({INTERIM: True, STEP: self.step} if self.interim else {})
 
     @classmethod
@@ -169,11 +178,7 @@ class TrialReport(_Frozen):
             node=metrics.get("node"),
             failed=failed,
             selection=None if failed else metrics.get(SELECTION),
-            selection_by_rule={
-                k.removeprefix(SELECTION_PREFIX): v
-                for k, v in metrics.items()
-                if k.startswith(SELECTION_PREFIX) and k != SELECTION
-            },
+            selection_by_rule=selection_by_rule(metrics),
             interim=bool(metrics.get(INTERIM, False)),
             step=metrics.get(STEP),
         )

@@ -21,7 +21,12 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from rankstudy.core.spec import ParamRange
-from rankstudy.core.trial_request import TrialReport, TrialRequest
+from rankstudy.core.trial_request import (
+    SELECTION,
+    SELECTION_PREFIX,
+    TrialReport,
+    TrialRequest,
+)
 from rankstudy.core.tune_keys import reported_in, sampled, tune_key
 from rankstudy.study.optuna_storage import fail_lost, fresh_search
 
@@ -54,7 +59,7 @@ def choose(ok: list[dict], rules: list[str]) -> dict[str, list[str]]:
     chosen: dict[str, list[str]] = {}
     for rule in rules if ok else []:
         best = max(
-            ok, key=lambda r: (r.get(f"selection_{rule}", r["selection_metric"]), -r["index"])
+            ok, key=lambda r: (r.get(f"{SELECTION_PREFIX}{rule}", r[SELECTION]), -r["index"])
         )
         chosen.setdefault(best["out_dir"], []).append(rule)
     return chosen

@@ -21,6 +21,7 @@ from rankstudy.core.summaries import (
     StudySummary,
     write_study_summary,
 )
+from rankstudy.core.trial_request import selection_keys
 from rankstudy.core.verdict import study_verdict, verdict_lines
 from rankstudy.study.state import StudyFiles, StudyState
 
@@ -44,8 +45,7 @@ def test_passes(spec: StudySpec, state: StudyState, seeds: list[int]) -> tuple[i
             {
                 "index": t.trial,
                 "out_dir": t.out_dir,
-                "selection_metric": t.selection_metric,
-                **{f"selection_{r}": v for r, v in t.selection_by_rule.items()},
+                **selection_keys(t.selection_metric, t.selection_by_rule),
             }
             for t in ended
             if t.status == "ok"
