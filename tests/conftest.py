@@ -133,28 +133,23 @@ def study_in(spec: dict):
 @pytest.fixture(scope="session")
 def served_study(tmp_path_factory, worker_id) -> tuple[Path, Path]:
     """(spec path, study folder): every LoRA rank, DyLoRA and Matryoshka, one search trial per
-    arm, seeds 0 and 1, served under the paper's rule, truncated_p and svd."""
+    arm, seeds 0 and 1, served under the paper's rule, truncated_p and svd; its end registers
+    the recommended rank in MLflow's registry."""
     spec = TINY | {
         "name": "tiny-served",
         "training": TINY["training"] | {"steps": 12},
         "methods": SERVED,
         "search": {"trials_per_arm": 1},
         "seeds": [0, 1],
+        "tracking": {"register_as": "tiny-served"},  # its end registers the recommended rank
     }
     folder = once_per_run(tmp_path_factory, worker_id, "served", study_in(spec))
     return folder / "spec.yaml", folder / "out"
 
 
 @pytest.fixture(scope="session")
-def tiny_reference(tmp_path_factory, worker_id) -> dict:
-    """The summary of the tiny study (studies.TINY) run once without a fault: what a study
-    killed, stopped or submitted elsewhere must end with."""
-    folder = once_per_run(tmp_path_factory, worker_id, "reference", study_in(TINY))
-    return json.loads((folder / "out" / "study_summary.json").read_text())
-
-
-@pytest.fixture(scope="session")
 def two_arms_reference(tmp_path_factory, worker_id) -> dict:
-    """The summary of the two-arm tiny study (studies.TWO_ARMS) run once without a fault."""
+    """The summary of the two-arm tiny study (studies.TWO_ARMS) run once without a fault: what
+    a study killed, stopped or submitted elsewhere must end with."""
     folder = once_per_run(tmp_path_factory, worker_id, "two-arms-reference", study_in(TWO_ARMS))
     return json.loads((folder / "out" / "study_summary.json").read_text())

@@ -1,9 +1,12 @@
-"""The driver's MLflow writes run in a background thread; a kill can cut one off after the
-study recorded its trial. A resumed study redoes exactly those writes: no missing run, no
-duplicate, and a half-written run is replaced."""
+"""What a study records. The driver's MLflow writes run in a background thread; a kill can cut
+one off after the study recorded its trial. A resumed study redoes exactly those writes: no
+missing run, no duplicate, and a half-written run is replaced. A failed arm leaves the others
+scored. A whole study (the served one) records every arm, method and curve."""
 
+import json
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from rankstudy.core.records import TrialRecord
@@ -11,7 +14,7 @@ from rankstudy.study.driver import Study
 from rankstudy.study.state import STATE_FILE, StudyState, read_state
 from rankstudy.study.summary import chosen_results, summarise, summary_table
 from rankstudy.tracking.tracker import StudyTracker
-from studies import TINY, write_spec
+from studies import ARMS, SERVED, TINY, mlflow_runs, write_spec
 
 
 def failed_record(key: str, logged: bool) -> TrialRecord:
@@ -112,3 +115,62 @@ def test_a_failed_arm_leaves_the_other_methods_scored_and_reported(tmp_path):
     page = Path(study.report()).read_text()
     assert f"<b>matryoshka</b>: {why}" in page  # the study's reason, as it recorded it
     assert "lora_grid" in page and 'id="rank-table"' in page
+
+
+@pytest.mark.slow
+def test_a_study_records_every_rank_of_the_grid_and_each_methods_curve(served_study):
+    """The served study (conftest.served_study: the six arms, one trial each, seeds 0 and 1):
+    the grid one method over its four arms, every trial and method run in MLflow under the
+    study's run, each tested run's curve with step = rank, and the figures."""
+    _, out = served_study
+    summary = json.loads((out / "study_summary.json").read_text())
+    assert list(summary["methods"]) == SERVED
+    for m in summary["methods"].values():
+        assert m["ranks"] == [1, 2, 4, 8] and len(m["scores"]) == 4
+        assert 0 <= m["aurac_log2"] <= 1 and 0 <= m["aurac_linear"] <= 1
+    assert summary["methods"]["lora_grid"]["trials"] == 4  # one search trial per rank
+    assert summary["methods"]["matryoshka"]["trials"] == 1
+    assert set(summary["reference"]) == {"1", "2", "4", "8"}
+    grid, mat = summary["methods"]["lora_grid"], summary["methods"]["matryoshka"]
+    # one run's training against four (12 steps: evaluating every rank is much of its cost)
+    assert mat["cost"]["train_flops"] < grid["cost"]["train_flops"] / 3
+    assert mat["cost"]["flops"] < grid["cost"]["flops"]
+    assert mat["cost"]["device_seconds"] < grid["cost"]["device_seconds"]
+
+    client, runs = mlflow_runs(summary)
+    kinds = [r.data.tags.get("rankstudy.kind") for r in runs]
+    assert kinds.count("study") == 1 and kinds.count("trial") == ARMS * 2  # a run per seed
+    assert kinds.count("method") == len(SERVED)
+    assert all(r.info.status == "FINISHED" for r in runs)
+    parent = summary["mlflow"]["parent_run_id"]
+    assert all(
+        r.data.tags.get("mlflow.parentRunId") == parent for r in runs if r.info.run_id != parent
+    )
+    # the chosen matryoshka trial carries its test curve with step = rank
+    method_run = next(
+        r
+        for r in runs
+        if r.data.tags.get("method") == "matryoshka"
+        and r.data.tags.get("rankstudy.kind") == "method"
+    )
+    history = client.get_metric_history(method_run.info.run_id, "test_score")
+    assert sorted(m.step for m in history) == [1, 2, 4, 8]
+    artifacts = {a.path for a in client.list_artifacts(method_run.info.run_id)}
+    assert {"matryoshka.png", "curve.json"} <= artifacts
+    assert (out / "figures" / "matryoshka.png").stat().st_size > 5000
+    tested = [
+        r for r in runs if r.data.tags.get("arm") == "matryoshka" and "test_score" in r.data.metrics
+    ]
+    assert len(tested) == 2  # seeds 0 and 1
+    for run in tested:
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "test_score"))
+        assert steps == [1, 2, 4, 8]
+        assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 12
+    names = {r.info.run_name for r in runs if r.data.tags.get("rankstudy.kind") == "trial"}
+    m = "matryoshka · matryoshka r1-8 · trial 0"
+    assert sorted(n for n in names if n.startswith("matryoshka · ")) == [
+        f"{m} · seed 0 · chosen",
+        f"{m} · seed 1 · chosen",
+    ]
+    assert sum(n.startswith("lora_r4 · lora r4 · trial 0 · seed ") for n in names) == 2
+    assert sum(n.endswith(" · seed 0 · chosen") for n in names) == ARMS

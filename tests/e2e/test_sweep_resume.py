@@ -1,7 +1,8 @@
 """A budget sweep run as a user runs it: two tiny budget points, the driver killed once the
 second has begun, and --resume finishing it without running the first point (or any of its
-trials) again; every point in one MLflow experiment, each parent run tagged with the sweep and
-its budget."""
+trials) again, every point scoring as in the same sweep run uninterrupted; every point in one
+MLflow experiment, each parent run tagged with the sweep and its budget; the report the last
+point built opening with the sweep's points as the sweep summary holds them."""
 
 import json
 import os
@@ -12,9 +13,10 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 
+from chromium import render
 from rankstudy.core import mlflow_names as names
 from rankstudy.core.records import read_result
-from studies import ROOT, TINY, run_study, wait_for_trials, write_spec
+from studies import ROOT, TINY, run_study, scores, wait_for_trials, write_spec
 
 SWEEP = TINY | {
     "name": "tiny-sweep",
@@ -35,6 +37,7 @@ def snapshot(folder):
 @pytest.mark.slow
 def test_killed_budget_sweep_resumes_without_rerunning_its_finished_point(tmp_path):
     spec, out = write_spec(tmp_path, SWEEP), tmp_path / "out"
+    uninterrupted = run_study(spec, tmp_path / "ref", wait=False)  # the reference, beside it
     proc = run_study(spec, out, wait=False)
     wait_for_trials(proc, out / "budget1" / "study_state.json", 1)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
@@ -79,6 +82,32 @@ def test_killed_budget_sweep_resumes_without_rerunning_its_finished_point(tmp_pa
         }
     half, whole = (sweep["points"][k]["lora_grid"]["flops"] for k in ("0.5", "1.0"))
     assert half < whole  # the same evaluation, half the training
+
+    # the point cut off and resumed scores as the sweep run whole does, and so does the other
+    assert uninterrupted.wait(timeout=1200) == 0, (tmp_path / "ref.log").read_text()[-4000:]
+    for budget in ("budget0.5", "budget1"):
+        resumed, whole = (
+            json.loads((run / budget / "study_summary.json").read_text())
+            for run in (out, tmp_path / "ref")
+        )
+        assert scores(resumed) == scores(whole), budget
+
+    # the sweep's report (the last point's, as it built it): each point's AURAC, spread and
+    # cost, read from MLflow, as the sweep summary holds them
+    shown = render(out / "budget1" / "report" / "report.html", "report-real-sweep")
+    assert shown.errors == [] and shown.requests == []
+    rows = {(r[0], r[1]): r[2:] for r in shown.tables["sweep-points"][1:]}
+    assert rows == {
+        (method, f"×{float(key):.1f}"): [
+            f"{p['aurac']:.3f}",
+            "n/a",  # one seed
+            f"{p['flops']:.3g}",
+            f"{p['device_seconds']:.1f}",
+        ]
+        for key, methods in sweep["points"].items()
+        for method, p in methods.items()
+    }
+    assert [r[0] for r in shown.tables["frontier-table"][1:]] == ["dylora"]  # against the grid
 
     points = [json.loads((out / f"budget{b}" / "study_summary.json").read_text()) for b in (0.5, 1)]
     assert {p["mlflow"]["tracking_uri"] for p in points} == {

@@ -249,29 +249,18 @@ def test_unknown_experiment_is_an_error_naming_the_flag(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_study(tmp_path_factory):
-    """A real study (two seeds, the LoRA grid and Matryoshka) whose end builds the report."""
-    from studies import TINY, run_study, write_spec
-
-    root = tmp_path_factory.mktemp("tiny-report")
-    spec = TINY | {
-        "name": "tiny-report",
-        "methods": ["lora_grid", "matryoshka"],
-        "adapters": {"max_rank": 4, "train_ranks": [1, 2, 4]},
-        "training": TINY["training"] | {"steps": 30, "log_every": 10, "checkpoint_every": 10},
-        "seeds": [0, 1],
-        "tracking": {"register_as": "tiny-report"},  # its end registers the recommended rank
-    }
-    run_study(write_spec(root, spec), root / "out")
-    summary = json.loads((root / "out" / "study_summary.json").read_text())
-    return root, summary
+def tiny_study(served_study):
+    """A real study (conftest.served_study: two seeds, seven methods) whose end built the
+    report and registered its recommended rank: its folder and summary."""
+    _, out = served_study
+    return out, json.loads((out / "study_summary.json").read_text())
 
 
 @pytest.mark.slow
 def test_report_of_a_real_study_matches_its_results(tiny_study):
     root, summary = tiny_study
     page = Path(summary["report"])
-    assert page == root / "out" / "report" / "report.html"
+    assert page == root / "report" / "report.html"
     shown = render(page, "report-tiny-study")
     assert shown.errors == [] and shown.requests == [] and len(shown.charts) == 3
     assert all(c["width"] > 300 and c["marks"] > 20 for c in shown.charts)
@@ -280,7 +269,7 @@ def test_report_of_a_real_study_matches_its_results(tiny_study):
     for name, m in summary["methods"].items():
         assert rows[name] == [f"{s:.3f}" for s in m["scores"]]
     reference = summary["reference"]
-    assert rows["planted reference"] == [f"{reference[str(r)]:.3f}" for r in (1, 2, 4)]
+    assert rows["planted reference"] == [f"{reference[str(r)]:.3f}" for r in (1, 2, 4, 8)]
     aurac = column(shown.tables["aurac-table"], "AURAC log2")
     spread = column(shown.tables["aurac-table"], "± seeds")
     flops = column(shown.tables["cost-table"], "FLOPs")
@@ -288,15 +277,15 @@ def test_report_of_a_real_study_matches_its_results(tiny_study):
         assert aurac[name] == f"{m['aurac_log2']:.3f}"
         assert spread[name] == f"{m['aurac_log2_std']:.3f}"
         assert flops[name] == f"{m['cost']['flops']:.3g}"
-    # each arm's search: its two trials and the chosen one repeated at seed 1; validation
-    # scores as the study recorded them
-    state = json.loads((root / "out" / "study_state.json").read_text())
-    for arm in ("lora_r1", "lora_r2", "lora_r4", "matryoshka"):
+    # each arm's search: its one trial and that trial repeated at seed 1; validation scores as
+    # the study recorded them
+    state = json.loads((root / "study_state.json").read_text())
+    for arm in ("lora_r1", "lora_r2", "lora_r4", "lora_r8", "dylora", "matryoshka"):
         table = shown.tables[f"search-{arm}"]
-        assert len(table) == 1 + 3
-        scores = sorted(r[table[0].index("validation (scaled)")] for r in table[1:3])
-        recorded = [t for t in state["trials"].values() if t["arm"] == arm]
-        assert scores == sorted(f"{t['selection_metric']:.4f}" for t in recorded)
+        assert len(table) == 1 + 2
+        (recorded,) = [t for t in state["trials"].values() if t["arm"] == arm]
+        validation = table[1][table[0].index("validation (scaled)")]
+        assert validation == f"{recorded['selection_metric']:.4f}"
 
 
 @pytest.mark.slow
@@ -304,10 +293,10 @@ def test_the_study_end_registers_its_recommended_rank(tiny_study):
     """tracking.register_as: the verdict's method at its rank, exported and registered."""
     root, summary = tiny_study
     choice = summary["verdict"]["recommendation"]
-    assert summary["registered"] == "models:/tiny-report/1"
-    version = MlflowClient(summary["mlflow"]["tracking_uri"]).get_model_version("tiny-report", "1")
+    assert summary["registered"] == "models:/tiny-served/1"
+    version = MlflowClient(summary["mlflow"]["tracking_uri"]).get_model_version("tiny-served", "1")
     assert (version.tags["method"], version.tags["rank"]) == (choice["method"], str(choice["rank"]))
-    config = json.loads((root / "out" / "registered" / "adapter_config.json").read_text())
+    config = json.loads((root / "registered" / "adapter_config.json").read_text())
     assert config["r"] == choice["rank"]
 
 
@@ -316,7 +305,7 @@ def test_rankstudy_report_rebuilds_the_same_tables_from_mlflow_alone(tiny_study,
     """`rankstudy report` on the study's experiment: the same tables as the study's own."""
     _, summary = tiny_study
     out = tmp_path / "rebuilt"
-    proc = report_cli("tiny-report", summary["mlflow"]["tracking_uri"], out)
+    proc = report_cli("tiny-served", summary["mlflow"]["tracking_uri"], out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"report: {out / 'report.html'}" in proc.stdout
     again = render(out / "report.html", "report-tiny-study-cli")
