@@ -221,7 +221,7 @@ def fill_study(
                 params={"training.lr": 10 ** (-3 + t / trials_per_arm)},
                 status="failed" if fails else "ok",
                 failure="loss is NaN at step 3" if fails else None,
-                selection_metric=-1.0 if fails else result.selection_metric,
+                selection_metric=None if fails else result.selection_metric,
             )
             tracker.log_trial(record, result)
             spent += [result] if result else []

@@ -28,7 +28,7 @@ def failed_record(key: str, logged: bool) -> TrialRecord:
         params={"training.lr": 0.001},
         status="failed",
         failure="loss is NaN at step 3",
-        selection_metric=-1.0,
+        selection_metric=None,
         logged=logged,
     )
 

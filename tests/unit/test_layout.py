@@ -171,6 +171,15 @@ def test_a_tuner_saved_before_the_subpackages_unpickles_to_todays_classes():
     assert type(tune_config.scheduler) is ArmASHA
     assert [type(c) for c in run_config.callbacks] == [TrialEvents]
     assert isinstance(run_config.storage_filesystem.handler, AtomicLocalFiles)
+    # restored by a running study, the callback is that study's own: its trials record into it
+    ended, waiting, disk = object(), object(), object()
+    running = TrialEvents(ended, waiting, disk)
+    try:
+        (restored,) = pickle.loads(saved)["_run_config"].callbacks
+    finally:
+        TrialEvents.running = None
+    assert restored is not running
+    assert (restored.ended, restored.waiting, restored.disk) == (ended, waiting, disk)
 
 
 def test_the_adapters_know_nothing_of_ray_deepspeed_or_mlflow():

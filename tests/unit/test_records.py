@@ -137,6 +137,24 @@ def test_the_study_state_keeps_its_records(tmp_path):
     assert StudyState().trials == {}
 
 
+def test_a_failed_trial_selects_nothing_also_in_a_state_saved_with_the_searchers_value():
+    saved = {
+        "key": "dylora/t1",
+        "arm": "dylora",
+        "method": "dylora",
+        "rank": "1-8",
+        "trial": 1,
+        "out_dir": "/s/trials/dylora/t1",
+        "params": {"training.lr": 0.01},
+        "status": "failed",
+        "failure": "loss is NaN at step 3",
+        "selection_metric": -1.0,  # what the searcher was told, kept in states saved before
+    }
+    assert TrialRecord.model_validate_json(json.dumps(saved)).selection_metric is None
+    stopped = saved | {"status": "stopped", "failure": None, "selection_metric": 0.25}
+    assert TrialRecord.model_validate(stopped).selection_metric == 0.25
+
+
 def test_sampled_hyperparameters_keep_their_spec_paths_through_tune():
     suggestion = {"arm": "lora_r1", "phase": "search", tune_key("training.lr"): 0.01}
     assert suggestion == {"arm": "lora_r1", "phase": "search", "training__lr": 0.01}

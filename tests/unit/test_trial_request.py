@@ -4,7 +4,7 @@ trial's folder and book keys, and the overrides and splits a request adds."""
 
 from pathlib import Path
 
-from rankstudy.core.trial_request import StudyRef, TrialReport, TrialRequest
+from rankstudy.core.trial_request import Selection, StudyRef, TrialReport, TrialRequest
 from rankstudy.core.tune_keys import FAILED_METRIC
 
 STUDY = StudyRef(spec={"name": "s"}, overrides=["seed=0"], study_dir="/s", storage=None)
@@ -59,9 +59,10 @@ def test_each_request_names_its_folder_keys_overrides_and_splits():
 
 def test_a_report_reads_back_from_what_tune_keeps():
     report = TrialReport(out_dir="/s/trials/dylora/ab12", params={"training.lr": 0.003}, node="n1")
-    selection = {"selection_metric": 0.7, "selection_truncated_p": 0.6}
+    selection = Selection(metric=0.7, by_rule={"truncated_p": 0.6})
+    assert Selection.of_tune(selection.tune()) == selection
     end = report.with_selection(selection)
-    assert end.tune(FAILED_METRIC) == {
+    assert end.tune() == {
         "out_dir": "/s/trials/dylora/ab12",
         "failed": False,
         "node": "n1",
@@ -70,15 +71,15 @@ def test_a_report_reads_back_from_what_tune_keeps():
         "selection_truncated_p": 0.6,
     }
     # Tune adds its own keys to a result (config/..., trial_id, time_total_s): never read
-    tune_result = end.tune(FAILED_METRIC) | {"trial_id": "ab12", "config/training__lr": 0.003}
+    tune_result = end.tune() | {"trial_id": "ab12", "config/training__lr": 0.003}
     assert TrialReport.of_tune(tune_result) == end
     interim = report.with_selection(selection, step=6)
-    assert interim.tune(FAILED_METRIC) | {} == end.tune(FAILED_METRIC) | {
+    assert interim.tune() | {} == end.tune() | {
         "interim": True,
         "step": 6,
     }
-    assert TrialReport.of_tune(interim.tune(FAILED_METRIC)) == interim
+    assert TrialReport.of_tune(interim.tune()) == interim
     failed = report.model_copy(update={"failed": True})
-    assert failed.tune(FAILED_METRIC)["selection_metric"] == FAILED_METRIC
-    assert TrialReport.of_tune(failed.tune(FAILED_METRIC)).selection is None
+    assert failed.tune()["selection_metric"] == FAILED_METRIC
+    assert TrialReport.of_tune(failed.tune()).selection is None
     assert TrialReport.of_tune({"trial_id": "ab12"}) is None  # it reported nothing

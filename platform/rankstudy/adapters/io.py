@@ -155,7 +155,7 @@ def export_peft(model: nn.Module, rank: int, out_dir: str | Path, rule: str | No
         fan_in_fan_out=fan_in_fan_out,
         bias="none",
         task_type="CAUSAL_LM",
-        base_model_name_or_path=getattr(config, "_name_or_path", None) or None,
+        base_model_name_or_path=getattr(config, "name_or_path", None) or None,
     )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

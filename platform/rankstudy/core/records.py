@@ -12,10 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from rankstudy.core.spec import StudySpec, parse_spec
-from rankstudy.core.trial_request import selection_keys
+from rankstudy.core.trial_request import Selection
 
 RESULT_FILE = "result.json"
 # Bump when a field changes meaning or goes; readers refuse other versions. 2 added each
@@ -140,10 +140,9 @@ class TrialResult(_Record):
         """The JSON object result.json holds."""
         return self.model_dump(mode="json", exclude_none=True)
 
-    def selection(self) -> dict[str, float]:
-        """What the search compares, as a trial reports it to Tune: the selection metric
-        under its own rule and, as selection_<rule>, under each rule it was scored with."""
-        return selection_keys(self.selection_metric, self.selection_metric_by_rule)
+    def selection(self) -> Selection:
+        """What the search compares it by."""
+        return Selection(metric=self.selection_metric, by_rule=self.selection_metric_by_rule)
 
 
 class ResultError(ValueError):
@@ -242,7 +241,7 @@ class TrialRecord(_Record):
     params: dict[str, Any]  # sampled hyperparameters by spec path
     status: Literal["ok", "failed", "stopped"]  # stopped: early, by the search's scheduler
     failure: str | None
-    selection_metric: float
+    selection_metric: float | None  # None: it failed, nothing to select it by
     selection_by_rule: dict[str, float] = {}
     stopped_at: int | None = None  # the step the search's scheduler stopped it at
     node: str | None = None
@@ -250,6 +249,14 @@ class TrialRecord(_Record):
     superseded: bool = False  # a rerun after a resume replaced it (rankstudy.study.tuner)
     rules: list[str] | None = None
     seed: int | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _failed_selects_nothing(cls, data: Any) -> Any:
+        """A state saved before held -1.0, what the searcher is told, as a failed trial's."""
+        if isinstance(data, dict) and data.get("status") == "failed":
+            data = data | {"selection_metric": None}
+        return data
 
     @property
     def is_test(self) -> bool:

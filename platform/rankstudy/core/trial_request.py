@@ -16,7 +16,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from rankstudy.core.tune_keys import REPORTED, as_overrides, reported, sampled, tune_key
+from rankstudy.core.tune_keys import (
+    FAILED_METRIC,
+    REPORTED,
+    as_overrides,
+    reported,
+    sampled,
+    tune_key,
+)
 
 SELECTION = "selection_metric"  # the metric the searcher and the scheduler compare
 SELECTION_PREFIX = "selection_"  # + rule: the selection metric under each rule
@@ -129,6 +136,21 @@ class TrialRequest(_Frozen):
         return ["test"] if self.first_seed else ["validation", "test"]
 
 
+class Selection(_Frozen):
+    """What the search compares a trial by, at its end or at a validation: the selection
+    metric under the trial's own rule, and under each rule it was scored with."""
+
+    metric: float
+    by_rule: dict[str, float] = {}
+
+    def tune(self) -> dict[str, float]:
+        return selection_keys(self.metric, self.by_rule)
+
+    @classmethod
+    def of_tune(cls, keys: Mapping[str, Any]) -> Selection:
+        return cls(metric=keys[SELECTION], by_rule=selection_by_rule(keys))
+
+
 class TrialReport(_Frozen):
     """What a trial reports to Tune: where its folder is, its hyperparameters and node, and
     the selection metric (overall and per rule) of its end, or of a validation mid-training
@@ -143,27 +165,26 @@ class TrialReport(_Frozen):
     interim: bool = False
     step: int | None = None
 
-    def with_selection(self, selection: Mapping[str, float], step: int | None = None):
-        """This report with a selection (as TrialResult.selection gives it), made at a
-        validation mid-training when step is given."""
+    def with_selection(self, selection: Selection, step: int | None = None) -> TrialReport:
+        """This report with a selection, made at a validation mid-training when step is
+        given."""
         return self.model_copy(
             update={
-                "selection": selection[SELECTION],
-                "selection_by_rule": selection_by_rule(selection),
+                "selection": selection.metric,
+                "selection_by_rule": selection.by_rule,
                 "interim": step is not None,
                 "step": step,
             }
         )
 
-    def selection_metric(self, failed_metric: float) -> float:
-        """What the searcher compares (failed_metric: what it is given for a failed trial)."""
-        return failed_metric if self.selection is None else self.selection
-
-    def tune(self, failed_metric: float) -> dict:
-        """As Tune takes it (failed_metric: as for selection_metric)."""
+    def tune(self) -> dict:
+        """As Tune takes it. Tune insists on the searcher's metric in every result: a failed
+        trial's is FAILED_METRIC, below any score, which the searcher is told (and never read
+        back here: `failed` says it)."""
         out = {"out_dir": self.out_dir, "failed": self.failed, "node": self.node}
         out |= reported(self.params)
-        out |= selection_keys(self.selection_metric(failed_metric), self.selection_by_rule)
+        metric = FAILED_METRIC if self.selection is None else self.selection
+        out |= selection_keys(metric, self.selection_by_rule)
         return out | ({INTERIM: True, STEP: self.step} if self.interim else {})
 
     @classmethod

@@ -46,6 +46,7 @@ def load_model(spec: ModelSpec, dtype: torch.dtype) -> LoadedModel:
         model = tiny_model(
             t.family,
             seed=t.seed,
+            attn_implementation=spec.attn_implementation,
             hidden=t.hidden,
             layers=t.layers,
             heads=t.heads,
@@ -54,7 +55,6 @@ def load_model(spec: ModelSpec, dtype: torch.dtype) -> LoadedModel:
             max_positions=t.max_positions,
             initializer_range=t.initializer_range,
         )
-        model.config._attn_implementation = spec.attn_implementation
         tokenizer = byte_tokenizer()
     else:
         from transformers import AutoModelForCausalLM

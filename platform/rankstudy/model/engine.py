@@ -18,19 +18,26 @@ from torch import nn
 
 from rankstudy.core.spec import StudySpec
 
-# DeepSpeed JIT-builds a CPU comm op on first use; a cache per environment keeps two
-# checkouts (two venvs) from rebuilding it for each other on every start.
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
-# torch builds it with the first `ninja` on PATH. A system ninja (1.11) and the venv's (1.13)
-# hash the build log differently, so every process that found the other one rebuilt the op
-# (25-50 s while every other trial waited on the lock): the venv's ninja goes first everywhere.
-if os.environ.get("PATH", "").split(os.pathsep)[0] != ninja.BIN_DIR:
-    os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, os.environ.get("PATH", "")])
+
+def use_this_venvs_build_tools() -> None:
+    """DeepSpeed JIT-builds a CPU comm op on first use (init_distributed), with torch's cpp
+    extensions: set where and with what, in this process (and the trial processes it starts),
+    before that.
+
+    A cache per environment keeps two checkouts (two venvs) from rebuilding it for each other
+    on every start. torch builds it with the first `ninja` on PATH: a system ninja (1.11) and
+    the venv's (1.13) hash the build log differently, so every process that found the other one
+    rebuilt the op (25-50 s while every other trial waited on the lock): the venv's ninja goes
+    first everywhere."""
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
+    if os.environ.get("PATH", "").split(os.pathsep)[0] != ninja.BIN_DIR:
+        os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, os.environ.get("PATH", "")])
 
 
 def build_comm_op() -> bool:
     """Build (or find built) DeepSpeed's CPU comm op, as a trial's engine would; False where
     this accelerator has no such op. `jobs/setup.sh` calls it so no trial pays for the build."""
+    use_this_venvs_build_tools()
     from deepspeed.comm.torch import build_shm_op
 
     return build_shm_op() is not None
@@ -111,6 +118,7 @@ def init_distributed(gpu: bool) -> tuple[int, int]:
     import deepspeed
     import torch.distributed as dist
 
+    use_this_venvs_build_tools()
     backend = "nccl" if gpu else "gloo"
     if not dist.is_initialized():
         # A private one-process group on a free port; no MASTER_PORT goes into os.environ, so child

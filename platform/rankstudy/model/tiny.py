@@ -18,10 +18,11 @@ def tiny_config(family: str = "llama", **sizes) -> PretrainedConfig:
     return AutoConfig.for_model(config.pop("model_type"), **config)
 
 
-def tiny_model(family: str = "llama", seed: int = 0, **config_overrides) -> torch.nn.Module:
+def tiny_model(
+    family: str = "llama", seed: int = 0, attn_implementation: str = "sdpa", **config_overrides
+) -> torch.nn.Module:
     """A randomly initialised tiny causal LM, identical for the same family, sizes and seed."""
     config = tiny_config(family, **config_overrides)
-    config._attn_implementation = "sdpa"
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
     return model.eval()

@@ -338,10 +338,9 @@ class Study:
         record = self.keep_ended(ended, error)
         if not ended.request.is_test:
             at = f" at step {record.stopped_at}" if record.stopped_at is not None else ""
-            self.log(
-                f"search trial {record.key}: {record.status}{at}, "
-                f"selection {record.selection_metric:.4f} {record.params}"
-            )
+            chose = record.selection_metric
+            by = "" if chose is None else f", selection {chose:.4f}"  # None: failed
+            self.log(f"search trial {record.key}: {record.status}{at}{by} {record.params}")
         else:
             self.log(
                 f"test pass {record.key} (seed {record.seed}, "

@@ -14,6 +14,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from ray import tune
 from ray.tune.schedulers import TrialScheduler
@@ -23,7 +24,6 @@ from rankstudy.core.arms import parse_arm
 from rankstudy.core.records import TrialRecord
 from rankstudy.core.spec import StudySpec
 from rankstudy.core.trial_request import StudyRef, TrialReport, TrialRequest
-from rankstudy.core.tune_keys import FAILED_METRIC
 from rankstudy.storage.disk import DiskWatch
 from rankstudy.storage.folders import TrialStorage
 from rankstudy.study.recorder import MlflowRecorder
@@ -41,16 +41,24 @@ class TrialEvents(tune.Callback):
     writes (stopping it once one is full, the trial it cut off left for --resume to rerun).
 
     Tune pickles its callbacks into the Tuner's state and a restored Tuner unpickles them: this
-    one pickles detached (the live study holds threads and locks), and `open_tuner` attaches
-    the running study's own to a restored Tuner, so a resumed study records into itself."""
+    one pickles detached (the live study holds threads and locks) and unpickles as the running
+    study's own (the one this process made last, before it restored the Tuner), so a resumed
+    study records into itself."""
+
+    running: ClassVar[TrialEvents | None] = None
 
     def __init__(self, ended: TrialEnded, waiting: WaitWatch, disk: DiskWatch) -> None:
         self.ended = ended
         self.waiting = waiting
         self.disk = disk
+        TrialEvents.running = self
 
     def __getstate__(self) -> dict:
         return {}
+
+    def __setstate__(self, state: dict) -> None:
+        if TrialEvents.running is not None:  # else detached: only read, never run
+            self.__dict__.update(TrialEvents.running.__dict__)
 
     def on_step_begin(self, iteration, trials, **info) -> None:
         self.disk.poll()
@@ -108,11 +116,10 @@ def open_tuner(
     # actor would start only once the first is up; let every slot's actor start at once.
     os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(slots(spec)))
     if resume and tune.Tuner.can_restore(path, storage_filesystem=filesystem):
-        tuner = tune.Tuner.restore(
+        # its callbacks unpickle as `events` (TrialEvents.__setstate__)
+        return tune.Tuner.restore(
             path, trainable, resume_errored=True, storage_filesystem=filesystem
         )
-        tuner._local_tuner.get_run_config().callbacks = [events]  # Ray has no public way
-        return tuner
     return tune.Tuner(
         trainable,
         param_space=param_space,
@@ -188,7 +195,7 @@ def new_record(spec: StudySpec, ended: EndedTrial, failure: str | None) -> Trial
         params=request.params,
         status="failed" if failure else "stopped" if stopped else "ok",
         failure=failure,
-        selection_metric=report.selection_metric(FAILED_METRIC) if report else FAILED_METRIC,
+        selection_metric=None if report is None else report.selection,
         selection_by_rule={} if report is None else report.selection_by_rule,
         stopped_at=report.step if stopped and not failure else None,
         node=None if report is None else report.node,

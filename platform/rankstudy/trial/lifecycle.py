@@ -30,6 +30,7 @@ from rankstudy.core.arms import parse_arm, trial_rules
 from rankstudy.core.cost import eval_flops, train_flops
 from rankstudy.core.records import TrialConfig, TrialResult, write_result
 from rankstudy.core.spec import StudySpec
+from rankstudy.core.trial_request import Selection
 from rankstudy.model.architecture import model_shape
 from rankstudy.model.build import attach_arm, build_task, load_model
 from rankstudy.model.devices import device_problem
@@ -61,7 +62,7 @@ class TrialProgress:
     # rule is not charged for the others a shared trial also scored
     eval_by_rule: dict[str, dict[str, float]] = field(default_factory=dict)
     resumed_from: list[int] = field(default_factory=list)
-    # (step, selection metrics) of each validation told to the search's scheduler: a resumed
+    # (step, Selection.tune()) of each validation told to the search's scheduler: a resumed
     # trial tells them again, so a study resumed after a kill rebuilds the scheduler's rungs
     # that Tune's last saved state missed
     told: list[list] = field(default_factory=list)
@@ -169,7 +170,7 @@ class Trial:
         self.saved = p.step
 
     # -- training ----------------------------------------------------------------------------
-    def train(self, validated: Callable[[int, dict], None] | None = None) -> None:
+    def train(self, validated: Callable[[int, Selection], None] | None = None) -> None:
         """Optimizer steps up to the budget, logging, validating and checkpointing on the spec's
         schedule; the last step is always checkpointed. `validated(step, selection)` hears of
         each validation before the end (its selection metrics), once the record the trial
@@ -177,8 +178,8 @@ class Trial:
         Tune, whose scheduler may stop the trial in that call. A resumed trial first tells
         again what it told before its checkpoint."""
         t, p = self.spec.training, self.progress
-        for step, selection in p.told if validated is not None else []:
-            validated(step, selection)
+        for step, keys in p.told if validated is not None else []:
+            validated(step, Selection.of_tune(keys))
         self.engine.train()
         started, first = time.perf_counter(), p.step
         while p.step < self.steps:
@@ -191,8 +192,9 @@ class Trial:
                     {"step": p.step, "scores": scores.scores["score"][self.rules[0]]}
                 )
                 if validated is not None:
-                    p.told.append([p.step, self.stopped_here(scores).selection()])
-                    validated(*p.told[-1])
+                    selection = self.stopped_here(scores).selection()
+                    p.told.append([p.step, selection.tune()])
+                    validated(p.step, selection)
             if t.checkpoint_every and p.step % t.checkpoint_every == 0:
                 self.checkpoint()
         if self.saved != p.step:
@@ -406,7 +408,7 @@ def release_freed_memory() -> None:
 
 
 def run_trial(
-    config: TrialConfig | dict, validated: Callable[[int, dict], None] | None = None
+    config: TrialConfig | dict, validated: Callable[[int, Selection], None] | None = None
 ) -> TrialResult:
     """The whole trial on this worker (config: a TrialConfig, or the dict TrialConfig.of
     reads); returns what it wrote to result.json. validated: as Trial.train takes it."""

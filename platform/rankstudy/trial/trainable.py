@@ -17,13 +17,12 @@ from ray import tune
 from rankstudy.core.arms import study_arms
 from rankstudy.core.records import TrialConfig, TrialFailure, TrialResult, write_failure
 from rankstudy.core.spec import StudySpec, parse_spec_once
-from rankstudy.core.trial_request import StudyRef, TrialReport, TrialRequest
-from rankstudy.core.tune_keys import FAILED_METRIC
+from rankstudy.core.trial_request import Selection, StudyRef, TrialReport, TrialRequest
 from rankstudy.storage.folders import trial_storage
 
 
 def execute(
-    config: TrialConfig, storage: str, validated: Callable[[int, dict], None] | None = None
+    config: TrialConfig, storage: str, validated: Callable[[int, Selection], None] | None = None
 ) -> TrialResult:
     """Run one trial config where it is: this process for one worker, Ray Train for more
     (validated: as Trial.train takes it; one worker only, rankstudy.core.spec says why)."""
@@ -78,8 +77,8 @@ def tune_trial(config: dict) -> None:
         out_dir=trial.out_dir, params=request.params, node=ray.get_runtime_context().get_node_id()
     )
 
-    def validated(step: int, selection: dict[str, float]) -> None:
-        tune.report(report.with_selection(selection, step).tune(FAILED_METRIC))
+    def validated(step: int, selection: Selection) -> None:
+        tune.report(report.with_selection(selection, step).tune())
 
     scheduled = not request.is_test and trial.spec.search.scheduler is not None
     # A stopped trial's thread unwinds (its engine closed, its memory freed) only once Tune
@@ -96,9 +95,9 @@ def tune_trial(config: dict) -> None:
             raise
         traceback.print_exc()  # the whole traceback in the trial's log (the driver's too)
         storage.push(write_failure(TrialFailure(arm=trial.arm, reason=failure_reason(e)), local))
-        tune.report(report.model_copy(update={"failed": True}).tune(FAILED_METRIC))
+        tune.report(report.model_copy(update={"failed": True}).tune())
         return
-    tune.report(report.with_selection(result.selection()).tune(FAILED_METRIC))
+    tune.report(report.with_selection(result.selection()).tune())
 
 
 def trial_resources(spec: StudySpec) -> dict:
