@@ -26,6 +26,8 @@ from studies import (
 
 torch.set_num_threads(1)
 
+# The studies made once per test run (once_per_run) that several files read.
+SHARED = {"served_study", "two_arms_reference"}
 # Module names each family's adapters target in the tests.
 TARGETS = {
     "llama": ["q_proj", "v_proj"],
@@ -35,12 +37,21 @@ TARGETS = {
 
 
 def pytest_collection_modifyitems(config, items):
-    """Files holding slow tests first, each file's tests in their own order. Under pytest-xdist's
-    --dist loadfile each file goes whole to the next free worker, in collection order: a slow
-    unit file (the GPU check's CPU run, the GGUF cache, the report in Chromium) dispatched last
-    ran alone at the end while the other workers had finished."""
+    """Files holding slow tests first, each file's tests in their own order (run.sh passes
+    --no-loadscope-reorder: pytest-xdist would otherwise put the files with the most tests
+    first, the slow end-to-end files last, where they ran alone while the other workers had
+    finished). Under --dist loadfile each file goes whole to the next free worker, in this
+    order. Of the files that read a study made once per run (SHARED), the first goes first, to
+    make it while the others run files of their own; the rest of its readers go after those."""
     slow = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow)  # a stable sort
+    shared: dict[Path, set[str]] = {}  # file -> the shared studies its tests read
+    for item in items:
+        shared.setdefault(item.path, set()).update(SHARED.intersection(item.fixturenames))
+    first_reader, rank = {}, {}
+    for path, reads in shared.items():
+        makes = [first_reader.setdefault(name, path) == path for name in sorted(reads)]
+        rank[path] = (0 if any(makes) else 2 if reads else 1) if path in slow else 3
+    items.sort(key=lambda item: rank[item.path])  # a stable sort
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,7 @@ if ! command -v chromium >/dev/null; then
 fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-# Three workers, each test file on one of them (its module fixtures run once): the suite spends
-# most of its time waiting on processes (Ray, servers, studies), not on the two cores. The
-# slowest tests are listed at the end, to see where its minutes go.
-.venv/bin/python -m pytest -n 3 --dist loadfile --durations=25 "$@"
+# Three workers, each test file on one of them (its module fixtures run once), the files in the
+# order conftest.py gives them (slow ones first). The slowest tests are listed at the end, to
+# see where its minutes go.
+.venv/bin/python -m pytest -n 3 --dist loadfile --no-loadscope-reorder --durations=25 "$@"

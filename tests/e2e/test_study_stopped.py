@@ -78,7 +78,7 @@ def ray_processes_of(pid: int) -> list[str]:
 def test_sigterm_stops_the_study_and_leaves_no_process_behind(tmp_path):
     """SIGTERM (`ray job stop`, a scheduler) to a driver that started its own Ray: it stops
     as Ctrl-C does, and its Ray (GCS, raylet, workers) ends with it."""
-    spec = write_spec(tmp_path)
+    spec = write_spec(tmp_path, TWO_ARMS)
     cut = tmp_path / "cut"
     proc = run_study(spec, cut, wait=False)
     wait_for_trials(proc, cut / "study_state.json", 1)
