@@ -84,14 +84,19 @@ def verdict_summary():
     }
     verdict = study_verdict(SPEC, methods, chosen, [0], print)
     for name, m in methods.items():
-        m.intervals = verdict["intervals"]["methods"][name]
+        m.intervals = verdict.intervals.methods[name]
     return make_study_summary(methods=methods, verdict=verdict)
 
 
 def test_a_summary_with_a_verdict_writes_what_the_dicts_before_wrote(tmp_path):
     text = (FIXTURES / VERDICT_BEFORE).read_text()
     summary = verdict_summary()
-    assert "note" in summary.wire()["verdict"]["intervals"]
+    before = json.loads(text)
+    assert summary.verdict.wire() == before["verdict"] and summary.verdict.intervals.note
+    assert (
+        summary.methods["lora_grid"].intervals.model_dump(mode="json")
+        == (before["methods"]["lora_grid"]["intervals"])
+    )
     assert write_study_summary(tmp_path, summary).read_text() == text
     assert read_study_summary(tmp_path) == summary
     assert read_study_summary(FIXTURES / VERDICT_BEFORE) == summary
@@ -104,7 +109,8 @@ def test_the_counts_once_all_called_trials_have_their_own_names():
     assert grid.search_trials == raw["trials"] == 6  # 3 arms x 2 search trials
     assert grid.cost.paid_runs == raw["cost"]["trials"] == 9  # and their 3 arms' seed repeats
     assert PointEntry.of(grid).search_trials == 6
-    assert grid.intervals == raw["intervals"] and summary.report.endswith("report.html")
+    assert grid.intervals.model_dump(mode="json") == raw["intervals"]
+    assert summary.report.endswith("report.html")
 
 
 def test_a_report_not_built_is_null_and_one_never_reached_is_absent(tmp_path):
@@ -195,7 +201,7 @@ def test_a_summary_with_intervals_comes_back_without_them(store):
     grid = summary.methods["lora_grid"]
     client, run, _ = logged_method(store, grid, summary.verdict)
     assert read_back(client, run) == grid.model_copy(update={"intervals": None})
-    low = grid.intervals["aurac_log2"]["low"]
+    low = grid.intervals.aurac_log2.low
     assert run.data.metrics["aurac_log2_low"] == low
 
 
