@@ -17,7 +17,6 @@ from rankstudy.core.frontier import FrontierRow
 from rankstudy.core.verdict import p_better, pair_gap
 from rankstudy.core.verdict_records import Interval, Verdict
 from rankstudy.study.regime_map import MapCell
-from rankstudy.tracking.tracker import best_method
 from rankstudy_report import charts
 from rankstudy_report.collect import StudyView, collect
 from rankstudy_report.regime import RegimeView, collect_regime
@@ -105,7 +104,7 @@ def verdict_view(verdict: Verdict | None) -> dict | None:
     if verdict is None:
         return None
     intervals = verdict.intervals
-    best = best_method(intervals)
+    best = intervals.best
     against = []
     for m in intervals.methods:
         if m != best:

@@ -77,8 +77,7 @@ def verdict_lines(summary: StudySummary) -> list[str]:
         return []
     intervals, choice = verdict.intervals, verdict.recommendation
     level = f"{intervals.confidence:.0%}"
-    by_aurac = intervals.methods
-    best = max(by_aurac, key=lambda m: by_aurac[m].aurac_log2.point)
+    by_aurac, best = intervals.methods, intervals.best
     lines = [f"AURAC log2 against the best ({best}), paired {level} intervals over test examples:"]
     for name in by_aurac:
         if name == best:

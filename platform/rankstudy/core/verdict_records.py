@@ -68,6 +68,12 @@ class StudyIntervals(_Verdict):
     # what the intervals leave out (one seed: the variation between seeds); absent in JSON
     note: str | None = Field(None, exclude_if=lambda note: note is None)
 
+    @property
+    def best(self) -> str:
+        """The method with the highest AURAC (log2) point, the first in method order on a tie:
+        the one every other is compared with."""
+        return max(self.methods, key=lambda m: self.methods[m].aurac_log2.point)
+
 
 class MethodAtRank(_Verdict):
     """A method at one rank, and its test score's interval there."""

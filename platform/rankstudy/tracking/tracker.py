@@ -25,7 +25,7 @@ from rankstudy.core.method_codec import missing_tags, to_mlflow
 from rankstudy.core.records import TrialRecord, TrialResult
 from rankstudy.core.summaries import MethodSummary, StudySummary
 from rankstudy.core.verdict import pair_gap
-from rankstudy.core.verdict_records import Interval, StudyIntervals, Verdict
+from rankstudy.core.verdict_records import Interval, Verdict
 
 BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
 
@@ -285,12 +285,6 @@ class StudyTracker:
             )
 
 
-def best_method(intervals: StudyIntervals) -> str:
-    """The method with the highest AURAC (log2) point, the first in method order on a tie."""
-    by = intervals.methods
-    return max(by, key=lambda m: by[m].aurac_log2.point)
-
-
 def interval_text(i: Interval, confidence: float | None = None, signed: bool = False) -> str:
     """An interval as tags and the report write it, 0.812 [0.801, 0.823] (95%); signed: each
     number with its sign, as a difference is written."""
@@ -311,7 +305,7 @@ def verdict_tags(method: str, verdict: Verdict | None) -> dict[str, str]:
             intervals.methods[method].aurac_log2, intervals.confidence
         )
     }
-    best = best_method(intervals)
+    best = intervals.best
     if method == best:
         tags[names.VS_BEST_TAG] = "best"
     else:
