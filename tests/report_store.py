@@ -11,11 +11,12 @@ import numpy as np
 
 from rankstudy.core import mlflow_names as names
 from rankstudy.core.aurac import aurac
-from rankstudy.core.intervals import recommend, resample_curves, study_intervals
+from rankstudy.core.intervals import SCHEME, draws_intervals, recommend, resample_curves
 from rankstudy.core.records import TrialCost, TrialRecord, TrialResult
 from rankstudy.core.scoring import total_cost
 from rankstudy.core.summaries import MethodCost, MethodSummary, MlflowRefs, StudySummary
 from rankstudy.core.verdict import ONE_SEED
+from rankstudy.core.verdict_records import StudyIntervals, Verdict
 from rankstudy.tracking.tracker import StudyTracker
 
 EXAMPLES = 200  # test examples per seed of a constructed verdict
@@ -167,19 +168,41 @@ def example_scores(method: int, ranks: list[int], seed: int) -> np.ndarray:
     return np.array([[score(method, r, seed)] for r in ranks]) + noise
 
 
-def make_verdict(summaries: dict, ranks: list[int], seeds: list[int]) -> dict:
+def make_verdict(summaries: dict, ranks: list[int], seeds: list[int]) -> Verdict:
     """The verdict rankstudy.core.verdict.study_verdict makes of the methods fill_study logged
     (summaries: method "m<i>" -> summary), from constructed per-example scores: intervals of
     every method and pair, and the recommendation. The same every call, so a test remakes the
     verdict a study logged to compare with what the report shows."""
     examples = {m: {s: example_scores(int(m[1:]), ranks, s) for s in seeds} for m in summaries}
-    intervals = study_intervals(ranks, examples, RESAMPLES, 0, 0.95)
-    intervals["ranks"] = ranks
-    if len(seeds) == 1:
-        intervals["note"] = ONE_SEED
     draws = resample_curves(examples, RESAMPLES, 0)
+    intervals = draws_intervals(ranks, draws, 0.95, ONE_SEED if len(seeds) == 1 else None)
     costs = {m: s.cost.train_flops for m, s in summaries.items()}
-    return {"intervals": intervals, "recommendation": recommend(ranks, draws, costs, 0.01)}
+    return Verdict(intervals=intervals, recommendation=recommend(ranks, draws, costs, 0.01))
+
+
+NO_INTERVAL = {"point": 0.0, "low": 0.0, "high": 0.0}
+
+
+def make_curve(**fields) -> dict:
+    """A method's intervals (with p_better, a pair's), zero where the test sets none."""
+    return {"aurac_log2": NO_INTERVAL, "aurac_linear": NO_INTERVAL, "scores": {}} | fields
+
+
+def make_intervals(**fields) -> StudyIntervals:
+    """A study's intervals with neutral values (one seed, one rank, no methods): tests set the
+    fields they read, methods and pairs as make_curve's."""
+    neutral = {
+        "scheme": SCHEME,
+        "resamples": RESAMPLES,
+        "seed": 0,
+        "confidence": 0.95,
+        "seeds": [0],
+        "examples": {0: EXAMPLES},
+        "methods": {},
+        "pairs": {},
+        "ranks": [1],
+    }
+    return StudyIntervals.model_validate(neutral | fields)
 
 
 def fill_study(
@@ -266,7 +289,7 @@ def fill_study(
     if verdict and summaries:
         study.verdict = make_verdict(summaries, ranks, seeds)
         for method, summary in summaries.items():
-            summary.intervals = study.verdict["intervals"]["methods"][method]
+            summary.intervals = study.verdict.intervals.methods[method]
     for method, summary in summaries.items():
         tracker.log_method(method, summary, None, study.verdict)
     if searches is not None:

@@ -15,7 +15,8 @@ from mlflow.tracking import MlflowClient
 from rankstudy.core.arms import GRID_METHOD
 from rankstudy.core.frontier import FrontierRow
 from rankstudy.core.verdict import p_better, pair_gap
-from rankstudy.tracking.tracker import best_method
+from rankstudy.core.verdict_records import Interval, Verdict
+from rankstudy.study.regime_map import MapCell
 from rankstudy_report import charts
 from rankstudy_report.collect import StudyView, collect
 from rankstudy_report.regime import RegimeView, collect_regime
@@ -97,35 +98,34 @@ def headline(view: StudyView) -> list[tuple[str, str, str]]:
     return cards
 
 
-def verdict_view(verdict: dict | None) -> dict | None:
+def verdict_view(verdict: Verdict | None) -> dict | None:
     """What the page shows of the study's verdict: what to deploy, each method's AURAC (log2)
     interval, and each method minus the best by AURAC (log2); None for a study without one."""
-    if not verdict:
+    if verdict is None:
         return None
-    intervals = verdict["intervals"]
-    best = best_method(intervals)
+    intervals = verdict.intervals
+    best = intervals.best
     against = []
-    for m in intervals["methods"]:
+    for m in intervals.methods:
         if m != best:
             gap = pair_gap(intervals, m, best)
-            separated = gap["low"] > 0 or gap["high"] < 0
-            against.append((m, gap, p_better(intervals, m, best), separated))
+            against.append((m, gap, p_better(intervals, m, best), gap.separated))
     return {
-        "choice": verdict["recommendation"],
+        "choice": verdict.recommendation,
         "intervals": intervals,
-        "level": f"{intervals['confidence']:.0%}",
-        "aurac": {m: i["aurac_log2"] for m, i in intervals["methods"].items()},
+        "level": f"{intervals.confidence:.0%}",
+        "aurac": {m: i.aurac_log2 for m, i in intervals.methods.items()},
         "best": best,
         "against": against,
     }
 
 
-def interval(i: dict | None, signed: bool = False) -> str:
-    """[low, high] of an interval, "–" when there is none."""
+def interval(i: Interval | MapCell | None, signed: bool = False) -> str:
+    """[low, high] of an interval (or a regime map's cell), "–" when there is none."""
     if i is None:
         return "–"
     f = "{:+.3f}" if signed else "{:.3f}"
-    return f"[{f.format(i['low'])}, {f.format(i['high'])}]"
+    return f"[{f.format(i.low)}, {f.format(i.high)}]"
 
 
 def params_of(view: StudyView) -> list[str]:

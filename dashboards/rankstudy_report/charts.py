@@ -14,6 +14,7 @@ from matplotlib.ticker import NullFormatter
 
 from rankstudy.core.arms import GRID_METHOD
 from rankstudy.core.frontier import FrontierPoint, GridReference
+from rankstudy.core.verdict_records import Interval
 from rankstudy_report.collect import StudyView
 
 STYLE = {
@@ -71,7 +72,7 @@ def rank_curves(view: StudyView) -> str:
     each score's interval (the study's verdict) as error bars, the LoRA grid as its separately
     trained points, the planted reference dashed."""
     colors = palette(list(view.methods))
-    intervals = view.verdict["intervals"]["methods"] if view.verdict else {}
+    intervals = view.verdict.intervals.methods if view.verdict else {}
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(8, 4.6))
         ticks: set[int] = set()
@@ -93,7 +94,7 @@ def rank_curves(view: StudyView) -> str:
                 high = [max(col) for col in zip(*seeds, strict=True)]
                 ax.fill_between(m.ranks, low, high, color=colors[name], alpha=0.15, linewidth=0)
             if name in intervals:
-                score_bars(ax, intervals[name]["scores"], colors[name])
+                score_bars(ax, intervals[name].scores, colors[name])
         if view.reference:
             ranks = sorted(view.reference)
             ticks |= set(ranks)
@@ -111,23 +112,23 @@ def rank_curves(view: StudyView) -> str:
         ax.set_ylabel("test score")
         bars = ""
         if view.verdict:
-            level = view.verdict["intervals"]["confidence"]
+            level = view.verdict.intervals.confidence
             bars = f"; bars: {level:.0%} interval over test examples"
         ax.set_title(f"Rank-accuracy curves (band: spread over seeds{bars})", loc="left")
         ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
         return svg(fig)
 
 
-def score_bars(ax, scores: dict[str, dict], color) -> None:
-    """A method's per-rank score intervals as error bars (scores: rank as text -> interval)."""
-    ranks = sorted(scores, key=int)
-    points = [scores[r]["point"] for r in ranks]
+def score_bars(ax, scores: dict[int, Interval], color) -> None:
+    """A method's per-rank score intervals as error bars (scores: rank -> interval)."""
+    ranks = sorted(scores)
+    points = [scores[r].point for r in ranks]
     ax.errorbar(
-        [int(r) for r in ranks],
+        ranks,
         points,
         yerr=[
-            [p - scores[r]["low"] for p, r in zip(points, ranks, strict=True)],
-            [scores[r]["high"] - p for p, r in zip(points, ranks, strict=True)],
+            [p - scores[r].low for p, r in zip(points, ranks, strict=True)],
+            [scores[r].high - p for p, r in zip(points, ranks, strict=True)],
         ],
         fmt="none",
         ecolor=color,

@@ -17,6 +17,7 @@ from rankstudy.core.errors import InputError
 from rankstudy.core.method_codec import from_mlflow, missing_from_tags
 from rankstudy.core.methods import SERVED
 from rankstudy.core.summaries import MethodCost, MethodSummary
+from rankstudy.core.verdict_records import Verdict
 
 PAGE = 1000  # runs per search_runs page
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small JSON file
@@ -99,9 +100,7 @@ class StudyView:
     metric: str  # what the scores measure
     trials: list[TrialRun]
     shared_setup_seconds: float | None  # device time of set-up every trial reused
-    verdict: dict | None = (
-        None  # rankstudy.core.verdict's intervals and recommendation; None: older
-    )
+    verdict: Verdict | None = None  # None: a study logged before intervals
 
 
 def find_study(client: MlflowClient, experiment: str | None, run_id: str | None):
@@ -232,6 +231,12 @@ def artifact_json(client: MlflowClient, run_id: str, path: str, missing_ok: bool
         return json.loads(Path(client.download_artifacts(run_id, path, tmp)).read_text())
 
 
+def read_verdict(client: MlflowClient, run_id: str) -> Verdict | None:
+    """A study run's verdict (its verdict.json), None for a study logged before intervals."""
+    raw = artifact_json(client, run_id, names.VERDICT_ARTIFACT, missing_ok=True)
+    return None if raw is None else Verdict.model_validate(raw)
+
+
 def collect(tracking_uri: str, experiment: str | None = None, run_id: str | None = None):
     """Read one study from MLflow into a StudyView."""
     client = MlflowClient(tracking_uri)
@@ -281,5 +286,5 @@ def collect(tracking_uri: str, experiment: str | None = None, run_id: str | None
         metric=metric,
         trials=trials,
         shared_setup_seconds=parent.data.metrics.get(names.SHARED_SETUP_SECONDS),
-        verdict=artifact_json(client, parent.info.run_id, names.VERDICT_ARTIFACT, missing_ok=True),
+        verdict=read_verdict(client, parent.info.run_id),
     )

@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from rankstudy.core import mlflow_names as names
 from rankstudy.study.regime_map import FOCUS, MapCell, point_cells, tally
-from rankstudy_report.collect import artifact_json, find_study
+from rankstudy_report.collect import find_study, read_verdict
 from rankstudy_report.sweep import sweep_study_runs
 
 
@@ -82,9 +82,6 @@ def collect_regime(
     cells = [
         c
         for point, run in newest.items()
-        for c in point_cells(
-            json.loads(point),
-            artifact_json(client, run.info.run_id, names.VERDICT_ARTIFACT, missing_ok=True),
-        )
+        for c in point_cells(json.loads(point), read_verdict(client, run.info.run_id))
     ]
     return RegimeView(name, keys, cells, {k: r.info.run_id for k, r in newest.items()}, len(newest))

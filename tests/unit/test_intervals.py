@@ -9,7 +9,6 @@ from scipy import stats
 
 from rankstudy.core.aurac import aurac
 from rankstudy.core.intervals import (
-    Interval,
     aurac_draws,
     deploy_rank,
     method_intervals,
@@ -18,6 +17,7 @@ from rankstudy.core.intervals import (
     resample_curves,
     study_intervals,
 )
+from rankstudy.core.verdict_records import Interval, Recommendation, StudyIntervals
 
 RANKS = [1, 2, 4, 8]
 
@@ -74,7 +74,7 @@ def test_the_bootstrap_equals_a_plain_loop_and_aurac_on_every_resample():
 def test_a_rank_interval_agrees_with_scipy_percentile_bootstrap():
     x = noisy([0.6], 200, 0.2, np.random.default_rng(2))
     draws = resample_curves({"m": {0: x}}, resamples=20000, seed=4)["m"]
-    mine = method_intervals([1], draws)["scores"][1]
+    mine = method_intervals([1], draws).scores[1]
     ref = stats.bootstrap(
         (x[0],), np.mean, n_resamples=20000, method="percentile", rng=np.random.default_rng(5)
     ).confidence_interval
@@ -91,11 +91,11 @@ def test_a_clearly_better_method_is_separated():
     a = b + 0.1 + 0.01 * rng.standard_normal(b.shape)
     d = resample_curves({"a": {0: a}, "b": {0: b}}, resamples=1000)
     better = pair_intervals(RANKS, d["a"], d["b"])
-    assert better["aurac_log2"].separated and better["aurac_linear"].separated
-    assert better["aurac_log2"].low > 0.08 and better["p_better"] == 1.0
-    assert all(i.separated for i in better["scores"].values())
+    assert better.aurac_log2.separated and better.aurac_linear.separated
+    assert better.aurac_log2.low > 0.08 and better.p_better == 1.0
+    assert all(i.separated for i in better.scores.values())
     worse = pair_intervals(RANKS, d["b"], d["a"])
-    assert worse["aurac_log2"].high < -0.08 and worse["p_better"] == 0.0
+    assert worse.aurac_log2.high < -0.08 and worse.p_better == 0.0
 
 
 def test_independent_copies_of_one_method_are_rarely_separated():
@@ -106,8 +106,8 @@ def test_independent_copies_of_one_method_are_rarely_separated():
         b, c = (noisy([0.3, 0.5, 0.6, 0.7], 150, 0.1, rng) for _ in range(2))
         d = resample_curves({"c": {0: c}, "b": {0: b}}, resamples=500)
         pair = pair_intervals(RANKS, d["c"], d["b"])
-        separated += pair["aurac_log2"].separated
-        p_better.append(pair["p_better"])
+        separated += pair.aurac_log2.separated
+        p_better.append(pair.p_better)
     assert separated <= 3
     assert 0.1 < np.median(p_better) < 0.9
 
@@ -118,7 +118,7 @@ def test_pairing_removes_the_shared_per_example_part():
     a = noisy([0.5, 0.6, 0.7, 0.7], 100, 0.01, rng, common)
     b = noisy([0.5, 0.6, 0.7, 0.7], 100, 0.01, rng, common)
     d = resample_curves({"a": {0: a}, "b": {0: b}}, resamples=1000)
-    paired = pair_intervals(RANKS, d["a"], d["b"])["aurac_log2"]
+    paired = pair_intervals(RANKS, d["a"], d["b"]).aurac_log2
     alone = resample_curves({"b": {0: b}}, resamples=1000, seed=1)["b"]  # other draws: unpaired
     unpaired = np.quantile(aurac_draws(RANKS, d["a"].draws - alone.draws), [0.025, 0.975])
     assert paired.high - paired.low < 0.05 * (unpaired[1] - unpaired[0])
@@ -144,32 +144,42 @@ def test_two_seeds_of_different_sizes_average_the_seeds_means():
     np.testing.assert_allclose(d.point, (x0.mean(axis=1) + x1.mean(axis=1)) / 2, atol=1e-15)
     assert d.draws.shape == (100, 4)
     out = study_intervals(RANKS, {"m": {1: x1, 0: x0}}, resamples=100)
-    assert out["seeds"] == [0, 1] and out["examples"] == {"0": 30, "1": 50}
-    assert out["methods"]["m"]["aurac_log2"]["point"] == pytest.approx(aurac(RANKS, d.point))
+    assert out.seeds == [0, 1] and out.examples == {0: 30, 1: 50}
+    assert out.methods["m"].aurac_log2.point == pytest.approx(aurac(RANKS, d.point))
 
 
 def test_study_intervals_is_json_and_holds_each_pair_once():
     rng = np.random.default_rng(10)
     examples = {m: {0: rng.random((4, 25))} for m in ("grid", "dylora", "matryoshka")}
     out = study_intervals(RANKS, examples, resamples=50)
-    assert json.loads(json.dumps(out)) == out
-    assert list(out["methods"]) == ["grid", "dylora", "matryoshka"]
-    assert {a: list(bs) for a, bs in out["pairs"].items()} == {
+    wire = out.model_dump(mode="json")
+    assert json.loads(json.dumps(wire)) == wire and StudyIntervals.model_validate(wire) == out
+    assert list(out.methods) == ["grid", "dylora", "matryoshka"]
+    assert {a: list(bs) for a, bs in out.pairs.items()} == {
         "grid": ["dylora", "matryoshka"],
         "dylora": ["matryoshka"],
     }
-    pair = out["pairs"]["grid"]["dylora"]
+    pair = wire["pairs"]["grid"]["dylora"]
     assert set(pair) == {"aurac_log2", "aurac_linear", "p_better", "scores"}
     assert list(pair["scores"]) == ["1", "2", "4", "8"]
-    methods = out["methods"]
-    want = methods["grid"]["aurac_log2"]["point"] - methods["dylora"]["aurac_log2"]["point"]
-    assert pair["aurac_log2"]["point"] == pytest.approx(want)
+    methods = out.methods
+    want = methods["grid"].aurac_log2.point - methods["dylora"].aurac_log2.point
+    assert out.pairs["grid"]["dylora"].aurac_log2.point == pytest.approx(want)
 
 
-def test_interval_separation_and_wire():
-    assert Interval(0.1, 0.02, 0.2).separated and Interval(-0.1, -0.2, -0.01).separated
-    assert not Interval(0.0, -0.1, 0.1).separated
-    assert Interval(0.5, 0.4, 0.6).wire() == {"point": 0.5, "low": 0.4, "high": 0.6}
+def interval(point: float, low: float, high: float) -> Interval:
+    return Interval(point=point, low=low, high=high)
+
+
+def test_interval_separation_negation_and_json():
+    assert interval(0.1, 0.02, 0.2).separated and interval(-0.1, -0.2, -0.01).separated
+    assert not interval(0.0, -0.1, 0.1).separated
+    assert interval(0.1, 0.02, 0.2).negated() == interval(-0.1, -0.2, -0.02)
+    assert interval(0.5, 0.4, 0.6).model_dump(mode="json") == {
+        "point": 0.5,
+        "low": 0.4,
+        "high": 0.6,
+    }
 
 
 def one(x, resamples=500):
@@ -193,7 +203,7 @@ def test_deploy_rank_counts_a_separated_score_within_tolerance_as_tied():
     common = 0.1 * np.random.default_rng(13).standard_normal(100)
     x = np.array([0.5, 0.795, 0.8, 0.8])[:, None] + common  # differences are exact constants
     d = one(x)
-    assert pair_intervals(RANKS[:2], one(x[:2]), one(x[:2]))["p_better"] == 0.5
+    assert pair_intervals(RANKS[:2], one(x[:2]), one(x[:2])).p_better == 0.5
     assert deploy_rank(RANKS, d, tolerance=0.01) == 2  # 0.795 within 0.01 of 0.8
     assert deploy_rank(RANKS, d, tolerance=0.001) == 4  # rank 8 ties rank 4, the best
 
@@ -208,14 +218,14 @@ def exact(means_by_method, n=100):
 def test_recommend_picks_the_cheaper_tied_method_at_the_smallest_tied_rank():
     d = exact({"grid": [0.5, 0.8, 0.8, 0.8], "dylora": [0.5, 0.795, 0.79, 0.79]})
     out = recommend(RANKS, d, {"grid": 8.0, "dylora": 1.0}, tolerance=0.01)
-    assert json.loads(json.dumps(out)) == out
-    assert (out["method"], out["rank"], out["cost"]) == ("dylora", 2, 1.0)
-    assert out["score"]["point"] == pytest.approx(0.795 + d["dylora"].point[0] - 0.5)
-    assert (out["best"]["method"], out["best"]["rank"]) == ("grid", 2)
-    assert out["candidates"] == ["grid", "dylora"]
-    assert out["per_method"] == {"grid": 2, "dylora": 2} and out["tolerance"] == 0.01
+    assert Recommendation.model_validate(json.loads(json.dumps(out.model_dump(mode="json")))) == out
+    assert (out.method, out.rank, out.cost) == ("dylora", 2, 1.0)
+    assert out.score.point == pytest.approx(0.795 + d["dylora"].point[0] - 0.5)
+    assert (out.best.method, out.best.rank) == ("grid", 2)
+    assert out.candidates == ["grid", "dylora"]
+    assert out.per_method == {"grid": 2, "dylora": 2} and out.tolerance == 0.01
     strict = recommend(RANKS, d, {"grid": 8.0, "dylora": 1.0}, tolerance=0.001)
-    assert (strict["method"], strict["rank"], strict["candidates"]) == ("grid", 2, ["grid"])
+    assert (strict.method, strict.rank, strict.candidates) == ("grid", 2, ["grid"])
 
 
 def test_recommend_reads_the_best_rank_over_methods():
@@ -230,8 +240,8 @@ def test_recommend_reads_the_best_rank_over_methods():
     )
     costs = {"grid": 8.0, "dylora": 2.0, "matryoshka": 1.0}
     out = recommend(RANKS, d, costs, tolerance=0.01)
-    assert (out["method"], out["rank"], out["candidates"]) == ("dylora", 4, ["grid", "dylora"])
-    assert out["per_method"] == {"grid": 4, "dylora": 4, "matryoshka": 8}
+    assert (out.method, out.rank, out.candidates) == ("dylora", 4, ["grid", "dylora"])
+    assert out.per_method == {"grid": 4, "dylora": 4, "matryoshka": 8}
 
 
 def test_recommend_counts_a_method_not_separated_by_its_interval_as_tied():
@@ -242,10 +252,10 @@ def test_recommend_counts_a_method_not_separated_by_its_interval_as_tied():
         grid + np.array([0, -0.01, -0.01, -0.01])[:, None] + 0.2 * rng.standard_normal(grid.shape)
     )
     d = resample_curves({"grid": {0: grid}, "cheap": {0: cheap}}, resamples=1000)
-    assert not pair_intervals(RANKS, d["cheap"], d["grid"])["scores"][2].separated
+    assert not pair_intervals(RANKS, d["cheap"], d["grid"]).scores[2].separated
     out = recommend(RANKS, d, {"grid": 4.0, "cheap": 1.0}, tolerance=0.0)
-    assert (out["method"], out["rank"]) == ("cheap", 2)
-    assert set(out["candidates"]) == {"grid", "cheap"}
+    assert (out.method, out.rank) == ("cheap", 2)
+    assert set(out.candidates) == {"grid", "cheap"}
 
 
 @pytest.mark.parametrize(

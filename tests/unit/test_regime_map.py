@@ -7,9 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from rankstudy.core.intervals import study_intervals
+from rankstudy.core.intervals import draws_intervals, recommend, resample_curves
 from rankstudy.core.spec import parse_spec
 from rankstudy.core.summaries import write_study_summary
+from rankstudy.core.verdict_records import Verdict
 from rankstudy.study.regime_map import (
     folder_summaries,
     map_table,
@@ -25,12 +26,14 @@ from studies import TINY
 RANKS = [1, 2, 4]
 
 
-def verdict(shifts: dict[str, float], order: list[str]) -> dict:
+def verdict(shifts: dict[str, float], order: list[str]) -> Verdict:
     """A verdict of methods whose every example scores `shift` above a shared base: each
     difference is exactly the difference of the shifts, on every resample."""
     base = np.random.default_rng(0).uniform(0, 0.5, (len(RANKS), 100))
     examples = {m: {0: base + shifts[m]} for m in order}
-    return {"intervals": study_intervals(RANKS, examples, 200, 0)}
+    draws = resample_curves(examples, 200, 0)
+    choice = recommend(RANKS, draws, dict.fromkeys(order, 1.0))
+    return Verdict(intervals=draws_intervals(RANKS, draws, 0.95), recommendation=choice)
 
 
 def test_each_cell_is_the_focus_minus_the_other_whichever_order_the_pair_was_stored():

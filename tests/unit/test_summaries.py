@@ -2,6 +2,7 @@
 summary goes to MLflow and comes back equal (rankstudy.core.method_codec)."""
 
 import json
+import statistics
 import uuid
 from pathlib import Path
 
@@ -10,6 +11,8 @@ from mlflow.tracking import MlflowClient
 
 from rankstudy.core import mlflow_names as names
 from rankstudy.core.method_codec import from_mlflow, missing_from_tags, point_from_mlflow
+from rankstudy.core.scoring import score_method
+from rankstudy.core.spec import parse_spec
 from rankstudy.core.summaries import (
     PointEntry,
     SummaryError,
@@ -19,14 +22,38 @@ from rankstudy.core.summaries import (
     write_study_summary,
     write_sweep_summaries,
 )
+from rankstudy.core.verdict import study_verdict
 from rankstudy.tracking.tracker import StudyTracker
-from report_store import make_study_summary, make_summary
+from report_store import make_result, make_study_summary, make_summary
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 # study_summary.json as the dicts before the typed records wrote them: a real study's (two
 # seeds, a verdict, its report and registered model) and one with a failed arm, as logged to
 # MLflow before the report was built (no report or registered keys)
 BEFORE = ["study_summary-before-typed.json", "study_summary-failed-arm-before-typed.json"]
+# verdict_summary's study_summary.json as the verdict's dicts wrote it: one seed, so its note
+VERDICT_BEFORE = "study_summary-one-seed-verdict-before-typed.json"
+SPEC = parse_spec(
+    {
+        "name": "verdict",
+        "model": {"tiny": {}},
+        "adapters": {"max_rank": 4, "train_ranks": [1, 2, 4]},
+        "training": {"steps": 1},
+        "methods": ["lora_grid", "matryoshka_truncated_p"],
+        "verdict": {"resamples": 200},
+    }
+)
+# each test example's score at each rank: the grid's arm at that rank, matryoshka's one run
+GRID = {
+    1: [1, 0, 0, 1, 0, 1, 0, 0, 1, 0],
+    2: [1, 1, 0, 1, 0, 1, 0, 1, 1, 0],
+    4: [1, 1, 0, 1, 1, 1, 0, 1, 1, 1],
+}
+NESTED = {
+    1: [1, 0, 1, 1, 0, 1, 0, 0, 1, 1],
+    2: [1, 1, 0, 1, 1, 1, 0, 1, 1, 0],
+    4: [1, 1, 1, 1, 1, 1, 0, 1, 1, 0],
+}
 
 
 @pytest.mark.parametrize("name", BEFORE)
@@ -38,6 +65,43 @@ def test_a_study_summary_written_before_reads_and_writes_back_the_same(name, tmp
     assert read_study_summary(tmp_path) == summary
 
 
+def pass_result(rule: str, examples: dict[int, list[float]]):
+    """A test pass's result scoring `examples` (rank -> each example's score) under rule."""
+    return make_result(
+        scores_by_rule={rule: {r: statistics.fmean(x) for r, x in examples.items()}},
+        examples={"test": {"score": {rule: examples}}},
+    )
+
+
+def verdict_summary():
+    """A one-seed study's summary with the verdict study_verdict makes of GRID and NESTED, each
+    method holding its own intervals as rankstudy.study.summary.summarise gives them."""
+    chosen = {(f"lora_r{r}", "scaled"): {0: pass_result("scaled", {r: x})} for r, x in GRID.items()}
+    chosen[("matryoshka", "truncated_p")] = {0: pass_result("truncated_p", NESTED)}
+    methods = {
+        m: score_method(m, SPEC, chosen, [make_result(cost={"train_flops": f})], [0], 1)
+        for m, f in (("lora_grid", 3e9), ("matryoshka_truncated_p", 1e9))
+    }
+    verdict = study_verdict(SPEC, methods, chosen, [0], print)
+    for name, m in methods.items():
+        m.intervals = verdict.intervals.methods[name]
+    return make_study_summary(methods=methods, verdict=verdict)
+
+
+def test_a_summary_with_a_verdict_writes_what_the_dicts_before_wrote(tmp_path):
+    text = (FIXTURES / VERDICT_BEFORE).read_text()
+    summary = verdict_summary()
+    before = json.loads(text)
+    assert summary.verdict.wire() == before["verdict"] and summary.verdict.intervals.note
+    assert (
+        summary.methods["lora_grid"].intervals.model_dump(mode="json")
+        == (before["methods"]["lora_grid"]["intervals"])
+    )
+    assert write_study_summary(tmp_path, summary).read_text() == text
+    assert read_study_summary(tmp_path) == summary
+    assert read_study_summary(FIXTURES / VERDICT_BEFORE) == summary
+
+
 def test_the_counts_once_all_called_trials_have_their_own_names():
     summary = read_study_summary(FIXTURES / BEFORE[0])
     grid = summary.methods["lora_grid"]
@@ -45,7 +109,8 @@ def test_the_counts_once_all_called_trials_have_their_own_names():
     assert grid.search_trials == raw["trials"] == 6  # 3 arms x 2 search trials
     assert grid.cost.paid_runs == raw["cost"]["trials"] == 9  # and their 3 arms' seed repeats
     assert PointEntry.of(grid).search_trials == 6
-    assert grid.intervals == raw["intervals"] and summary.report.endswith("report.html")
+    assert grid.intervals.model_dump(mode="json") == raw["intervals"]
+    assert summary.report.endswith("report.html")
 
 
 def test_a_report_not_built_is_null_and_one_never_reached_is_absent(tmp_path):
@@ -136,7 +201,7 @@ def test_a_summary_with_intervals_comes_back_without_them(store):
     grid = summary.methods["lora_grid"]
     client, run, _ = logged_method(store, grid, summary.verdict)
     assert read_back(client, run) == grid.model_copy(update={"intervals": None})
-    low = grid.intervals["aurac_log2"]["low"]
+    low = grid.intervals.aurac_log2.low
     assert run.data.metrics["aurac_log2_low"] == low
 
 

@@ -19,6 +19,7 @@ from rankstudy.core import mlflow_names as names
 from rankstudy.core.records import TrialRecord
 from rankstudy.core.summaries import MethodSummary
 from rankstudy.core.verdict import ONE_SEED, pair_gap
+from rankstudy.core.verdict_records import Verdict
 from rankstudy.study.recorder import MlflowRecorder
 from rankstudy.tracking.tracker import StudyTracker
 from report_store import fill_study, make_result, make_study_summary, make_summary, make_verdict
@@ -137,34 +138,30 @@ def test_method_runs_hold_their_intervals_and_the_verdict_tags(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     summaries = fill_study(uri, "verdict", 3, RANKS, [0], 2, 20, verdict=True)
     verdict = make_verdict(summaries, RANKS, [0])
-    intervals = verdict["intervals"]
+    intervals = verdict.intervals
     client = MlflowClient(uri)
     runs = method_runs(client, "verdict")
     assert set(runs) == {"m0", "m1", "m2"}
     for method, run in runs.items():
-        own, metrics = intervals["methods"][method], run.data.metrics
+        own, metrics = intervals.methods[method], run.data.metrics
         for axis in ("aurac_log2", "aurac_linear"):
-            assert metrics[f"{axis}_low"] == own[axis]["low"]
-            assert metrics[f"{axis}_high"] == own[axis]["high"]
+            assert metrics[f"{axis}_low"] == getattr(own, axis).low
+            assert metrics[f"{axis}_high"] == getattr(own, axis).high
         for end in ("low", "high"):
             logged = client.get_metric_history(run.info.run_id, f"test_score_{end}")
             assert {m.step: m.value for m in logged} == {
-                r: own["scores"][str(r)][end] for r in RANKS
+                r: getattr(own.scores[r], end) for r in RANKS
             }
-        assert "intervals" not in metrics and metrics["aurac_log2"] == own["aurac_log2"]["point"]
-        i = own["aurac_log2"]
+        assert "intervals" not in metrics and metrics["aurac_log2"] == own.aurac_log2.point
+        i = own.aurac_log2
         tags = run.data.tags
-        assert (
-            tags[names.INTERVAL_TAG] == f"{i['point']:.3f} [{i['low']:.3f}, {i['high']:.3f}] (95%)"
-        )
-        assert tags[names.DEPLOY_RANK_TAG] == str(verdict["recommendation"]["per_method"][method])
+        assert tags[names.INTERVAL_TAG] == f"{i.point:.3f} [{i.low:.3f}, {i.high:.3f}] (95%)"
+        assert tags[names.DEPLOY_RANK_TAG] == str(verdict.recommendation.per_method[method])
     assert runs["m2"].data.tags[names.VS_BEST_TAG] == "best"
     for method, state in (("m0", "separated"), ("m1", "not separated")):
         gap = pair_gap(intervals, method, "m2")
         tag = runs[method].data.tags[names.VS_BEST_TAG]
-        assert tag == (
-            f"{gap['point']:+.3f} [{gap['low']:+.3f}, {gap['high']:+.3f}] vs m2, {state}"
-        )
+        assert tag == f"{gap.point:+.3f} [{gap.low:+.3f}, {gap.high:+.3f}] vs m2, {state}"
     assert re.fullmatch(r"-0\.\d{3} \[-0\.\d{3}, \+0\.\d{3}\] vs m2, not separated", tag)
 
 
@@ -175,11 +172,9 @@ def test_the_study_run_holds_the_verdict_and_what_to_deploy(tmp_path):
     client = MlflowClient(uri)
     parent = parent_run(client, "verdict")
     logged = artifact(client, parent.info.run_id, names.VERDICT_ARTIFACT, tmp_path)
-    assert logged == json.loads(json.dumps(verdict))
-    choice = verdict["recommendation"]
-    assert parent.data.tags[names.RECOMMENDATION_TAG] == (
-        f"{choice['method']} at rank {choice['rank']}"
-    )
+    assert logged == verdict.wire() and Verdict.model_validate(logged) == verdict
+    choice = verdict.recommendation
+    assert parent.data.tags[names.RECOMMENDATION_TAG] == f"{choice.method} at rank {choice.rank}"
     assert parent.data.tags[names.INTERVALS_NOTE_TAG] == ONE_SEED
 
 
@@ -203,13 +198,13 @@ def test_the_study_end_logs_the_verdict_through_the_recorder(tmp_path):
     verdict = make_verdict({m: make_summary(cost=cost) for m, cost in costs.items()}, ranks, seeds)
     summaries = {}
     for m, cost in costs.items():  # each method's curve: its intervals' points
-        own = verdict["intervals"]["methods"][m]
-        curve = [own["scores"][str(r)]["point"] for r in ranks]
+        own = verdict.intervals.methods[m]
+        curve = [own.scores[r].point for r in ranks]
         summaries[m] = make_summary(
             ranks=ranks,
             scores=curve,
             scores_by_seed={"0": curve, "1": curve},
-            aurac_log2=own["aurac_log2"]["point"],
+            aurac_log2=own.aurac_log2.point,
             intervals=own,
             cost=cost,
         )
@@ -222,13 +217,11 @@ def test_the_study_end_logs_the_verdict_through_the_recorder(tmp_path):
     assert runs["m1"].data.tags[names.VS_BEST_TAG] == "best"
     assert runs["m0"].data.tags[names.VS_BEST_TAG].endswith("vs m1, not separated")
     for m, run in runs.items():
-        assert run.data.metrics["aurac_log2_low"] == summaries[m].intervals["aurac_log2"]["low"]
-        assert run.data.tags[names.DEPLOY_RANK_TAG] == str(
-            verdict["recommendation"]["per_method"][m]
-        )
+        assert run.data.metrics["aurac_log2_low"] == summaries[m].intervals.aurac_log2.low
+        assert run.data.tags[names.DEPLOY_RANK_TAG] == str(verdict.recommendation.per_method[m])
     assert {a.path for a in client.list_artifacts(runs["m0"].info.run_id)} >= {"m0.png"}
     parent = client.get_run(tracker.parent_id)
     assert parent.info.status == "FINISHED"
     assert names.INTERVALS_NOTE_TAG not in parent.data.tags
     logged = artifact(client, tracker.parent_id, names.VERDICT_ARTIFACT, tmp_path)
-    assert logged["recommendation"] == verdict["recommendation"]
+    assert logged["recommendation"] == verdict.wire()["recommendation"]

@@ -3,29 +3,34 @@
 import pytest
 
 from rankstudy.core.verdict import pair_gap, seed_spread, verdict_lines
-from report_store import make_study_summary, make_summary
+from rankstudy.core.verdict_records import Interval
+from report_store import make_curve, make_intervals, make_study_summary, make_summary
 
-INTERVALS = {
-    "confidence": 0.95,
-    "methods": {
-        "a": {"aurac_log2": {"point": 0.80, "low": 0.79, "high": 0.81}},
-        "b": {"aurac_log2": {"point": 0.70, "low": 0.69, "high": 0.71}},
-        "c": {"aurac_log2": {"point": 0.799, "low": 0.79, "high": 0.81}},
+INTERVALS = make_intervals(
+    methods={
+        "a": make_curve(aurac_log2={"point": 0.80, "low": 0.79, "high": 0.81}),
+        "b": make_curve(aurac_log2={"point": 0.70, "low": 0.69, "high": 0.71}),
+        "c": make_curve(aurac_log2={"point": 0.799, "low": 0.79, "high": 0.81}),
     },
-    "pairs": {
+    pairs={
         "a": {
-            "b": {"aurac_log2": {"point": 0.10, "low": 0.08, "high": 0.12}},
-            "c": {"aurac_log2": {"point": 0.001, "low": -0.002, "high": 0.004}},
+            "b": make_curve(aurac_log2={"point": 0.10, "low": 0.08, "high": 0.12}, p_better=1.0),
+            "c": make_curve(
+                aurac_log2={"point": 0.001, "low": -0.002, "high": 0.004}, p_better=0.6
+            ),
         },
-        "b": {"c": {"aurac_log2": {"point": -0.099, "low": -0.11, "high": -0.09}}},
+        "b": {
+            "c": make_curve(aurac_log2={"point": -0.099, "low": -0.11, "high": -0.09}, p_better=0)
+        },
     },
-}
+)
 CHOICE = {
     "method": "c",
     "rank": 2,
     "score": {"point": 0.75, "low": 0.74, "high": 0.76},
     "cost": 1e12,
-    "best": {"method": "a", "rank": 4, "score": {"point": 0.76}},
+    "best": {"method": "a", "rank": 4, "score": {"point": 0.76, "low": 0.75, "high": 0.77}},
+    "candidates": ["a", "c"],
     "per_method": {"a": 4, "b": 1, "c": 2},
     "tolerance": 0.01,
 }
@@ -36,8 +41,8 @@ def method(seed_curves):
 
 
 def test_pair_gap_reads_either_order():
-    assert pair_gap(INTERVALS, "a", "b") == {"point": 0.10, "low": 0.08, "high": 0.12}
-    assert pair_gap(INTERVALS, "b", "a") == {"point": -0.10, "low": -0.12, "high": -0.08}
+    assert pair_gap(INTERVALS, "a", "b") == Interval(point=0.10, low=0.08, high=0.12)
+    assert pair_gap(INTERVALS, "b", "a") == Interval(point=-0.10, low=-0.12, high=-0.08)
 
 
 def test_seed_spread_is_the_std_of_the_per_seed_aurac_differences():

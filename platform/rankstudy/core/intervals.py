@@ -13,8 +13,9 @@ methods at that seed), so the comparison is paired. The scheme:
 3. Compute the AURAC (log2 and linear axes, as `metrics.aurac`) of every resampled curve, and
    read percentile intervals (95 % by default) of scores, AURACs and paired differences.
 
-A difference is "separated" when its interval excludes 0. numpy only (no torch): the report and
-the summary read it.
+A difference is "separated" when its interval excludes 0. The intervals and the recommendation
+are typed records (rankstudy.core.verdict_records). numpy only (no torch): the report and the
+summary read it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from rankstudy.core.aurac import AXES, rank_axis
+from rankstudy.core.verdict_records import (
+    CurveIntervals,
+    Interval,
+    MethodAtRank,
+    PairIntervals,
+    Recommendation,
+    StudyIntervals,
+)
 
 ROUNDING = 1e-12  # a score within the tolerance up to float rounding is within it
 TIE_TOLERANCE = 0.01  # scores this close to the best tie with it (the spec's tolerance)
@@ -33,23 +42,6 @@ SCHEME = (
     "(the same draws for every method and rank), recompute per-rank means, average the seeds' "
     "curves, then AURAC"
 )
-
-
-@dataclass(frozen=True)
-class Interval:
-    """A point estimate and its percentile interval."""
-
-    point: float
-    low: float
-    high: float
-
-    @property
-    def separated(self) -> bool:
-        """The interval excludes 0: for a difference, the two sides really differ."""
-        return self.low > 0 or self.high < 0
-
-    def wire(self) -> dict:
-        return {"point": float(self.point), "low": float(self.low), "high": float(self.high)}
 
 
 @dataclass(frozen=True, eq=False)
@@ -170,11 +162,12 @@ def _interval(point: float, draws: np.ndarray, confidence: float) -> Interval:
     if not 0 < confidence < 1:
         raise ValueError(f"confidence: {confidence}, must lie strictly between 0 and 1")
     low, high = np.quantile(draws, [(1 - confidence) / 2, (1 + confidence) / 2])
-    return Interval(float(point), float(low), float(high))
+    return Interval(point=float(point), low=float(low), high=float(high))
 
 
 def _curve_intervals(ranks, point, draws, confidence) -> dict:
-    """AURAC (both axes) and per-rank intervals of one curve: a method's or a difference's."""
+    """AURAC (both axes) and per-rank intervals of one curve, a method's or a difference's: the
+    fields of its CurveIntervals."""
     out = {
         f"aurac_{axis}": _interval(
             aurac_draws(ranks, point, axis), aurac_draws(ranks, draws, axis), confidence
@@ -185,28 +178,24 @@ def _curve_intervals(ranks, point, draws, confidence) -> dict:
     return out
 
 
-def method_intervals(ranks: Sequence[int], draws: Draws, confidence: float = 0.95) -> dict:
-    """{"aurac_log2", "aurac_linear": Interval, "scores": {rank: Interval}} of one method."""
+def method_intervals(
+    ranks: Sequence[int], draws: Draws, confidence: float = 0.95
+) -> CurveIntervals:
+    """One method's AURAC (both axes) and per-rank score intervals."""
     ranks = _check_ranks(ranks, draws)
-    return _curve_intervals(ranks, draws.point, draws.draws, confidence)
+    return CurveIntervals(**_curve_intervals(ranks, draws.point, draws.draws, confidence))
 
 
-def pair_intervals(ranks: Sequence[int], a: Draws, b: Draws, confidence: float = 0.95) -> dict:
-    """a - b, paired: AURAC and per-rank differences, and "p_better", the share of resamples in
+def pair_intervals(
+    ranks: Sequence[int], a: Draws, b: Draws, confidence: float = 0.95
+) -> PairIntervals:
+    """a - b, paired: AURAC and per-rank differences, and p_better, the share of resamples in
     which a's log2 AURAC beats b's (ties count half)."""
     ranks = _check_ranks(ranks, a, b)
     _check_paired(a, b)
     out = _curve_intervals(ranks, a.point - b.point, a.draws - b.draws, confidence)
     diff = aurac_draws(ranks, a.draws) - aurac_draws(ranks, b.draws)
-    out["p_better"] = float(np.mean((diff > 0) + 0.5 * (diff == 0)))
-    return out
-
-
-def _wire(intervals: dict) -> dict:
-    """method_intervals or pair_intervals as JSON: Intervals as dicts, ranks as str keys."""
-    out = {k: v.wire() if isinstance(v, Interval) else v for k, v in intervals.items()}
-    out["scores"] = {str(r): i.wire() for r, i in intervals["scores"].items()}
-    return out
+    return PairIntervals(**out, p_better=float(np.mean((diff > 0) + 0.5 * (diff == 0))))
 
 
 def study_intervals(
@@ -215,30 +204,35 @@ def study_intervals(
     resamples: int = 2000,
     seed: int = 0,
     confidence: float = 0.95,
-) -> dict:
-    """Everything a report shows of a study's uncertainty, JSON-ready: each method's intervals
-    and, for each pair a before b in the given method order, pairs[a][b] = a - b."""
+) -> StudyIntervals:
+    """Everything a report shows of a study's uncertainty: each method's intervals and, for
+    each pair a before b in the given method order, pairs[a][b] = a - b."""
     return draws_intervals(ranks, resample_curves(examples, resamples, seed), confidence)
 
 
-def draws_intervals(ranks: Sequence[int], draws: dict[str, Draws], confidence: float) -> dict:
-    """study_intervals from draws already made (a caller that also recommends from them)."""
+def draws_intervals(
+    ranks: Sequence[int], draws: dict[str, Draws], confidence: float, note: str | None = None
+) -> StudyIntervals:
+    """study_intervals from draws already made (a caller that also recommends from them), with
+    the caller's note on what they leave out."""
     names = list(draws)
     seed, resamples, counts = draws[names[0]].key
     counts = dict(counts)
-    return {
-        "scheme": SCHEME,
-        "resamples": resamples,
-        "seed": seed,
-        "confidence": confidence,
-        "seeds": [int(s) for s in counts],
-        "examples": {str(s): int(n) for s, n in counts.items()},
-        "methods": {m: _wire(method_intervals(ranks, draws[m], confidence)) for m in names},
-        "pairs": {
-            a: {b: _wire(pair_intervals(ranks, draws[a], draws[b], confidence)) for b in names[i:]}
+    return StudyIntervals(
+        scheme=SCHEME,
+        resamples=resamples,
+        seed=seed,
+        confidence=confidence,
+        seeds=[int(s) for s in counts],
+        examples={int(s): int(n) for s, n in counts.items()},
+        methods={m: method_intervals(ranks, draws[m], confidence) for m in names},
+        pairs={
+            a: {b: pair_intervals(ranks, draws[a], draws[b], confidence) for b in names[i:]}
             for i, a in enumerate(names[:-1], start=1)
         },
-    }
+        ranks=_check_ranks(ranks),
+        note=note,
+    )
 
 
 def _tied(gap: Interval, tolerance: float) -> bool:
@@ -271,7 +265,7 @@ def recommend(
     cost_by_method: Mapping[str, float],
     tolerance: float = TIE_TOLERANCE,
     confidence: float = 0.95,
-) -> dict:
+) -> Recommendation:
     """What to deploy. The deploy rank is the smallest rank at which the best method there is
     tied (paired interval contains 0, or within tolerance) with the best (method, rank) overall;
     at that rank, deploy the cheapest method tied with that rank's best method (method order
@@ -293,15 +287,15 @@ def recommend(
             break
     tied = [m for m in names if _tied(_gap(d[m], j, d[leader], j, confidence), tolerance)]
     pick = min(tied, key=lambda m: cost_by_method[m])
-    score = method_intervals(ranks, d[pick], confidence)["scores"][ranks[j]]
-    best = method_intervals(ranks, d[top], confidence)["scores"][ranks[k]]
-    return {
-        "method": pick,
-        "rank": ranks[j],
-        "score": score.wire(),
-        "cost": float(cost_by_method[pick]),
-        "best": {"method": top, "rank": ranks[k], "score": best.wire()},
-        "candidates": tied,
-        "per_method": {m: deploy_rank(ranks, d[m], tolerance, confidence) for m in names},
-        "tolerance": tolerance,
-    }
+    score = method_intervals(ranks, d[pick], confidence).scores[ranks[j]]
+    best = method_intervals(ranks, d[top], confidence).scores[ranks[k]]
+    return Recommendation(
+        method=pick,
+        rank=ranks[j],
+        score=score,
+        cost=float(cost_by_method[pick]),
+        best=MethodAtRank(method=top, rank=ranks[k], score=best),
+        candidates=tied,
+        per_method={m: deploy_rank(ranks, d[m], tolerance, confidence) for m in names},
+        tolerance=tolerance,
+    )

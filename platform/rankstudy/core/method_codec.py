@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 from rankstudy.core import mlflow_names as names
 from rankstudy.core.summaries import MethodCost, MethodSummary, PointEntry
+from rankstudy.core.verdict_records import CurveIntervals
 
 AURACS = ("log2", "linear", "log2_std", "linear_std")  # aurac_<these>: a method run's AURACs
 TAG_LIMIT = 5000  # characters of a tag's value kept (MLflow refuses longer ones)
@@ -56,16 +57,17 @@ def curve_rows(key: str, ranks: list[int], scores: list[float]) -> list[Row]:
     return [Row(key, s, r) for r, s in zip(ranks, scores, strict=True)]
 
 
-def interval_rows(intervals: dict | None) -> list[Row]:
+def interval_rows(intervals: CurveIntervals | None) -> list[Row]:
     """A method's interval ends: aurac_<axis>_low/_high, and test_score_low/_high with
     step = rank like the score."""
     rows = []
     for end in names.ENDS if intervals else ():
         for axis in ("log2", "linear"):
             key = f"{names.AURAC_PREFIX}{axis}"
-            rows.append(Row(names.interval_metric(key, end), intervals[key][end], 0))
-        for r, i in intervals["scores"].items():
-            rows.append(Row(names.interval_metric(names.TEST_SCORE, end), i[end], int(r)))
+            aurac = getattr(intervals, key)  # the field is named as the metric is
+            rows.append(Row(names.interval_metric(key, end), getattr(aurac, end), 0))
+        for r, i in intervals.scores.items():
+            rows.append(Row(names.interval_metric(names.TEST_SCORE, end), getattr(i, end), r))
     return rows
 
 

@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 from pydantic import ConfigDict, Field, ValidationError, model_serializer
 
 from rankstudy.core.records import _Record, write_json
+from rankstudy.core.verdict_records import CurveIntervals, Verdict
 
 SUMMARY_FILE = "study_summary.json"
 SWEEP_SUMMARY_FILE = "sweep_summary.json"
@@ -111,7 +112,7 @@ class MethodSummary(_Summary):
     inference_rule: str | None  # the rule it is served with (None: read from an old run)
     cost: MethodCost
     search_trials: int = Field(alias="trials")
-    intervals: dict | None = None  # the verdict's intervals of this method (none without one)
+    intervals: CurveIntervals | None = None  # its entry of the verdict's (None: no verdict)
 
     _omit_none = ("intervals",)
 
@@ -148,7 +149,7 @@ class StudySummary(_Summary):
     methods: dict[str, MethodSummary]
     missing: dict[str, str]  # method -> why it is not scored
     mlflow: MlflowRefs
-    verdict: dict | None = None
+    verdict: Verdict | None = None
     reference: dict[str, float] | None = None  # str(rank) -> the planted top-k score
     base_scores: dict[str, float] | None = None  # metric -> the base model's test score
     report: str | None = None  # the HTML report's path (None: not built)

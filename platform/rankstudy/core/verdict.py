@@ -18,6 +18,7 @@ from rankstudy.core.intervals import draws_intervals, recommend, resample_curves
 from rankstudy.core.scoring import rank_results
 from rankstudy.core.spec import StudySpec
 from rankstudy.core.summaries import MethodSummary, StudySummary
+from rankstudy.core.verdict_records import Interval, StudyIntervals, Verdict
 
 ONE_SEED = "one seed: the intervals cover the test examples only, not the variation between seeds"
 
@@ -42,9 +43,9 @@ def study_verdict(
     chosen: dict,
     seeds: list[int],
     log: Callable[[str], None],
-) -> dict | None:
-    """{"intervals": ..., "recommendation": ...} for the scored methods, or None (said in the
-    log) where the chosen trials hold no per-example scores."""
+) -> Verdict | None:
+    """The verdict on the scored methods, or None (said in the log) where the chosen trials hold
+    no per-example scores."""
     if not methods:
         return None
     ranks = sorted(set.intersection(*(set(m.ranks) for m in methods.values())))
@@ -57,13 +58,10 @@ def study_verdict(
         examples[name] = per_seed
     v = spec.verdict
     draws = resample_curves(examples, v.resamples, v.seed)  # once: intervals and choice share it
-    intervals = draws_intervals(ranks, draws, v.confidence)
-    intervals["ranks"] = ranks
-    if len(seeds) == 1:
-        intervals["note"] = ONE_SEED
+    intervals = draws_intervals(ranks, draws, v.confidence, ONE_SEED if len(seeds) == 1 else None)
     cost = {name: m.cost.train_flops for name, m in methods.items()}
     choice = recommend(ranks, draws, cost, v.tolerance, v.confidence)
-    return {"intervals": intervals, "recommendation": choice}
+    return Verdict(intervals=intervals, recommendation=choice)
 
 
 def _signed(x: float) -> str:
@@ -75,37 +73,36 @@ def verdict_lines(summary: StudySummary) -> list[str]:
     interval, separated or not, the spread of that difference over seeds, and the
     recommendation."""
     verdict = summary.verdict
-    if not verdict:
+    if verdict is None:
         return []
-    intervals, choice = verdict["intervals"], verdict["recommendation"]
-    level = f"{intervals['confidence']:.0%}"
-    by_aurac = intervals["methods"]
-    best = max(by_aurac, key=lambda m: by_aurac[m]["aurac_log2"]["point"])
+    intervals, choice = verdict.intervals, verdict.recommendation
+    level = f"{intervals.confidence:.0%}"
+    by_aurac, best = intervals.methods, intervals.best
     lines = [f"AURAC log2 against the best ({best}), paired {level} intervals over test examples:"]
     for name in by_aurac:
         if name == best:
             continue
         gap = pair_gap(intervals, name, best)
-        state = "separated" if gap["low"] > 0 or gap["high"] < 0 else "not separated"
+        state = "separated" if gap.separated else "not separated"
         spread = seed_spread(summary.methods, name, best)
         lines.append(
-            f"  {name} - {best}: {_signed(gap['point'])} "
-            f"[{_signed(gap['low'])}, {_signed(gap['high'])}], {state}"
+            f"  {name} - {best}: {_signed(gap.point)} "
+            f"[{_signed(gap.low)}, {_signed(gap.high)}], {state}"
             + (f" (over seeds: ±{spread:.3f})" if spread is not None else "")
         )
-    if "note" in intervals:
-        lines.append(f"  ({intervals['note']})")
-    score, best = choice["score"], choice["best"]
+    if intervals.note is not None:
+        lines.append(f"  ({intervals.note})")
+    score, best = choice.score, choice.best
     lines.append(
-        f"deploy: {choice['method']} at rank {choice['rank']} (test score {score['point']:.3f} "
-        f"[{score['low']:.3f}, {score['high']:.3f}], training FLOPs {choice['cost']:.2e}): the "
-        f"smallest rank whose best score is tied with the best of all ({best['method']} at rank "
-        f"{best['rank']}, {best['score']['point']:.3f}), and the cheapest method tied there "
-        f"(tied: not separated, or within {choice['tolerance']})"
+        f"deploy: {choice.method} at rank {choice.rank} (test score {score.point:.3f} "
+        f"[{score.low:.3f}, {score.high:.3f}], training FLOPs {choice.cost:.2e}): the "
+        f"smallest rank whose best score is tied with the best of all ({best.method} at rank "
+        f"{best.rank}, {best.score.point:.3f}), and the cheapest method tied there "
+        f"(tied: not separated, or within {choice.tolerance})"
     )
     lines.append(
         "smallest rank tied with each method's best: "
-        + ", ".join(f"{m} {r}" for m, r in choice["per_method"].items())
+        + ", ".join(f"{m} {r}" for m, r in choice.per_method.items())
     )
     return lines
 
@@ -123,19 +120,18 @@ def seed_spread(methods: dict[str, MethodSummary], a: str, b: str) -> float | No
     return statistics.pstdev(gaps)
 
 
-def p_better(intervals: dict, a: str, b: str) -> float:
+def p_better(intervals: StudyIntervals, a: str, b: str) -> float:
     """The share of resamples in which a's AURAC (log2) beats b's, whichever order the pair
     was stored in."""
-    pairs = intervals["pairs"]
+    pairs = intervals.pairs
     if b in pairs.get(a, {}):
-        return pairs[a][b]["p_better"]
-    return 1 - pairs[b][a]["p_better"]
+        return pairs[a][b].p_better
+    return 1 - pairs[b][a].p_better
 
 
-def pair_gap(intervals: dict, a: str, b: str, axis: str = "aurac_log2") -> dict:
+def pair_gap(intervals: StudyIntervals, a: str, b: str, axis: str = "aurac_log2") -> Interval:
     """a - b's interval on an AURAC axis, whichever order the pair was stored in."""
-    pairs = intervals["pairs"]
+    pairs = intervals.pairs
     if b in pairs.get(a, {}):
-        return pairs[a][b][axis]
-    flipped = pairs[b][a][axis]
-    return {"point": -flipped["point"], "low": -flipped["high"], "high": -flipped["low"]}
+        return getattr(pairs[a][b], axis)
+    return getattr(pairs[b][a], axis).negated()

@@ -210,13 +210,13 @@ class Study:
         from rankstudy.study.registry import Registration, figures, register
 
         name = self.spec.tracking.register_as
-        choice = (summary.verdict or {}).get("recommendation")
+        choice = summary.verdict.recommendation if summary.verdict else None
         if not name:
             return None
         if not choice:
             self.log("tracking.register_as: not registered: the study recommends no rank")
             return None
-        method, rank = choice["method"], choice["rank"]
+        method, rank = choice.method, choice.rank
         try:
             request = Registration(summary, figures(summary, method, rank, None), self.spec.model)
             folder = run_export(self.out_dir, method, [rank], self.out_dir / "registered")[0]

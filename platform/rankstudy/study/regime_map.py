@@ -16,6 +16,7 @@ from pathlib import Path
 
 from rankstudy.core.summaries import SUMMARY_FILE, StudySummary, read_study_summary
 from rankstudy.core.verdict import p_better, pair_gap
+from rankstudy.core.verdict_records import Verdict
 
 FOCUS = "matryoshka"  # the paper's method, served by the paper's rule
 REGIME_MAP_FILE = "regime_map.json"
@@ -46,14 +47,14 @@ class MapCell:
         return "wins" if self.point > 0 else "loses"
 
 
-def point_cells(settings: dict, verdict: dict | None, focus: str = FOCUS) -> list[MapCell]:
+def point_cells(settings: dict, verdict: Verdict | None, focus: str = FOCUS) -> list[MapCell]:
     """The map's cells of one point, from its study's verdict (none without one, or without
     the focus method)."""
-    intervals = (verdict or {}).get("intervals")
-    if not intervals or focus not in intervals["methods"]:
+    if verdict is None or focus not in verdict.intervals.methods:
         return []
+    intervals = verdict.intervals
     cells = []
-    for other in intervals["methods"]:
+    for other in intervals.methods:
         if other == focus:
             continue
         gap = pair_gap(intervals, focus, other)
@@ -62,9 +63,9 @@ def point_cells(settings: dict, verdict: dict | None, focus: str = FOCUS) -> lis
                 dict(settings),
                 focus,
                 other,
-                gap["point"],
-                gap["low"],
-                gap["high"],
+                gap.point,
+                gap.low,
+                gap.high,
                 p_better(intervals, focus, other),
             )
         )

@@ -140,7 +140,7 @@ def summarise(
     verdict = study_verdict(spec, methods, chosen, seeds, log)
     for name, m in methods.items():  # each method's own intervals, for its MLflow run
         if verdict is not None:
-            m.intervals = verdict["intervals"]["methods"][name]
+            m.intervals = verdict.intervals.methods[name]
     tested = [r for by_seed in chosen.values() for r in by_seed.values()]
     reference = next((r.reference for r in tested if r.reference is not None), None)
     # the base model's test scores, from the one test pass that measured them
@@ -173,8 +173,8 @@ def write_summary(out_dir: Path, summary: StudySummary) -> Path:
 
 
 def _interval_cell(method: MethodSummary) -> str:
-    i = (method.intervals or {}).get("aurac_log2")
-    cell = f"[{i['low']:.3f}, {i['high']:.3f}]" if i else ""
+    i = method.intervals.aurac_log2 if method.intervals else None
+    cell = f"[{i.low:.3f}, {i.high:.3f}]" if i else ""
     return f"{cell:>17}"
 
 
@@ -182,7 +182,7 @@ def summary_table(summary: StudySummary) -> str:
     """The methods side by side: AURAC (log2, linear), compute and device-seconds."""
     several = len(summary.seeds) > 1
     spread = f"{'± seeds':>8}" if several else ""
-    level = (summary.verdict or {}).get("intervals", {}).get("confidence")
+    level = summary.verdict.intervals.confidence if summary.verdict else None
     ci = f"{f'{level:.0%} interval':>17}" if level else ""
     lines = [
         f"{'method':<30}{'AURAC log2':>11}{ci}{spread}{'linear':>8}{'trials':>7}{'FLOPs':>10}"

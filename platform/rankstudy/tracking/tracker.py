@@ -25,6 +25,7 @@ from rankstudy.core.method_codec import missing_tags, to_mlflow
 from rankstudy.core.records import TrialRecord, TrialResult
 from rankstudy.core.summaries import MethodSummary, StudySummary
 from rankstudy.core.verdict import pair_gap
+from rankstudy.core.verdict_records import Interval, Verdict
 
 BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
 
@@ -141,7 +142,7 @@ class StudyTracker:
         ]
         self._log(self.parent_id, metrics=totals, tags=missing_tags(summary.missing))
         self.client.log_dict(self.parent_id, summary.wire(), names.SUMMARY_ARTIFACT)
-        if summary.verdict:
+        if summary.verdict is not None:
             self.log_verdict(summary.verdict)
         self.client.set_terminated(self.parent_id, status)
 
@@ -150,14 +151,14 @@ class StudyTracker:
         name: the report draws each arm's search from it, as it reads all else from MLflow."""
         self.client.log_artifact(self.parent_id, str(storage))
 
-    def log_verdict(self, verdict: dict) -> None:
+    def log_verdict(self, verdict: Verdict) -> None:
         """The verdict whole (verdict.json, which the report reads), and what to deploy as a
         tag, so the run table answers without opening it."""
-        self.client.log_dict(self.parent_id, verdict, names.VERDICT_ARTIFACT)
-        choice = verdict["recommendation"]
-        tags = {names.RECOMMENDATION_TAG: f"{choice['method']} at rank {choice['rank']}"}
-        if "note" in verdict["intervals"]:
-            tags[names.INTERVALS_NOTE_TAG] = verdict["intervals"]["note"]
+        self.client.log_dict(self.parent_id, verdict.wire(), names.VERDICT_ARTIFACT)
+        choice = verdict.recommendation
+        tags = {names.RECOMMENDATION_TAG: f"{choice.method} at rank {choice.rank}"}
+        if verdict.intervals.note is not None:
+            tags[names.INTERVALS_NOTE_TAG] = verdict.intervals.note
         self._log(self.parent_id, tags=tags)
 
     def _create_run(self, name: str, tags: dict[str, str]) -> str:
@@ -241,7 +242,7 @@ class StudyTracker:
         method: str,
         summary: MethodSummary,
         figure_path: Path | None,
-        verdict: dict | None = None,
+        verdict: Verdict | None = None,
     ) -> None:
         """A summary run for a method (rankstudy.core.method_codec: AURAC, cost, curves), the
         curve as a table and a figure; with the study's verdict, the method's intervals and
@@ -284,41 +285,35 @@ class StudyTracker:
             )
 
 
-def best_method(intervals: dict) -> str:
-    """The method with the highest AURAC (log2) point, the first in method order on a tie."""
-    by = intervals["methods"]
-    return max(by, key=lambda m: by[m]["aurac_log2"]["point"])
-
-
-def interval_text(i: dict, confidence: float | None = None, signed: bool = False) -> str:
+def interval_text(i: Interval, confidence: float | None = None, signed: bool = False) -> str:
     """An interval as tags and the report write it, 0.812 [0.801, 0.823] (95%); signed: each
     number with its sign, as a difference is written."""
     f = "{:+.3f}" if signed else "{:.3f}"
-    text = f"{f.format(i['point'])} [{f.format(i['low'])}, {f.format(i['high'])}]"
+    text = f"{f.format(i.point)} [{f.format(i.low)}, {f.format(i.high)}]"
     return text + (f" ({confidence:.0%})" if confidence is not None else "")
 
 
-def verdict_tags(method: str, verdict: dict | None) -> dict[str, str]:
+def verdict_tags(method: str, verdict: Verdict | None) -> dict[str, str]:
     """A method run's verdict tags: its AURAC (log2) interval, its paired difference from the
     best method ("best" for the best itself), the smallest rank tied with its own best; none
     without a verdict."""
-    if not verdict or method not in verdict["intervals"]["methods"]:
+    if verdict is None or method not in verdict.intervals.methods:
         return {}
-    intervals, choice = verdict["intervals"], verdict["recommendation"]
+    intervals, choice = verdict.intervals, verdict.recommendation
     tags = {
         names.INTERVAL_TAG: interval_text(
-            intervals["methods"][method]["aurac_log2"], intervals["confidence"]
+            intervals.methods[method].aurac_log2, intervals.confidence
         )
     }
-    best = best_method(intervals)
+    best = intervals.best
     if method == best:
         tags[names.VS_BEST_TAG] = "best"
     else:
         gap = pair_gap(intervals, method, best)
-        state = "separated" if gap["low"] > 0 or gap["high"] < 0 else "not separated"
+        state = "separated" if gap.separated else "not separated"
         tags[names.VS_BEST_TAG] = f"{interval_text(gap, signed=True)} vs {best}, {state}"
-    if method in choice["per_method"]:
-        tags[names.DEPLOY_RANK_TAG] = str(choice["per_method"][method])
+    if method in choice.per_method:
+        tags[names.DEPLOY_RANK_TAG] = str(choice.per_method[method])
     return tags
 
 

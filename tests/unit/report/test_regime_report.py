@@ -12,6 +12,7 @@ from chromium import render
 from rankstudy.core import mlflow_names as names
 from rankstudy.core.intervals import recommend, resample_curves, study_intervals
 from rankstudy.core.scoring import total_cost
+from rankstudy.core.verdict_records import Verdict
 from rankstudy.tracking.tracker import StudyTracker
 from rankstudy_report import build_report
 from report_store import make_result, make_study_summary, make_summary
@@ -41,7 +42,7 @@ def fill_regime(uri: str, sweep: str) -> None:
         }
         tracker.start_study(name, {"name": name, "methods": list(shifts)}, tags=tags)
         examples = {m: {0: base + s} for m, s in shifts.items()}
-        intervals = study_intervals(RANKS, examples, 200, 0) | {"ranks": RANKS}
+        intervals = study_intervals(RANKS, examples, 200, 0)
         summaries = {
             m: make_summary(
                 ranks=RANKS,
@@ -55,7 +56,7 @@ def fill_regime(uri: str, sweep: str) -> None:
         }
         costs = dict.fromkeys(shifts, 1.0)
         choice = recommend(RANKS, resample_curves(examples, 200, 0), costs, 0.01)
-        verdict = {"intervals": intervals, "recommendation": choice}
+        verdict = Verdict(intervals=intervals, recommendation=choice)
         for m, summary in summaries.items():
             tracker.log_method(m, summary, None)
         tracker.finish_study(make_study_summary(study=name, methods=summaries, verdict=verdict))

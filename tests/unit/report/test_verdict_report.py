@@ -7,14 +7,15 @@ import pytest
 
 from chromium import column, render
 from rankstudy.core.verdict import ONE_SEED, p_better, pair_gap
+from rankstudy.core.verdict_records import Interval
 from rankstudy_report import build_report
-from report_store import fill_study, make_verdict
+from report_store import fill_study, make_curve, make_intervals, make_verdict
 
 RANKS = [1, 2, 4, 8, 16]
 
 
-def interval(i: dict, f: str = "{:.3f}") -> str:
-    return f"[{f.format(i['low'])}, {f.format(i['high'])}]"
+def interval(i: Interval, f: str = "{:.3f}") -> str:
+    return f"[{f.format(i.low)}, {f.format(i.high)}]"
 
 
 @pytest.fixture(scope="module")
@@ -32,44 +33,42 @@ def one_seed(tmp_path_factory):
 def test_the_deploy_card_opens_the_page_with_the_recommendation(one_seed):
     verdict, page, shown = one_seed
     assert shown.errors == [] and shown.requests == [] and len(shown.charts) == 3
-    choice = verdict["recommendation"]
-    assert (choice["method"], choice["candidates"]) == ("m0", ["m0", "m1", "m2"])
+    choice = verdict.recommendation
+    assert (choice.method, choice.candidates) == ("m0", ["m0", "m1", "m2"])
     html = page.read_text()
     assert html.index('id="deploy"') < html.index('class="cards"')  # before everything else
-    score, best = choice["score"], choice["best"]
-    assert shown.blocks["deploy-answer"] == f"m0 at rank {choice['rank']}"
+    score, best = choice.score, choice.best
+    assert shown.blocks["deploy-answer"] == f"m0 at rank {choice.rank}"
     card = shown.blocks["deploy"]
     facts = [" ".join(line.split()) for line in card.splitlines()]  # each fact its own line
-    assert facts[:2] == ["Which rank should I deploy?", f"m0 at rank {choice['rank']}"]
+    assert facts[:2] == ["Which rank should I deploy?", f"m0 at rank {choice.rank}"]
     assert facts[2:6] == [
-        f"test score {score['point']:.3f} {interval(score)} (95% interval)",
-        f"training FLOPs {choice['cost']:.3g}",
-        f"tied with the best: {best['method']} at rank {best['rank']} "
-        f"({best['score']['point']:.3f} {interval(best['score'])})",
+        f"test score {score.point:.3f} {interval(score)} (95% interval)",
+        f"training FLOPs {choice.cost:.3g}",
+        f"tied with the best: {best.method} at rank {best.rank} "
+        f"({best.score.point:.3f} {interval(best.score)})",
         "tolerance 0.01",
     ]
     assert "(tied there: m0, m1, m2)" in " ".join(card.split())
     assert shown.blocks["intervals-note"] == f"Note, {ONE_SEED}."
     per_method = column(shown.tables["deploy-per-method"], "smallest tied rank")
-    assert per_method == {m: str(r) for m, r in choice["per_method"].items()}
+    assert per_method == {m: str(r) for m, r in choice.per_method.items()}
 
 
 def test_the_aurac_table_shows_each_interval_beside_the_aurac(one_seed):
     verdict, _, shown = one_seed
     table = shown.tables["aurac-table"]
     assert table[0][:3] == ["method", "AURAC log2", "95% interval"]
-    methods = verdict["intervals"]["methods"]
-    assert column(table, "95% interval") == {
-        m: interval(i["aurac_log2"]) for m, i in methods.items()
-    }
+    methods = verdict.intervals.methods
+    assert column(table, "95% interval") == {m: interval(i.aurac_log2) for m, i in methods.items()}
     assert column(table, "AURAC log2") == {
-        m: f"{i['aurac_log2']['point']:.3f}" for m, i in methods.items()
+        m: f"{i.aurac_log2.point:.3f}" for m, i in methods.items()
     }
 
 
 def test_the_differences_against_the_best_are_the_paired_intervals(one_seed):
     verdict, _, shown = one_seed
-    intervals = verdict["intervals"]
+    intervals = verdict.intervals
     assert "Differences against the best method (m2, AURAC log2" in shown.text
     rows = {r[0]: r[1:] for r in shown.tables["pairs-table"][1:]}
     assert shown.tables["pairs-table"][0] == [
@@ -79,12 +78,12 @@ def test_the_differences_against_the_best_are_the_paired_intervals(one_seed):
         "P(better)",
         "separated",
     ]
-    pairs = intervals["pairs"]
-    stored = {"m0": pairs["m0"]["m2"]["p_better"], "m1": pairs["m1"]["m2"]["p_better"]}
+    pairs = intervals.pairs
+    stored = {"m0": pairs["m0"]["m2"].p_better, "m1": pairs["m1"]["m2"].p_better}
     for m, state in (("m0", "separated"), ("m1", "not separated")):
         gap = pair_gap(intervals, m, "m2")
         assert rows[m] == [
-            f"{gap['point']:+.3f}",
+            f"{gap.point:+.3f}",
             interval(gap, "{:+.3f}"),
             f"{stored[m]:.3f}",
             state,
@@ -93,7 +92,7 @@ def test_the_differences_against_the_best_are_the_paired_intervals(one_seed):
 
 
 def test_p_better_reads_a_pair_in_either_order():
-    intervals = {"pairs": {"a": {"b": {"p_better": 0.25}}}}
+    intervals = make_intervals(pairs={"a": {"b": make_curve(p_better=0.25)}})
     assert p_better(intervals, "a", "b") == 0.25
     assert p_better(intervals, "b", "a") == 0.75
 
