@@ -206,13 +206,15 @@ class Study:
         """With tracking.register_as: export the recommended method at its rank (first seed)
         to <out>/registered and register it (rankstudy.study.registry); its models:/ URI. One that
         fails is said with the command that registers it later, as a report is."""
-        from rankstudy.study.export import run_export
-        from rankstudy.study.registry import Registration, figures, register
-
         name = self.spec.tracking.register_as
         choice = summary.verdict.recommendation if summary.verdict else None
         if not name:
             return None
+        # here, not above: exporting loads torch and transformers, which a study that
+        # registers nothing (most) would import for nothing (seconds of its driver's CPU)
+        from rankstudy.study.export import run_export
+        from rankstudy.study.registry import Registration, figures, register
+
         if not choice:
             self.log("tracking.register_as: not registered: the study recommends no rank")
             return None
