@@ -5,7 +5,8 @@ is queued for its test pass once all of the arm's trials have ended."""
 from ray.tune.search import Searcher
 
 from rankstudy.core.spec import ParamRange
-from rankstudy.study.search import ArmSearch
+from rankstudy.core.trial_request import Selection
+from rankstudy.study.search import ArmSearch, Candidate, choose
 
 SPACE = {"training.lr": ParamRange(low=1e-4, high=1e-2, log=True)}
 ARMS = {
@@ -72,3 +73,18 @@ def test_same_seed_same_suggestions_for_every_arm():
         by_arm.setdefault(c["arm"], []).append(c["training__lr"])
     assert len(set(by_arm["lora_r1"])) == 2
     assert by_arm["lora_r1"] == by_arm["dylora"]
+
+
+def test_each_rule_chooses_its_best_trial_and_a_tie_the_earlier_suggestion():
+    def trial(index: int, metric: float, **by_rule: float) -> Candidate:
+        return Candidate(
+            index, f"/s/t{index}", {"training.lr": index}, Selection(metric=metric, by_rule=by_rule)
+        )
+
+    late, early = trial(1, 0.6, truncated_p=0.5), trial(0, 0.6, truncated_p=0.4)
+    other = trial(2, 0.5, truncated_p=0.7)
+    chosen = choose([late, early, other], ["scaled", "truncated_p", "svd"])
+    # scaled: a tie at 0.6, the earlier suggestion; truncated_p: its own selection; svd: none
+    # recorded for it, so the trial's own rule's
+    assert chosen == {early: ["scaled", "svd"], other: ["truncated_p"]}
+    assert choose([], ["scaled"]) == {}  # an arm whose trials all failed tests none

@@ -261,3 +261,9 @@ class TrialRecord(_Record):
     @property
     def is_test(self) -> bool:
         return self.rules is not None
+
+    def selection(self) -> Selection | None:
+        """What the search compared it by (None: it failed)."""
+        if self.selection_metric is None:
+            return None
+        return Selection(metric=self.selection_metric, by_rule=self.selection_by_rule)

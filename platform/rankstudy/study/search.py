@@ -14,20 +14,17 @@ optuna-dashboard and the report read it.
 from __future__ import annotations
 
 import pickle
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from rankstudy.core.spec import ParamRange
-from rankstudy.core.trial_request import (
-    SELECTION,
-    SELECTION_PREFIX,
-    TrialReport,
-    TrialRequest,
-)
-from rankstudy.core.tune_keys import reported_in, sampled, tune_key
+from rankstudy.core.trial_request import Selection, TrialReport, TrialRequest
+from rankstudy.core.tune_keys import sampled, tune_key
 from rankstudy.study.optuna_storage import fail_lost, fresh_search
 
 if TYPE_CHECKING:
@@ -51,18 +48,30 @@ def upper_bound(arms: dict[str, list[str]], trials_per_arm: int, seeds: int) -> 
     return sum(trials_per_arm + len(rules) * seeds for rules in arms.values())
 
 
-def choose(ok: list[dict], rules: list[str]) -> dict[str, list[str]]:
-    """Each rule's best trial on validation: its out_dir -> the rules it was chosen for. ok: an
-    arm's trials that ended well, each with its index, out_dir, selection_metric and
-    selection_<rule>. Ties go to the earlier suggestion, so the choice never depends on
-    finishing order."""
-    chosen: dict[str, list[str]] = {}
+@dataclass(frozen=True, eq=False)  # eq=False: hashed as itself, a key of `choose`
+class Candidate:
+    """A search trial that ended well, as the choice of an arm's tested trials reads it: the
+    searcher's from Tune's result, the study's count of test passes from its record."""
+
+    index: int  # its suggestion's number within the arm
+    out_dir: str
+    params: dict[str, Any]  # its sampled hyperparameters, by spec path
+    selection: Selection
+
+    @classmethod
+    def of_tune(cls, index: int, result: Mapping[str, Any]) -> Candidate:
+        report = TrialReport.of_tune(result)
+        return cls(index, report.out_dir, report.params, Selection.of_tune(result))
+
+
+def choose(ok: list[Candidate], rules: list[str]) -> dict[Candidate, list[str]]:
+    """Each rule's best trial on validation: the trial -> the rules it was chosen for. Ties go
+    to the earlier suggestion, so the choice never depends on finishing order."""
+    chosen: dict[str, tuple[Candidate, list[str]]] = {}
     for rule in rules if ok else []:
-        best = max(
-            ok, key=lambda r: (r.get(f"{SELECTION_PREFIX}{rule}", r[SELECTION]), -r["index"])
-        )
-        chosen.setdefault(best["out_dir"], []).append(rule)
-    return chosen
+        best = max(ok, key=lambda c: (c.selection.by_rule.get(rule, c.selection.metric), -c.index))
+        chosen.setdefault(best.out_dir, (best, []))[1].append(rule)
+    return dict(chosen.values())
 
 
 class ArmSearch(Searcher):
@@ -197,16 +206,15 @@ class ArmSearch(Searcher):
 
     def queue_tests(self, arm: str) -> None:
         """Queue a test pass per seed for each trial the arm's rules chose (`choose`)."""
-        ok = [r for r in self.ended[arm] if r["ok"]]
-        for out_dir, rules in choose(ok, self.rules[arm]).items():  # none: the arm failed
-            best = next(r for r in ok if r["out_dir"] == out_dir)
+        ok = [Candidate.of_tune(r["index"], r) for r in self.ended[arm] if r["ok"]]
+        for best, rules in choose(ok, self.rules[arm]).items():  # none: the arm failed
             for i, seed in enumerate(self.seeds):
                 request = TrialRequest(
                     arm=arm,
                     phase="test",
-                    trial=best["index"],
-                    params=sampled(reported_in(best)),
-                    test_of=out_dir,
+                    trial=best.index,
+                    params=best.params,
+                    test_of=best.out_dir,
                     rules=rules,
                     seed=seed,
                     first_seed=i == 0,

@@ -21,7 +21,6 @@ from rankstudy.core.summaries import (
     StudySummary,
     write_study_summary,
 )
-from rankstudy.core.trial_request import selection_keys
 from rankstudy.core.verdict import study_verdict, verdict_lines
 from rankstudy.study.state import StudyFiles, StudyState
 
@@ -32,7 +31,7 @@ def test_passes(spec: StudySpec, state: StudyState, seeds: list[int]) -> tuple[i
     """How many test passes the study runs, and whether that is exact: an arm whose search
     ended has one per seed for each trial its rules chose (the searcher's own `choose`);
     an arm still searching counts one per rule and seed, the most it can have."""
-    from rankstudy.study.search import choose
+    from rankstudy.study.search import Candidate, choose
 
     total, settled = 0, True
     for arm in study_arms(spec):
@@ -42,11 +41,7 @@ def test_passes(spec: StudySpec, state: StudyState, seeds: list[int]) -> tuple[i
             total, settled = total + len(rules) * len(seeds), False
             continue
         ok = [
-            {
-                "index": t.trial,
-                "out_dir": t.out_dir,
-                **selection_keys(t.selection_metric, t.selection_by_rule),
-            }
+            Candidate(t.trial, t.out_dir, t.params, t.selection())
             for t in ended
             if t.status == "ok"
         ]
