@@ -17,7 +17,8 @@ if ! command -v chromium >/dev/null; then
 fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-# Three workers, each test file on one of them (its module fixtures run once), the files in the
-# order conftest.py gives them (slow ones first). The slowest tests are listed at the end, to
-# see where its minutes go.
-.venv/bin/python -m pytest -n 3 --dist loadfile --no-loadscope-reorder --durations=25 "$@"
+# Two workers, each test file on one of them (its module fixtures run once), the files in the
+# order conftest.py gives them (slow ones first). The suite is CPU-bound on two cores (its
+# studies start Ray, actors, servers): three workers took longer here (21 min against 20),
+# four longer still. The slowest tests are listed at the end, to see where its minutes go.
+.venv/bin/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=25 "$@"

@@ -38,7 +38,9 @@ def submit(tmp_path, status: int, address: str | None = None) -> tuple[str, list
         (venv / name).chmod(0o755)
     (root / "spec.yaml").write_text("name: tiny-submit\n")
     calls = tmp_path / "calls.txt"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # neither an address nor an auth mode from this process: an in-process ray.init of an
+    # earlier test on this worker leaves RAY_AUTH_MODE=token in os.environ
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
     env |= {"RAY_CALLS": str(calls), "RAY_STATUS": str(status)}
     env |= {"RAY_ADDRESS": address} if address else {}
     proc = subprocess.run(
