@@ -19,6 +19,6 @@ fi
 .venv/bin/ruff format --check .
 # Two workers, each test file on one of them (its module fixtures run once), the files in the
 # order conftest.py gives them (slow ones first). The suite is CPU-bound on two cores (its
-# studies start Ray, actors, servers): three workers took longer here (21 min against 20),
-# four longer still. The slowest tests are listed at the end, to see where its minutes go.
+# studies start Ray, actors, servers): three workers took as long here (20.5-21 min), four
+# longer. The slowest tests are listed at the end, to see where its minutes go.
 .venv/bin/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=25 "$@"
