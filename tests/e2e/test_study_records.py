@@ -174,3 +174,7 @@ def test_a_study_records_every_rank_of_the_grid_and_each_methods_curve(served_st
     ]
     assert sum(n.startswith("lora_r4 · lora r4 · trial 0 · seed ") for n in names) == 2
     assert sum(n.endswith(" · seed 0 · chosen") for n in names) == ARMS
+    # of Tune's own logs only its JSON results are written (MLflow holds every metric)
+    tune_logs = {p.name for p in (out / "tune").rglob("*") if p.parent.parent.name == "search"}
+    assert "result.json" in tune_logs
+    assert not tune_logs & {"progress.csv"} and not any(n.startswith("events.") for n in tune_logs)

@@ -182,6 +182,14 @@ def test_a_tuner_saved_before_the_subpackages_unpickles_to_todays_classes():
     assert (restored.ended, restored.waiting, restored.disk) == (ended, waiting, disk)
 
 
+def test_a_trial_imports_deepspeed_without_the_mlflow_of_its_autotuner():
+    """DeepSpeed's autotuner imports MLflow with it (seconds of CPU in each trial process); the
+    trial's import leaves it out, and MLflow imports as usual afterwards."""
+    load = "from rankstudy.model.engine import import_deepspeed\nds = import_deepspeed()\n"
+    assert "mlflow" not in loaded_after(load + "assert not ds.autotuning.autotuner.has_mlflow")
+    assert "mlflow" in loaded_after(load + "import mlflow.tracking")
+
+
 def test_the_adapters_know_nothing_of_ray_deepspeed_or_mlflow():
     adapters = ROOT / "platform" / "rankstudy" / "adapters"
     for path in adapters.glob("*.py"):

@@ -34,10 +34,28 @@ def use_this_venvs_build_tools() -> None:
         os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, os.environ.get("PATH", "")])
 
 
+def import_deepspeed():
+    """The deepspeed module, imported without the MLflow its autotuner imports with it (about
+    2 s of CPU in every trial process). A trial never autotunes, and only the study's driver
+    writes to MLflow. While deepspeed imports, `import mlflow` fails as for a package not
+    installed (a None in sys.modules), which its autotuner catches; afterwards it imports as
+    usual. A process that has MLflow already shares it."""
+    if "deepspeed" not in sys.modules and "mlflow" not in sys.modules:
+        sys.modules["mlflow"] = None
+        try:
+            import deepspeed
+        finally:
+            del sys.modules["mlflow"]
+    import deepspeed
+
+    return deepspeed
+
+
 def build_comm_op() -> bool:
     """Build (or find built) DeepSpeed's CPU comm op, as a trial's engine would; False where
     this accelerator has no such op. `jobs/setup.sh` calls it so no trial pays for the build."""
     use_this_venvs_build_tools()
+    import_deepspeed()
     from deepspeed.comm.torch import build_shm_op
 
     return build_shm_op() is not None
@@ -115,10 +133,10 @@ def _free_port() -> int:
 
 def init_distributed(gpu: bool) -> tuple[int, int]:
     """Join the existing process group (Ray Train) or start a one-process one. (rank, world)."""
-    import deepspeed
     import torch.distributed as dist
 
     use_this_venvs_build_tools()
+    deepspeed = import_deepspeed()
     backend = "nccl" if gpu else "gloo"
     if not dist.is_initialized():
         # A private one-process group on a free port; no MASTER_PORT goes into os.environ, so child
@@ -134,8 +152,7 @@ def init_distributed(gpu: bool) -> tuple[int, int]:
 
 def build_engine(model: nn.Module, spec: StudySpec, world_size: int, gpu: bool, lr_lambda):
     """Wrap the adapted model in a DeepSpeed engine; lr_lambda(step) -> multiplier of lr."""
-    import deepspeed
-
+    deepspeed = import_deepspeed()
     params = [p for p in model.parameters() if p.requires_grad]
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=model,
@@ -153,6 +170,4 @@ def gather_partitioned(params: list[nn.Parameter]):
 
     if not any(hasattr(p, "ds_id") for p in params):
         return contextlib.nullcontext()
-    import deepspeed
-
-    return deepspeed.zero.GatheredParameters(params)
+    return import_deepspeed().zero.GatheredParameters(params)
