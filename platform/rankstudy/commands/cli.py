@@ -127,8 +127,8 @@ def _point_studies(args: argparse.Namespace, spec) -> tuple[list, list]:
 
 def _study(args: argparse.Namespace) -> int:
     from rankstudy.core.spec import load_spec
-    from rankstudy.study.driver import StudyError
     from rankstudy.study.ray_cluster import ClusterError, check_cluster, connect_ray
+    from rankstudy.study.state import StudyError
 
     if args.dry_run:
         return _plan(args)
