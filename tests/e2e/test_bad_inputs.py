@@ -113,7 +113,7 @@ def test_a_damaged_state_file_stops_the_resume_and_is_kept(tmp_path, state, mess
 
 
 def test_a_result_cut_short_makes_a_failed_trial_not_a_crash(tmp_path):
-    from rankstudy.core.trial_request import TrialReport, TrialRequest
+    from rankstudy.core.trial_request import Selection, TrialReport, TrialRequest
     from rankstudy.study.tuner import EndedTrial
     from rankstudy.tracking.tracker import StudyTracker
 
@@ -123,7 +123,7 @@ def test_a_result_cut_short_makes_a_failed_trial_not_a_crash(tmp_path):
     trial_dir.mkdir(parents=True)
     (trial_dir / "result.json").write_text('{"arm": "matryoshka", "scores_by_rule": {"sca')
     asked = TrialRequest(arm="matryoshka", phase="search", trial=0)
-    report = TrialReport(out_dir=str(trial_dir), selection=0.5)
+    report = TrialReport(out_dir=str(trial_dir), selection=Selection(metric=0.5))
     ended = EndedTrial(asked, report, trial_dir, *asked.keys(trial_dir))
     record = s.keep_ended(ended, None)
     s.recorder.flush()

@@ -153,15 +153,14 @@ class Selection(_Frozen):
 
 class TrialReport(_Frozen):
     """What a trial reports to Tune: where its folder is, its hyperparameters and node, and
-    the selection metric (overall and per rule) of its end, or of a validation mid-training
-    (interim, at step); a failed trial reports no metric."""
+    the selection of its end, or of a validation mid-training (interim, at step); a failed
+    trial reports no selection."""
 
     out_dir: str
     params: dict[str, Any] = {}
     node: str | None = None
     failed: bool = False
-    selection: float | None = None
-    selection_by_rule: dict[str, float] = {}
+    selection: Selection | None = None
     interim: bool = False
     step: int | None = None
 
@@ -169,12 +168,7 @@ class TrialReport(_Frozen):
         """This report with a selection, made at a validation mid-training when step is
         given."""
         return self.model_copy(
-            update={
-                "selection": selection.metric,
-                "selection_by_rule": selection.by_rule,
-                "interim": step is not None,
-                "step": step,
-            }
+            update={"selection": selection, "interim": step is not None, "step": step}
         )
 
     def tune(self) -> dict:
@@ -183,8 +177,7 @@ class TrialReport(_Frozen):
         back here: `failed` says it)."""
         out = {"out_dir": self.out_dir, "failed": self.failed, "node": self.node}
         out |= reported(self.params)
-        metric = FAILED_METRIC if self.selection is None else self.selection
-        out |= selection_keys(metric, self.selection_by_rule)
+        out |= (self.selection or Selection(metric=FAILED_METRIC)).tune()
         return out | ({INTERIM: True, STEP: self.step} if self.interim else {})
 
     @classmethod
@@ -198,8 +191,7 @@ class TrialReport(_Frozen):
             params=sampled({k: v for k, v in metrics.items() if k.startswith(REPORTED)}),
             node=metrics.get("node"),
             failed=failed,
-            selection=None if failed else metrics.get(SELECTION),
-            selection_by_rule=selection_by_rule(metrics),
+            selection=None if failed else Selection.of_tune(metrics),
             interim=bool(metrics.get(INTERIM, False)),
             step=metrics.get(STEP),
         )

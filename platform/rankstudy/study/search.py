@@ -61,7 +61,7 @@ class Candidate:
     @classmethod
     def of_tune(cls, index: int, result: Mapping[str, Any]) -> Candidate:
         report = TrialReport.of_tune(result)
-        return cls(index, report.out_dir, report.params, Selection.of_tune(result))
+        return cls(index, report.out_dir, report.params, report.selection)
 
 
 def choose(ok: list[Candidate], rules: list[str]) -> dict[Candidate, list[str]]:

@@ -190,6 +190,7 @@ def new_record(spec: StudySpec, ended: EndedTrial, failure: str | None) -> Trial
     request, report = ended.request, ended.report
     shape = parse_arm(request.arm, spec)
     stopped = report is not None and report.interim  # ended at a validation: the scheduler's
+    selection = None if report is None else report.selection
     return TrialRecord(
         key=ended.key,
         arm=request.arm,
@@ -200,8 +201,8 @@ def new_record(spec: StudySpec, ended: EndedTrial, failure: str | None) -> Trial
         params=request.params,
         status="failed" if failure else "stopped" if stopped else "ok",
         failure=failure,
-        selection_metric=None if report is None else report.selection,
-        selection_by_rule={} if report is None else report.selection_by_rule,
+        selection_metric=None if selection is None else selection.metric,
+        selection_by_rule={} if selection is None else selection.by_rule,
         stopped_at=report.step if stopped and not failure else None,
         node=None if report is None else report.node,
         rules=request.rules,
