@@ -177,4 +177,4 @@ def test_a_study_records_every_rank_of_the_grid_and_each_methods_curve(served_st
     # of Tune's own logs only its JSON results are written (MLflow holds every metric)
     tune_logs = {p.name for p in (out / "tune").rglob("*") if p.parent.parent.name == "search"}
     assert "result.json" in tune_logs
-    assert not tune_logs & {"progress.csv"} and not any(n.startswith("events.") for n in tune_logs)
+    assert "progress.csv" not in tune_logs and not any(n.startswith("events.") for n in tune_logs)
